@@ -1,0 +1,101 @@
+//! The one error type of the HTTP API and how each error becomes a status and a JSON body:
+//! `{"error": {"code": "…", "message": "…"}}`.
+//!
+//! A user's mistake is always a 4xx with a message that names the field and what it allows.
+//! Only a fault of the node itself is a 500, and its detail goes to the log, not the response.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::node::Unavailable;
+use crate::sm::model::{OpError, SpecError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// 400 for a malformed field.
+    pub fn bad_field(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is over 64 KiB")
+    }
+
+    /// 500: the detail is logged here and not shown to the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {detail}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the node's log")
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        ApiError::bad_field(e.field, e.message)
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            OpError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            OpError::InvalidAuthKey => (StatusCode::UNAUTHORIZED, "invalid_auth_key"),
+            OpError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            OpError::KeyUsed => (StatusCode::FORBIDDEN, "key_used"),
+            OpError::KeyExhausted => (StatusCode::FORBIDDEN, "key_exhausted"),
+            OpError::KeyRevoked => (StatusCode::FORBIDDEN, "key_revoked"),
+            OpError::KeyExpired => (StatusCode::FORBIDDEN, "key_expired"),
+            OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            OpError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_prefix"),
+            OpError::AlreadyInitialized => (StatusCode::CONFLICT, "already_initialized"),
+            OpError::RequestIdReused(_) => (StatusCode::CONFLICT, "request_id_reused"),
+            OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        tracing::warn!("request unavailable: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e}; a write's outcome is unknown, so retry it with the same request_id"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,110 @@
+//! Reading a JSON request body field by field, so that every refusal names the field, what was
+//! wrong with it and what it allows. Unknown fields are refused with the list of known ones.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// The fields of one JSON object body. Call [`Fields::finish`] after reading every field the
+/// action knows, so that misspelt fields are reported instead of ignored.
+pub struct Fields {
+    map: Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl Fields {
+    /// Parses `body` as a JSON object.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the body must be a JSON object: {e}"))
+        })?;
+        match value {
+            Value::Object(map) => Ok(Fields { map, known: Vec::new() }),
+            _ => Err(ApiError::bad_request("the body must be a JSON object, e.g. {\"action\": \"list_auth_keys\", \"org_id\": \"org_…\"}")),
+        }
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<Value> {
+        self.known.push(name);
+        match self.map.remove(name) {
+            Some(Value::Null) | None => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub fn opt_str(&mut self, name: &'static str) -> Result<Option<String>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ApiError::bad_field(name, format!("must be a string, got {}", kind(&other)))),
+        }
+    }
+
+    pub fn str(&mut self, name: &'static str) -> Result<String, ApiError> {
+        self.opt_str(name)?.ok_or_else(|| ApiError::bad_field(name, "is required (a string)"))
+    }
+
+    pub fn bool_or(&mut self, name: &'static str, default: bool) -> Result<bool, ApiError> {
+        match self.take(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(b),
+            Some(other) => Err(ApiError::bad_field(name, format!("must be true or false, got {}", kind(&other)))),
+        }
+    }
+
+    pub fn opt_u64(&mut self, name: &'static str) -> Result<Option<u64>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_field(name, format!("must be a non-negative integer, got {n}"))),
+            Some(other) => Err(ApiError::bad_field(name, format!("must be a non-negative integer, got {}", kind(&other)))),
+        }
+    }
+
+    pub fn string_list(&mut self, name: &'static str) -> Result<Vec<String>, ApiError> {
+        match self.take(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    other => Err(ApiError::bad_field(name, format!("must be a list of strings, found {}", kind(&other)))),
+                })
+                .collect(),
+            Some(other) => Err(ApiError::bad_field(name, format!("must be a list of strings, got {}", kind(&other)))),
+        }
+    }
+
+    /// Refuses any field that was not read.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if let Some(unknown) = self.map.keys().next() {
+            return Err(ApiError::bad_field(
+                unknown,
+                format!("unknown field; this action accepts {}", self.known.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An optional client-chosen request id: 1 to 128 printable ASCII characters.
+pub fn request_id(fields: &mut Fields) -> Result<Option<String>, ApiError> {
+    match fields.opt_str("request_id")? {
+        None => Ok(None),
+        Some(id) if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(id)),
+        Some(_) => Err(ApiError::bad_field("request_id", "must be 1 to 128 printable ASCII characters without spaces")),
+    }
+}

@@ -1,0 +1,151 @@
+//! `POST /api/key-management`: create, list, get and revoke an org's auth keys.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::fields::{request_id, Fields};
+use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
+use crate::node::Node;
+use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
+use crate::sm::model::*;
+use crate::sm::query::{Answer, Query, DEFAULT_PAGE, MAX_PAGE};
+
+const ACTIONS: &str = "create_auth_key, list_auth_keys, get_auth_key, revoke_auth_key";
+
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut fields = Fields::parse(&body(raw)?)?;
+    let action = fields.str("action")?;
+    let org_id = fields.str("org_id")?;
+    let actor = api_key_actor(&headers)?;
+    match action.as_str() {
+        "create_auth_key" => create(&node, actor, org_id, fields).await,
+        "list_auth_keys" => list(&node, actor, org_id, fields).await,
+        "get_auth_key" => get(&node, actor, org_id, fields).await,
+        "revoke_auth_key" => revoke(&node, actor, org_id, fields).await,
+        other => Err(ApiError::bad_field("action", format!("unknown action {other:?}; must be one of {ACTIONS}"))),
+    }
+}
+
+async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
+    let reusable = fields.bool_or("reusable", false)?;
+    let ephemeral = fields.bool_or("ephemeral", false)?;
+    let expires_in = fields.opt_u64("expires_in")?.unwrap_or(DEFAULT_EXPIRY_SECS);
+    let tags = fields.string_list("tags")?;
+    let description = fields.opt_str("description")?.unwrap_or_default();
+    let max_uses = fields.opt_u64("max_uses")?;
+    let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
+    fields.finish()?;
+    let min_expiry = node.config().settings().test_only_min_expiry_secs;
+    let spec = AuthKeySpec::new(reusable, ephemeral, expires_in, tags, description, max_uses, min_expiry)?;
+
+    let (outcome, secret) = write_with_fresh_ids(node, request_id, actor, || {
+        let secret = new_credential(CredentialKind::AuthKey, random_base62(ID_LEN));
+        let key = NewCredential { id: format!("{AUTH_KEY_ID_PREFIX}{}", secret.id), hash: secret.hash };
+        (Op::CreateAuthKey { org_id: org_id.clone(), key, spec: spec.clone() }, secret)
+    })
+    .await?;
+    match outcome? {
+        OpOk::AuthKey(record) => {
+            let mut view = views::auth_key(&record, node.clock().now_ms());
+            // The secret is shown this once; only its hash is stored.
+            view["key"] = Value::String(secret.text);
+            Ok(Json(view))
+        }
+        other => Err(ApiError::internal(format!("create_auth_key answered {other:?}"))),
+    }
+}
+
+async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
+    let limit = fields.opt_u64("limit")?.unwrap_or(DEFAULT_PAGE as u64);
+    if limit == 0 || limit > MAX_PAGE as u64 {
+        return Err(ApiError::bad_field("limit", format!("must be from 1 to {MAX_PAGE}, got {limit}")));
+    }
+    let after_seq = match fields.opt_str("cursor")? {
+        None => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::bad_field("cursor", "must be a next_cursor value from an earlier list_auth_keys answer")
+        })?),
+    };
+    fields.finish()?;
+    let query = Query::ListAuthKeys { org_id, limit: limit as usize, after_seq };
+    match node.read(&actor, &query).await?? {
+        Answer::AuthKeys { keys, next_after_seq } => {
+            let now = node.clock().now_ms();
+            let keys: Vec<Value> = keys.iter().map(|k| views::auth_key(k, now)).collect();
+            Ok(Json(json!({ "keys": keys, "next_cursor": next_after_seq.map(|s| s.to_string()) })))
+        }
+        other => Err(ApiError::internal(format!("list_auth_keys answered {other:?}"))),
+    }
+}
+
+async fn get(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
+    let key_id = fields.str("key_id")?;
+    fields.finish()?;
+    check_key_id(&key_id)?;
+    match node.read(&actor, &Query::GetAuthKey { org_id, key_id }).await?? {
+        Answer::AuthKey { record, enrolments } => {
+            let mut view = views::auth_key(&record, node.clock().now_ms());
+            view["enrolments"] = enrolments.iter().map(views::enrolment).collect();
+            Ok(Json(view))
+        }
+        other => Err(ApiError::internal(format!("get_auth_key answered {other:?}"))),
+    }
+}
+
+async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
+    let key_id = fields.opt_str("key_id")?;
+    let key = fields.opt_str("key")?;
+    let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
+    fields.finish()?;
+    let selector = match (key_id, key) {
+        (Some(id), None) => {
+            check_key_id(&id)?;
+            KeySelector::KeyId(id)
+        }
+        (None, Some(key)) => selector_from_key(&key)?,
+        _ => return Err(ApiError::bad_request("give exactly one of key_id (\"ak_…\") or key (the full key or a unique prefix of it)")),
+    };
+    let command = Command { request_id, actor, op: Op::RevokeAuthKey { org_id, selector } };
+    match node.write(command).await?? {
+        OpOk::AuthKey(record) => Ok(Json(views::auth_key(&record, node.clock().now_ms()))),
+        other => Err(ApiError::internal(format!("revoke_auth_key answered {other:?}"))),
+    }
+}
+
+fn check_key_id(key_id: &str) -> Result<(), ApiError> {
+    let ok = key_id
+        .strip_prefix(AUTH_KEY_ID_PREFIX)
+        .is_some_and(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field("key_id", format!("must be \"ak_\" followed by {ID_LEN} letters or digits, got {key_id:?}")))
+    }
+}
+
+/// A full key, or a prefix of its public part: `tskey-auth-abc12`.
+pub(crate) fn selector_from_key(key: &str) -> Result<KeySelector, ApiError> {
+    if let Some(presented) = parse_credential(CredentialKind::AuthKey, key) {
+        return Ok(KeySelector::FullKey(presented));
+    }
+    let prefix = key.strip_prefix("tskey-auth-").unwrap_or(key).trim_end_matches('…');
+    let prefix = prefix.strip_suffix('-').unwrap_or(prefix);
+    if prefix.len() < 3 || prefix.len() > ID_LEN || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::bad_field(
+            "key",
+            format!("must be the full key or a prefix such as \"tskey-auth-abc12\" (3 to {ID_LEN} characters after \"tskey-auth-\"; the secret part after the id cannot be matched)"),
+        ));
+    }
+    Ok(KeySelector::IdPrefix(prefix.to_string()))
+}

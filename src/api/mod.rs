@@ -1,0 +1,107 @@
+//! The public HTTP API, served by every node: key management, enrolment, org administration,
+//! cluster status and health.
+//!
+//! A handler parses and validates the request, makes the ids and secrets a new record needs,
+//! and hands one command (or query) to [`Node::write`] / [`Node::read`], which reach the leader
+//! wherever it is. Handlers never decide anything about a key themselves.
+//!
+//! Only this module knows HTTP status codes and JSON shapes.
+
+mod cluster;
+mod enrol;
+pub mod error;
+mod fields;
+mod keys;
+mod org;
+mod views;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::node::Node;
+use crate::secret::{parse_credential, random_base62, CredentialKind};
+use crate::sm::model::{Actor, Command, Op, OpError, Outcome};
+use error::ApiError;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The public router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/key-management", post(keys::handle))
+        .route("/api/enrol", post(enrol::handle))
+        .route("/api/org-admin", post(org::handle))
+        .route("/api/cluster/init", post(org::init))
+        .route("/api/cluster", get(cluster::info))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see the README's API reference")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+/// The body, or 413 when it is over [`MAX_BODY`].
+pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large()
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {rejection}"))
+        }
+    })
+}
+
+/// The API key from `Authorization: Bearer …`.
+pub(crate) fn api_key_actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing header Authorization: Bearer <API key>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be \"Bearer <API key>\""))?;
+    let presented = parse_credential(CredentialKind::ApiKey, token).ok_or(OpError::Unauthorized)?;
+    Ok(Actor::api_key(presented))
+}
+
+/// A fresh request id, for a request whose client gave none.
+pub(crate) fn new_request_id() -> String {
+    format!("req-{}", random_base62(22))
+}
+
+/// Writes the command `make` builds. When a generated id collides with an existing one (about
+/// one chance in 2^70), a new command with fresh ids is made and proposed instead.
+pub(crate) async fn write_with_fresh_ids<T>(
+    node: &Node,
+    request_id: String,
+    actor: Actor,
+    mut make: impl FnMut() -> (Op, T),
+) -> Result<(Outcome, T), ApiError> {
+    for _ in 0..3 {
+        let (op, extra) = make();
+        let command = Command { request_id: request_id.clone(), actor: actor.clone(), op };
+        let outcome = node.write(command).await?;
+        if outcome != Err(OpError::IdCollision) {
+            return Ok((outcome, extra));
+        }
+    }
+    Err(ApiError::internal("three generated ids in a row collided"))
+}

@@ -1,0 +1,601 @@
+//! The `ztna` command line: the server, and the admin and enrolment commands of the user guide.
+//!
+//! Each command turns its flags into one API call through [`crate::client::Client`] and prints
+//! the answer as the guide shows it, or as JSON with `--output json`.
+//!
+//! This module must not talk to RocksDB or Raft; the server subcommand only starts a [`Node`].
+
+mod format;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientError};
+use crate::config::{ClusterFile, NodeConfig};
+use crate::node::Node;
+use format::{parse_time, relative_expiry, table};
+
+#[derive(Parser)]
+#[command(name = "ztna", version, about = "Replicated auth-key store for zero-trust networks")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Node URLs, comma-separated; the next is tried when one does not answer.
+    #[arg(long, env = "ZTNA_SERVER", global = true, hide_env_values = true)]
+    server: Option<String>,
+    /// An org's admin API key.
+    #[arg(long, env = "QZ_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+    /// The org to act on.
+    #[arg(long, env = "ZTNA_ORG", global = true)]
+    org: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a cluster node in the foreground.
+    Server(ServerArgs),
+    /// Create, list, show and revoke auth keys (also `auth-keys`).
+    #[command(name = "auth-key", alias = "auth-keys")]
+    AuthKey {
+        #[command(subcommand)]
+        command: AuthKeyCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Enrol one machine with an auth key (for scripts and tests).
+    Enrol {
+        #[arg(long, env = "ZTNA_AUTH_KEY", hide_env_values = true)]
+        auth_key: String,
+        #[arg(long)]
+        hostname: String,
+        /// The machine's public key, 64 hex digits; a random one when omitted.
+        #[arg(long)]
+        node_public_key: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cluster status and first-time initialisation.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Orgs and their API keys (operator key).
+    #[command(name = "org-admin")]
+    OrgAdmin {
+        #[command(subcommand)]
+        command: OrgCommand,
+        /// The operator API key.
+        #[arg(long, env = "ZTNA_OPERATOR_KEY", hide_env_values = true, global = true)]
+        operator_key: Option<String>,
+        /// A file holding the operator API key (e.g. data/operator.key).
+        #[arg(long, global = true)]
+        operator_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// The cluster file listing every node (see cluster/local.toml).
+    #[arg(long)]
+    cluster: PathBuf,
+    /// This node's id in the cluster file.
+    #[arg(long)]
+    id: u64,
+    /// Where this node keeps its RocksDB database and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum AuthKeyCommand {
+    /// Create an auth key; its secret is shown once.
+    Create {
+        /// One key enrols many devices (default: one-shot).
+        #[arg(long)]
+        reusable: bool,
+        /// Enrolled machines auto-deregister when they go offline.
+        #[arg(long)]
+        ephemeral: bool,
+        /// How long the key can enrol: 5m … 30d.
+        #[arg(long, default_value = "1h")]
+        expiry: String,
+        /// Comma-separated tags, e.g. tag:laptop,tag:eng.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// At most this many enrolments (reusable keys only).
+        #[arg(long)]
+        max_uses: Option<u64>,
+    },
+    /// List the org's auth keys.
+    List,
+    /// Show one key and its enrolments.
+    Get { key_id: String },
+    /// Revoke a key by full key, unique prefix or key_id.
+    Revoke { key: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Each node's role, term, last applied index and the leader.
+    Status,
+    /// Create the first org, its admin API key and the operator key (once per cluster).
+    Init {
+        #[arg(long, default_value = "default")]
+        org_name: String,
+        /// Write ZTNA_SERVER, QZ_API_KEY and ZTNA_ORG to this file for `set -a; . FILE`.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Write the operator key to this file, readable only by its owner.
+        #[arg(long)]
+        operator_key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an org.
+    CreateOrg { name: String },
+    /// List orgs.
+    ListOrgs,
+    /// Create an admin API key for an org; its secret is shown once.
+    CreateApiKey {
+        org_id: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List API keys, optionally of one org.
+    ListApiKeys { org_id: Option<String> },
+    /// Revoke an API key by its id (api_…).
+    RevokeApiKey { api_key_id: String },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Start(#[from] crate::node::StartError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::AuthKey { command, conn } => auth_key(command, &conn).await,
+        Command::Enrol { auth_key, hostname, node_public_key, conn } => {
+            enrol(&conn, &auth_key, &hostname, node_public_key).await
+        }
+        Command::Cluster { command, conn } => cluster(command, &conn).await,
+        Command::OrgAdmin { command, operator_key, operator_key_file, conn } => {
+            let key = match (operator_key, operator_key_file) {
+                (Some(key), _) => key,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+                (None, None) => {
+                    return Err(CliError::Usage("give the operator key: --operator-key-file data/operator.key or ZTNA_OPERATOR_KEY".into()))
+                }
+            };
+            org_admin(command, &conn, key).await
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<(), CliError> {
+    init_tracing(args.log_format);
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
+    let running = Node::start(config).await?;
+    wait_for_stop_signal().await;
+    tracing::info!("stopping");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn client(conn: &Conn, bearer: Option<String>) -> Result<Client, CliError> {
+    Ok(Client::new(conn.server.as_deref().unwrap_or_default(), bearer)?)
+}
+
+fn admin(conn: &Conn) -> Result<(Client, String), CliError> {
+    let key = conn
+        .api_key
+        .clone()
+        .ok_or_else(|| CliError::Usage("give an API key: set QZ_API_KEY or pass --api-key".into()))?;
+    let org = conn.org.clone().ok_or_else(|| CliError::Usage("give the org: set ZTNA_ORG or pass --org".into()))?;
+    Ok((client(conn, Some(key))?, org))
+}
+
+fn request_id() -> String {
+    format!("cli-{}", crate::secret::random_base62(22))
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn now_ms() -> i64 {
+    crate::clock::wall_ms() as i64
+}
+
+/// `30s`, `5m`, `1h`, `7d` → seconds.
+fn parse_expiry(text: &str) -> Result<u64, CliError> {
+    let bad = || CliError::Usage(format!("--expiry {text:?}: use a number and a unit, e.g. 5m, 1h, 24h, 30d"));
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(n * scale)
+}
+
+fn yes_no(value: &Value) -> &'static str {
+    if value.as_bool() == Some(true) {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(), CliError> {
+    let (client, org) = admin(conn)?;
+    match command {
+        AuthKeyCommand::Create { reusable, ephemeral, expiry, tags, description, max_uses } => {
+            let mut body = json!({
+                "action": "create_auth_key", "org_id": org, "reusable": reusable, "ephemeral": ephemeral,
+                "expires_in": parse_expiry(&expiry)?, "tags": tags, "description": description,
+                "request_id": request_id(),
+            });
+            if let Some(max) = max_uses {
+                body["max_uses"] = json!(max);
+            }
+            let key = client.post("/api/key-management", &body).await?;
+            if conn.output == Output::Json {
+                print_json(&key);
+                return Ok(());
+            }
+            let expires = parse_time(&key["expires_at"]).map_or("?".into(), |t| relative_expiry(t, now_ms()));
+            let tags: Vec<&str> = key["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            println!("✓ Auth key created: {}", key["key"].as_str().unwrap_or_default());
+            println!("  Reusable:     {}", yes_no(&key["reusable"]));
+            if let Some(max) = key["max_uses"].as_u64() {
+                println!("  Max uses:     {max}");
+            }
+            println!("  Ephemeral:    {}", yes_no(&key["ephemeral"]));
+            println!("  Expires:      {expires}");
+            println!("  Tags:         {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+            println!("  Description:  {}", key["description"].as_str().unwrap_or_default());
+            println!();
+            println!("COPY THIS KEY NOW — you cannot retrieve it later.");
+        }
+        AuthKeyCommand::List => {
+            let mut keys = Vec::new();
+            let mut cursor = Value::Null;
+            loop {
+                let body = json!({ "action": "list_auth_keys", "org_id": org, "limit": 1000, "cursor": cursor });
+                let page = client.post("/api/key-management", &body).await?;
+                keys.extend(page["keys"].as_array().cloned().unwrap_or_default());
+                cursor = page["next_cursor"].clone();
+                if cursor.is_null() {
+                    break;
+                }
+            }
+            if conn.output == Output::Json {
+                print_json(&json!({ "keys": keys }));
+                return Ok(());
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    let uses = match k["max_uses"].as_u64() {
+                        Some(max) => format!("{}/{max}", k["uses"]),
+                        None => k["uses"].to_string(),
+                    };
+                    let expires = match parse_time(&k["expires_at"]) {
+                        Some(t) if t > now => relative_expiry(t, now),
+                        Some(_) => "expired".into(),
+                        None => "?".into(),
+                    };
+                    vec![
+                        k["prefix"].as_str().unwrap_or_default().to_string(),
+                        yes_no(&k["reusable"]).to_string(),
+                        uses,
+                        expires,
+                        k["state"].as_str().unwrap_or_default().to_string(),
+                        k["description"].as_str().unwrap_or_default().to_string(),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["PREFIX", "REUSABLE", "USES", "EXPIRES", "STATE", "DESCRIPTION"], &rows));
+        }
+        AuthKeyCommand::Get { key_id } => {
+            let body = json!({ "action": "get_auth_key", "org_id": org, "key_id": key_id });
+            let key = client.post("/api/key-management", &body).await?;
+            if conn.output == Output::Json {
+                print_json(&key);
+                return Ok(());
+            }
+            println!("{}  {}  {}", key["key_id"].as_str().unwrap_or_default(), key["prefix"].as_str().unwrap_or_default(), key["state"].as_str().unwrap_or_default());
+            let rows: Vec<Vec<String>> = key["enrolments"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|e| {
+                            ["machine_id", "node_key_fingerprint", "at"]
+                                .iter()
+                                .map(|f| e[*f].as_str().unwrap_or_default().to_string())
+                                .chain(std::iter::once(e["log_index"].to_string()))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!("{}", table(&["MACHINE", "NODE-KEY", "ENROLLED", "LOG-INDEX"], &rows));
+        }
+        AuthKeyCommand::Revoke { key } => {
+            let mut body = json!({ "action": "revoke_auth_key", "org_id": org, "request_id": request_id() });
+            if key.starts_with("ak_") {
+                body["key_id"] = json!(key);
+            } else {
+                body["key"] = json!(key);
+            }
+            let record = client.post("/api/key-management", &body).await?;
+            if conn.output == Output::Json {
+                print_json(&record);
+                return Ok(());
+            }
+            println!("✓ Revoked — future enrolments with this key will fail");
+        }
+    }
+    Ok(())
+}
+
+async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Option<String>) -> Result<(), CliError> {
+    let client = client(conn, None)?;
+    let node_public_key = node_public_key.unwrap_or_else(|| {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        hex::encode(bytes)
+    });
+    let body = json!({
+        "auth_key": auth_key, "hostname": hostname, "node_public_key": node_public_key, "request_id": request_id(),
+    });
+    let machine = client.post("/api/enrol", &body).await?;
+    if conn.output == Output::Json {
+        print_json(&machine);
+        return Ok(());
+    }
+    let tags: Vec<&str> = machine["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    println!("✓ Enrolled {hostname} as {}", machine["machine_id"].as_str().unwrap_or_default());
+    println!("  Org:        {}", machine["org_id"].as_str().unwrap_or_default());
+    println!("  Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+    println!("  Ephemeral:  {}", yes_no(&machine["ephemeral"]));
+    println!("  Node key:   {}", machine["node_key"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
+    let client = client(conn, None)?;
+    match command {
+        ClusterCommand::Status => {
+            let mut views = Vec::new();
+            for server in client.servers() {
+                let view = match client.get_from(server, "/api/cluster").await {
+                    Ok(info) => info,
+                    Err(e) => json!({ "server": server, "error": e.to_string() }),
+                };
+                views.push((server.clone(), view));
+            }
+            if conn.output == Output::Json {
+                print_json(&Value::Array(views.into_iter().map(|(_, v)| v).collect()));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|(server, v)| {
+                    if v.get("error").is_some() {
+                        return vec!["?".into(), "unreachable".into(), "-".into(), "-".into(), "-".into(), "-".into(), server.clone()];
+                    }
+                    let num = |f: &str| v[f].as_u64().map_or("-".to_string(), |n| n.to_string());
+                    vec![num("node_id"), v["role"].as_str().unwrap_or("?").to_string(), num("term"), num("last_log_index"), num("last_applied_index"), num("leader"), server.clone()]
+                })
+                .collect();
+            println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
+        }
+        ClusterCommand::Init { org_name, env_file, operator_key_file } => {
+            let answer = client.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
+            let org_id = answer["org_id"].as_str().unwrap_or_default();
+            let api_key = answer["api_key"].as_str().unwrap_or_default();
+            let operator_key = answer["operator_key"].as_str().unwrap_or_default();
+            if let Some(path) = &env_file {
+                let servers = client.servers().join(",");
+                let text = format!("ZTNA_SERVER={servers}\nQZ_API_KEY={api_key}\nZTNA_ORG={org_id}\n");
+                write_private(path, &text)?;
+            }
+            if let Some(path) = &operator_key_file {
+                write_private(path, &format!("{operator_key}\n"))?;
+            }
+            if conn.output == Output::Json {
+                print_json(&answer);
+            } else if env_file.is_none() {
+                println!("✓ Cluster initialised");
+                println!("  Org:           {org_id}");
+                println!("  API key:       {api_key}");
+                println!("  Operator key:  {operator_key}");
+                println!();
+                println!("COPY THESE KEYS NOW — you cannot retrieve them later.");
+            } else {
+                println!("✓ Cluster initialised: org {org_id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file readable only by its owner (mode 0600).
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: String) -> Result<(), CliError> {
+    let client = client(conn, Some(operator_key))?;
+    let body = match &command {
+        OrgCommand::CreateOrg { name } => json!({ "action": "create_org", "name": name, "request_id": request_id() }),
+        OrgCommand::ListOrgs => json!({ "action": "list_orgs" }),
+        OrgCommand::CreateApiKey { org_id, description } => json!({
+            "action": "create_api_key", "org_id": org_id, "description": description, "request_id": request_id(),
+        }),
+        OrgCommand::ListApiKeys { org_id } => json!({ "action": "list_api_keys", "org_id": org_id }),
+        OrgCommand::RevokeApiKey { api_key_id } => json!({
+            "action": "revoke_api_key", "api_key_id": api_key_id, "request_id": request_id(),
+        }),
+    };
+    let answer = client.post("/api/org-admin", &body).await?;
+    if conn.output == Output::Json {
+        print_json(&answer);
+        return Ok(());
+    }
+    match command {
+        OrgCommand::CreateOrg { .. } => println!("✓ Org created: {}", answer["org_id"].as_str().unwrap_or_default()),
+        OrgCommand::CreateApiKey { .. } => {
+            println!("✓ API key created: {}", answer["key"].as_str().unwrap_or_default());
+            println!("  Id:   {}", answer["api_key_id"].as_str().unwrap_or_default());
+            println!("  Org:  {}", answer["org_id"].as_str().unwrap_or_default());
+            println!();
+            println!("COPY THIS KEY NOW — you cannot retrieve it later.");
+        }
+        OrgCommand::RevokeApiKey { .. } => println!("✓ API key revoked"),
+        OrgCommand::ListOrgs => {
+            let rows: Vec<Vec<String>> = answer["orgs"]
+                .as_array()
+                .map(|orgs| orgs.iter().map(|o| ["org_id", "name", "created_at"].iter().map(|f| o[*f].as_str().unwrap_or_default().to_string()).collect()).collect())
+                .unwrap_or_default();
+            println!("{}", table(&["ORG", "NAME", "CREATED"], &rows));
+        }
+        OrgCommand::ListApiKeys { .. } => {
+            let rows: Vec<Vec<String>> = answer["api_keys"]
+                .as_array()
+                .map(|keys| {
+                    keys.iter()
+                        .map(|k| {
+                            let state = if k["revoked_at"].is_null() { "active" } else { "revoked" };
+                            vec![
+                                k["api_key_id"].as_str().unwrap_or_default().to_string(),
+                                k["scope"].as_str().unwrap_or_default().to_string(),
+                                k["org_id"].as_str().unwrap_or("-").to_string(),
+                                state.to_string(),
+                                k["description"].as_str().unwrap_or_default().to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!("{}", table(&["API-KEY", "SCOPE", "ORG", "STATE", "DESCRIPTION"], &rows));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Node and cluster configuration: the cluster file under `cluster/`, read at start.
+//!
+//! A cluster file lists every node (id, API address, Raft address) and the settings all nodes
+//! share; a node is started with the file and its own id. Unknown keys are refused so that a typo
+//! never silently falls back to a default.
+//!
+//! This module must not start anything; it only reads and checks configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::raft_types::{NodeId, NodeInfo};
+use crate::sm::model::MIN_EXPIRY_SECS;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One node of the cluster as the cluster file lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub api_addr: String,
+    pub raft_addr: String,
+}
+
+/// Settings shared by every node. Defaults suit a LAN.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Name shown by `ztna cluster status` and used as the Raft cluster name.
+    pub cluster_name: String,
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a request may wait for a leader before it answers 503.
+    pub request_timeout_ms: u64,
+    /// Build a snapshot (and allow purging the log) after this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Most commands the leader puts in one log entry.
+    pub max_batch: usize,
+    /// Most log entries the leader has in flight at once.
+    pub max_in_flight_entries: usize,
+    /// TEST ONLY: shortest accepted `expires_in`, so fault tests can watch keys expire. Never set
+    /// this below 300 in production; the node logs a warning when it is.
+    pub test_only_min_expiry_secs: u64,
+    /// TEST ONLY: milliseconds added to this node's wall clock (may be negative), to inject a
+    /// clock jump.
+    pub test_only_clock_offset_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_name: "ztna".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            request_timeout_ms: 5000,
+            snapshot_every_entries: 10_000,
+            max_batch: 1024,
+            max_in_flight_entries: 16,
+            test_only_min_expiry_secs: MIN_EXPIRY_SECS,
+            test_only_clock_offset_ms: 0,
+        }
+    }
+}
+
+impl Settings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    #[serde(default)]
+    pub settings: Settings,
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let file: ClusterFile = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::Invalid("the cluster file lists no [[nodes]]".into()));
+        }
+        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.nodes.len() {
+            return Err(ConfigError::Invalid("node ids in the cluster file must be unique".into()));
+        }
+        let s = &self.settings;
+        if s.election_timeout_min_ms <= s.heartbeat_interval_ms || s.election_timeout_max_ms <= s.election_timeout_min_ms {
+            return Err(ConfigError::Invalid(
+                "settings: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+            ));
+        }
+        if s.max_batch == 0 || s.max_in_flight_entries == 0 {
+            return Err(ConfigError::Invalid("settings: max_batch and max_in_flight_entries must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The membership to bootstrap with.
+    pub fn members(&self) -> std::collections::BTreeMap<NodeId, NodeInfo> {
+        self.nodes
+            .iter()
+            .map(|n| (n.id, NodeInfo { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
+            .collect()
+    }
+}
+
+/// Everything one node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub cluster: ClusterFile,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, data_dir: PathBuf, cluster: ClusterFile) -> Result<Self, ConfigError> {
+        if cluster.node(id).is_none() {
+            let known: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
+            return Err(ConfigError::Invalid(format!(
+                "node id {id} is not in the cluster file (it lists {})",
+                known.join(", ")
+            )));
+        }
+        Ok(NodeConfig { id, data_dir, cluster })
+    }
+
+    pub fn me(&self) -> &NodeEntry {
+        // `new` checked that the id is listed.
+        self.cluster.node(self.id).unwrap_or(&self.cluster.nodes[0])
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.cluster.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_timings_are_refused() {
+        let bad: Result<ClusterFile, _> = toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\nport = 3\n");
+        assert!(bad.unwrap_err().to_string().contains("port"));
+        let file: ClusterFile = toml::from_str(
+            "[settings]\nheartbeat_interval_ms = 500\n[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n",
+        )
+        .unwrap();
+        assert!(file.validate().is_err());
+        let ok: ClusterFile = toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n").unwrap();
+        assert!(ok.validate().is_ok());
+        assert!(NodeConfig::new(2, "x".into(), ok).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! Node-to-node traffic over the internal listener: Raft RPCs, and requests a follower forwards
+//! to the leader.
+//!
+//! Every body is encoded by [`crate::codec`] (bincode with a version byte). One pooled HTTP/1.1
+//! client (keep-alive) serves all peers, so forwarding costs no new connection per request.
+//! [`server`] is the receiving side.
+//!
+//! This module must not decide anything about keys; it moves bytes between nodes.
+
+pub mod server;
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
+use crate::sm::model::{Actor, Command, OpError, Outcome};
+use crate::sm::query::{Answer, Query};
+
+pub const PATH_APPEND: &str = "/raft/append";
+pub const PATH_VOTE: &str = "/raft/vote";
+pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
+pub const PATH_PROPOSE: &str = "/internal/propose";
+pub const PATH_QUERY: &str = "/internal/query";
+
+/// Why a forwarded request did not get an answer from the leader it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request may or may not have reached the leader (e.g. a timeout after sending).
+    #[error("no answer from the leader: {0}")]
+    Transport(String),
+}
+
+/// A forwarded read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedQuery {
+    pub actor: Actor,
+    pub query: Query,
+}
+
+/// The pooled client all node-to-node requests share.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeerClient {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        PeerClient { http }
+    }
+
+    /// Posts an encoded body and decodes the answer.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let bytes = codec::encode(body).map_err(|e| CallError::Encode(e.to_string()))?;
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| if e.is_connect() { CallError::Unreachable(e.to_string()) } else { CallError::Sent(e.to_string()) })?;
+        if !response.status().is_success() {
+            return Err(CallError::Sent(format!("{addr}{path} answered {}", response.status())));
+        }
+        let bytes = response.bytes().await.map_err(|e| CallError::Sent(e.to_string()))?;
+        codec::decode(&bytes).map_err(|e| CallError::Sent(format!("bad answer from {addr}: {e}")))
+    }
+
+    /// Forwards a command to the leader at `addr`.
+    pub async fn propose(&self, addr: &str, command: &Command, timeout: Duration) -> Result<Outcome, ForwardError> {
+        match self.call::<_, Result<Outcome, ForwardError>>(addr, PATH_PROPOSE, command, timeout).await {
+            Ok(answer) => answer,
+            Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
+            Err(CallError::Sent(e)) => Err(ForwardError::Transport(e)),
+        }
+    }
+
+    /// Forwards a read to the leader at `addr`.
+    pub async fn query(
+        &self,
+        addr: &str,
+        query: &ForwardedQuery,
+        timeout: Duration,
+    ) -> Result<Result<Answer, OpError>, ForwardError> {
+        match self.call::<_, Result<Result<Answer, OpError>, ForwardError>>(addr, PATH_QUERY, query, timeout).await {
+            Ok(answer) => answer,
+            Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
+            Err(CallError::Sent(e)) => Err(ForwardError::Transport(e)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Sent(String),
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+/// Makes a [`PeerNetwork`] per Raft peer.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub client: PeerClient,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerNetwork { client: self.client.clone(), target, addr: node.raft_addr.clone() }
+    }
+}
+
+/// The Raft RPC client for one peer.
+pub struct PeerNetwork {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+/// What the receiving side answers to a Raft RPC: the response, or the remote error's text.
+type RpcAnswer<T> = Result<T, String>;
+
+impl PeerNetwork {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>> {
+        match self.client.call::<_, RpcAnswer<Resp>>(&self.addr, path, req, option.hard_ttl()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::Network(NetworkError::new(&Message(format!(
+                "node {} refused {path}: {remote}",
+                self.target
+            ))))),
+            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&Message(e)))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc(PATH_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.rpc(PATH_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc(PATH_VOTE, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer quickly: a restarted node should rejoin within a heartbeat or two.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+

@@ -1,0 +1,82 @@
+//! The internal listener's routes: Raft RPCs from peers, and commands and reads forwarded by
+//! followers to this node as leader.
+//!
+//! It must only ever be reachable by other nodes of the cluster; it has no API-key checks of its
+//! own (forwarded commands carry their actor, which the state machine checks).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ForwardError, ForwardedQuery, PATH_APPEND, PATH_PROPOSE, PATH_QUERY, PATH_SNAPSHOT, PATH_VOTE};
+use crate::codec;
+use crate::node::Node;
+use crate::sm::model::Command;
+
+/// The internal router. Bodies are limited only by what a snapshot chunk needs.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(PATH_APPEND, post(append))
+        .route(PATH_VOTE, post(vote))
+        .route(PATH_SNAPSHOT, post(snapshot))
+        .route(PATH_PROPOSE, post(propose))
+        .route(PATH_QUERY, post(query))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(node)
+}
+
+fn reply<T: Serialize>(value: &T) -> Response {
+    match codec::encode(value) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+}
+
+async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => reply(&node.raft().append_entries(rpc).await.map_err(|e| e.to_string())),
+        Err(bad) => bad,
+    }
+}
+
+async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => reply(&node.raft().vote(rpc).await.map_err(|e| e.to_string())),
+        Err(bad) => bad,
+    }
+}
+
+async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),
+        Err(bad) => bad,
+    }
+}
+
+async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode::<Command>(&body) {
+        Ok(command) => reply(&node.propose_as_leader(command).await),
+        Err(bad) => bad,
+    }
+}
+
+async fn query(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode::<ForwardedQuery>(&body) {
+        Ok(q) => {
+            let answer: Result<_, ForwardError> = node.query_as_leader(&q.actor, &q.query).await;
+            reply(&answer)
+        }
+        Err(bad) => bad,
+    }
+}

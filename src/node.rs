@@ -1,0 +1,350 @@
+//! The one place a node is wired together: storage, Raft, the proposer, both listeners.
+//!
+//! [`Node::start`] opens RocksDB, starts openraft with the RocksDB log and state machine, starts
+//! the group-commit [`Proposer`], serves the public API and the internal listener, and bootstraps
+//! the cluster's membership on first start. [`Node::write`] and [`Node::read`] are how the API
+//! reaches the state machine from any node: on the leader directly, on a follower by forwarding
+//! to the leader over the pooled peer client.
+//!
+//! This module must not parse HTTP requests (that is `api`) or decide anything about keys (`sm`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
+use crate::proposer::Proposer;
+use crate::raft_types::{NodeId, NodeInfo, Raft};
+use crate::sm::model::{Actor, Command, OpError, Outcome};
+use crate::sm::query::{Answer, Query};
+use crate::store::state_machine::{read_state, SharedState};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    #[error("invalid Raft settings: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// A request that could not reach a leader in time. The outcome of a write is then unknown:
+/// retrying it with the same request id is safe.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no leader could be reached within {waited_ms} ms ({last_error})")]
+pub struct Unavailable {
+    pub waited_ms: u64,
+    pub last_error: String,
+}
+
+/// A running node's shared parts.
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+    proposer: Proposer,
+    peers: PeerClient,
+    clock: Clock,
+    config: NodeConfig,
+}
+
+/// What `GET /api/cluster` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    pub cluster_name: String,
+    pub node_id: NodeId,
+    pub role: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub voter: bool,
+}
+
+/// A started node: wait on it, or shut it down.
+pub struct Running {
+    pub node: Arc<Node>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops serving and stops Raft; everything acknowledged is already durable.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+impl Node {
+    /// Starts a node and returns once both listeners are bound.
+    pub async fn start(config: NodeConfig) -> Result<Running, StartError> {
+        let settings = config.settings().clone();
+        if settings.test_only_min_expiry_secs < crate::sm::model::MIN_EXPIRY_SECS {
+            tracing::warn!(
+                "TEST ONLY setting test_only_min_expiry_secs = {}: keys may expire sooner than 5 minutes",
+                settings.test_only_min_expiry_secs
+            );
+        }
+        if settings.test_only_clock_offset_ms != 0 {
+            tracing::warn!("TEST ONLY setting test_only_clock_offset_ms = {}", settings.test_only_clock_offset_ms);
+        }
+        let raft_config = openraft::Config {
+            cluster_name: settings.cluster_name.clone(),
+            heartbeat_interval: settings.heartbeat_interval_ms,
+            election_timeout_min: settings.election_timeout_min_ms,
+            election_timeout_max: settings.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let (log_store, sm_store) = crate::store::open(&config.data_dir).await?;
+        let state = sm_store.shared();
+        let peers = PeerClient::new();
+        let network = NetworkFactory { client: peers.clone() };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let clock = Clock::new(settings.test_only_clock_offset_ms);
+        let proposer = Proposer::start(raft.clone(), clock.clone(), settings.max_batch, settings.max_in_flight_entries);
+
+        let me = config.me().clone();
+        let api_listener = bind(&me.api_addr).await?;
+        let raft_listener = bind(&me.raft_addr).await?;
+        let node = Arc::new(Node { id: config.id, raft, state, proposer, peers, clock, config });
+
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let servers = vec![
+            serve(raft_listener, crate::network::server::router(node.clone()), stop.clone()),
+            serve(api_listener, crate::api::router(node.clone()), stop),
+        ];
+        node.bootstrap_if_first().await;
+        tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started (plain HTTP: for loopback and trusted networks only)");
+        Ok(Running { node, servers, shutdown })
+    }
+
+    /// The lowest-id node of the cluster file initialises the membership on a fresh cluster.
+    async fn bootstrap_if_first(&self) {
+        let lowest = self.config.cluster.nodes.iter().map(|n| n.id).min();
+        if lowest != Some(self.id) {
+            return;
+        }
+        match self.raft.is_initialized().await {
+            Ok(false) => {
+                let members: BTreeMap<NodeId, NodeInfo> = self.config.cluster.members();
+                match self.raft.initialize(members).await {
+                    Ok(()) => tracing::info!("initialised a new cluster"),
+                    Err(e) => tracing::warn!("cluster initialisation: {e}"),
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::error!("cannot read raft state: {e}"),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Whether the cluster has been initialised with its first org (read from local state).
+    pub fn locally_initialized(&self) -> bool {
+        read_state(&self.state).store.is_initialized()
+    }
+
+    fn leader(&self) -> Option<(NodeId, Option<NodeInfo>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let info = metrics.membership_config.membership().get_node(&leader).cloned();
+        Some((leader, info))
+    }
+
+    /// Waits until a leader is known or `deadline` passes.
+    async fn wait_for_leader(&self, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow().current_leader.is_none() {
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies `command` through the leader, wherever it is, retrying until the request
+    /// timeout. A retry resends the same command (same request id, same ids and secrets), which
+    /// the state machine applies at most once.
+    pub async fn write(&self, command: Command) -> Result<Outcome, Unavailable> {
+        let started = Instant::now();
+        let deadline = started + self.config.settings().request_timeout();
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    // A leader cut off from its quorum may never commit; the deadline bounds it.
+                    tokio::time::timeout_at(deadline, self.propose_as_leader(command.clone()))
+                        .await
+                        .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not commit in time".into())))
+                }
+                Some((_, Some(info))) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
+                    self.peers.propose(&info.raft_addr, &command, remaining).await
+                }
+                Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
+                None => Err(ForwardError::NotLeader { leader: None }),
+            };
+            let last_error = match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Unavailable { waited_ms: started.elapsed().as_millis() as u64, last_error });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.wait_for_leader(deadline).await;
+        }
+    }
+
+    /// A linearizable read through the leader, wherever it is.
+    pub async fn read(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, Unavailable> {
+        let started = Instant::now();
+        let deadline = started + self.config.settings().request_timeout();
+        let forwarded = ForwardedQuery { actor: actor.clone(), query: query.clone() };
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    tokio::time::timeout_at(deadline, self.query_as_leader(actor, query))
+                        .await
+                        .unwrap_or_else(|_| Err(ForwardError::Transport("leadership could not be confirmed in time".into())))
+                }
+                Some((_, Some(info))) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
+                    self.peers.query(&info.raft_addr, &forwarded, remaining).await
+                }
+                Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
+                None => Err(ForwardError::NotLeader { leader: None }),
+            };
+            let last_error = match attempt {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Unavailable { waited_ms: started.elapsed().as_millis() as u64, last_error });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.wait_for_leader(deadline).await;
+        }
+    }
+
+    /// Proposes on this node, which must be the leader.
+    pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, ForwardError> {
+        self.proposer.propose(command).await
+    }
+
+    /// Answers a read on this node after confirming leadership with a quorum.
+    pub async fn query_as_leader(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, ForwardError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(read_state(&self.state).store.query(actor, query)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader { leader: f.leader_id })
+            }
+            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Whether this node is a member that knows a leader.
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader.is_some() && metrics.membership_config.membership().get_node(&self.id).is_some()
+    }
+
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, info)| MemberInfo {
+                id: *id,
+                api_addr: info.api_addr.clone(),
+                raft_addr: info.raft_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterInfo {
+            cluster_name: self.config.settings().cluster_name.clone(),
+            node_id: self.id,
+            role: role.to_string(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied_index: metrics.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr: addr.to_string(), source })
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            tracing::error!("server stopped: {e}");
+        }
+    })
+}

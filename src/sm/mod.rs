@@ -1,0 +1,433 @@
+//! The key state machine: pure, deterministic rules for orgs, API keys, auth keys and enrolments.
+//!
+//! [`KeyStore::apply_entry`] takes a leader-stamped batch of commands and the log index that
+//! committed it, and changes the in-memory state; every decision about a key (spent? limit
+//! reached? revoked? expired?) is made here and nowhere else. It reads no clock, draws no random
+//! number and does no I/O, so every replica that applies the same log reaches the same state.
+//! The RocksDB adapter in `store::state_machine` persists the rows this module marks dirty.
+//!
+//! This module must not know about RocksDB, HTTP or openraft.
+
+pub mod model;
+pub mod query;
+pub mod rows;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::secret::{hashes_equal, SecretHash};
+use model::*;
+pub use rows::Row;
+
+/// How long the state machine remembers a request id's outcome, in leader time.
+pub const REQUEST_MEMORY_MS: Millis = 15 * 60 * 1000;
+
+/// Counters and the logical clock, persisted as one row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The largest time stamped on any applied entry; effective time never goes below it, so
+    /// time never moves backwards across leader changes.
+    pub clock: Millis,
+    /// Next creation sequence number (auth keys and enrolments).
+    pub next_seq: u64,
+    pub initialized: bool,
+}
+
+/// A remembered outcome of a request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedRequest {
+    pub at: Millis,
+    /// Digest of the command (actor and op), to tell a retry from a reused id.
+    pub digest: [u8; 32],
+    pub outcome: Outcome,
+}
+
+/// The whole replicated state, in memory. Indexes are derived and rebuilt on load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStore {
+    pub(crate) meta: Meta,
+    pub(crate) orgs: BTreeMap<String, Org>,
+    pub(crate) api_keys: BTreeMap<String, ApiKeyRecord>,
+    pub(crate) auth_keys: BTreeMap<String, AuthKeyRecord>,
+    /// (key_id, seq) → enrolment.
+    pub(crate) enrolments: BTreeMap<(String, u64), Enrolment>,
+    pub(crate) machines: BTreeMap<String, Machine>,
+    pub(crate) requests: BTreeMap<String, RememberedRequest>,
+
+    // Derived indexes.
+    /// (org_id, seq) → key_id: listing order.
+    pub(crate) org_keys: BTreeMap<(String, u64), String>,
+    /// (auth key id, node public key) → machine id: makes a retried enrolment idempotent.
+    pub(crate) machine_by_key_and_node: BTreeMap<(String, String), String>,
+    /// (time, request id) in the order they expire.
+    pub(crate) request_expiry: VecDeque<(Millis, String)>,
+
+    /// Rows changed since the last [`KeyStore::take_dirty`].
+    dirty: BTreeSet<Row>,
+}
+
+impl KeyStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The logical clock: the largest leader time applied so far.
+    pub fn clock(&self) -> Millis {
+        self.meta.clock
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.meta.initialized
+    }
+
+    /// Applies one log entry: a batch of commands stamped with the leader's time `time`.
+    pub fn apply_entry(&mut self, log_index: u64, time: Millis, commands: &[Command]) -> Vec<Outcome> {
+        if time > self.meta.clock {
+            self.meta.clock = time;
+            self.dirty.insert(Row::Meta);
+        }
+        let now = self.meta.clock;
+        self.forget_old_requests(now);
+        commands.iter().map(|cmd| self.apply_command(log_index, now, cmd)).collect()
+    }
+
+    /// The rows changed since the last call, for the storage adapter to persist.
+    pub fn take_dirty(&mut self) -> BTreeSet<Row> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    fn apply_command(&mut self, log_index: u64, now: Millis, cmd: &Command) -> Outcome {
+        // Enrolment is idempotent by (auth key, node public key), which also covers a retried
+        // request id; every other op is made idempotent by remembering its request id.
+        if matches!(cmd.op, Op::Enrol { .. }) {
+            return self.apply_op(log_index, now, &cmd.actor, &cmd.op);
+        }
+        let digest = command_digest(cmd);
+        if let Some(seen) = self.requests.get(&cmd.request_id) {
+            return if seen.digest == digest {
+                seen.outcome.clone()
+            } else {
+                Err(OpError::RequestIdReused(cmd.request_id.clone()))
+            };
+        }
+        let outcome = self.apply_op(log_index, now, &cmd.actor, &cmd.op);
+        // A collision is retried by the proposer with a fresh id under the same request id.
+        if outcome != Err(OpError::IdCollision) {
+            self.requests.insert(cmd.request_id.clone(), RememberedRequest { at: now, digest, outcome: outcome.clone() });
+            self.request_expiry.push_back((now, cmd.request_id.clone()));
+            self.dirty.insert(Row::Request(cmd.request_id.clone()));
+        }
+        outcome
+    }
+
+    fn forget_old_requests(&mut self, now: Millis) {
+        while let Some((at, _)) = self.request_expiry.front() {
+            if now.saturating_sub(*at) < REQUEST_MEMORY_MS {
+                break;
+            }
+            if let Some((_, id)) = self.request_expiry.pop_front() {
+                self.requests.remove(&id);
+                self.dirty.insert(Row::Request(id));
+            }
+        }
+    }
+
+    fn apply_op(&mut self, log_index: u64, now: Millis, actor: &Actor, op: &Op) -> Outcome {
+        match op {
+            Op::InitCluster { org_id, org_name, operator_key, admin_key } => {
+                self.init_cluster(now, org_id, org_name, operator_key, admin_key)
+            }
+            Op::CreateOrg { org_id, name } => {
+                self.authorize_operator(actor)?;
+                if self.orgs.contains_key(org_id) {
+                    return Err(OpError::IdCollision);
+                }
+                let org = Org { org_id: org_id.clone(), name: name.clone(), created_at: now };
+                self.put_org(org.clone());
+                Ok(OpOk::Org(org))
+            }
+            Op::CreateApiKey { org_id, key, description } => {
+                self.authorize_operator(actor)?;
+                if !self.orgs.contains_key(org_id) {
+                    return Err(OpError::NotFound(format!("no org {org_id:?}")));
+                }
+                let record = self.new_api_key(now, ApiKeyScope::Org(org_id.clone()), key, description)?;
+                Ok(OpOk::ApiKey(record))
+            }
+            Op::RevokeApiKey { api_key_id } => {
+                self.authorize_operator(actor)?;
+                let record = self
+                    .api_keys
+                    .get_mut(api_key_id)
+                    .ok_or_else(|| OpError::NotFound(format!("no API key {api_key_id:?}")))?;
+                if record.scope == ApiKeyScope::Operator {
+                    return Err(OpError::Forbidden("the operator key cannot be revoked through the API".into()));
+                }
+                record.revoked_at.get_or_insert(now);
+                let record = record.clone();
+                self.dirty.insert(Row::ApiKey(api_key_id.clone()));
+                Ok(OpOk::ApiKey(record))
+            }
+            Op::CreateAuthKey { org_id, key, spec } => {
+                self.authorize_org(actor, org_id)?;
+                self.create_auth_key(now, org_id, key, spec)
+            }
+            Op::RevokeAuthKey { org_id, selector } => {
+                self.authorize_org(actor, org_id)?;
+                let key_id = self.resolve_key(org_id, selector)?;
+                let record = self.auth_keys.get_mut(&key_id).ok_or(OpError::NotFound(format!("no auth key {key_id:?}")))?;
+                record.revoked_at.get_or_insert(now);
+                let record = record.clone();
+                self.dirty.insert(Row::AuthKey(key_id));
+                Ok(OpOk::AuthKey(record))
+            }
+            Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
+                let enrol = EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
+                self.enrol(log_index, now, enrol)
+            }
+        }
+    }
+
+    fn init_cluster(
+        &mut self,
+        now: Millis,
+        org_id: &str,
+        org_name: &str,
+        operator_key: &NewCredential,
+        admin_key: &NewCredential,
+    ) -> Outcome {
+        if self.meta.initialized {
+            return Err(OpError::AlreadyInitialized);
+        }
+        let org = Org { org_id: org_id.to_string(), name: org_name.to_string(), created_at: now };
+        self.put_org(org.clone());
+        self.new_api_key(now, ApiKeyScope::Operator, operator_key, "operator")?;
+        self.new_api_key(now, ApiKeyScope::Org(org_id.to_string()), admin_key, "admin")?;
+        self.meta.initialized = true;
+        self.dirty.insert(Row::Meta);
+        Ok(OpOk::Initialized { org, operator_key_id: operator_key.id.clone(), admin_key_id: admin_key.id.clone() })
+    }
+
+    fn put_org(&mut self, org: Org) {
+        self.dirty.insert(Row::Org(org.org_id.clone()));
+        self.orgs.insert(org.org_id.clone(), org);
+    }
+
+    fn new_api_key(
+        &mut self,
+        now: Millis,
+        scope: ApiKeyScope,
+        key: &NewCredential,
+        description: &str,
+    ) -> Result<ApiKeyRecord, OpError> {
+        if self.api_keys.contains_key(&key.id) {
+            return Err(OpError::IdCollision);
+        }
+        let record = ApiKeyRecord {
+            api_key_id: key.id.clone(),
+            scope,
+            description: description.to_string(),
+            secret_hash: key.hash,
+            created_at: now,
+            revoked_at: None,
+        };
+        self.api_keys.insert(key.id.clone(), record.clone());
+        self.dirty.insert(Row::ApiKey(key.id.clone()));
+        Ok(record)
+    }
+
+    /// Checks an API key and returns its scope. Unknown, revoked and wrong secrets look alike.
+    pub(crate) fn authenticate(&self, actor: &Actor) -> Result<&ApiKeyScope, OpError> {
+        let Actor::ApiKey { api_key_id, secret_hash } = actor else {
+            return Err(OpError::Unauthorized);
+        };
+        let record = self.api_keys.get(api_key_id).ok_or(OpError::Unauthorized)?;
+        if !hashes_equal(&record.secret_hash, secret_hash) || record.revoked_at.is_some() {
+            return Err(OpError::Unauthorized);
+        }
+        Ok(&record.scope)
+    }
+
+    pub(crate) fn authorize_operator(&self, actor: &Actor) -> Result<(), OpError> {
+        match self.authenticate(actor)? {
+            ApiKeyScope::Operator => Ok(()),
+            ApiKeyScope::Org(_) => Err(OpError::Forbidden("this action needs the operator key".into())),
+        }
+    }
+
+    pub(crate) fn authorize_org(&self, actor: &Actor, org_id: &str) -> Result<(), OpError> {
+        match self.authenticate(actor)? {
+            ApiKeyScope::Org(own) if own == org_id => Ok(()),
+            ApiKeyScope::Org(_) => Err(OpError::Forbidden(format!("this API key does not belong to org {org_id:?}"))),
+            ApiKeyScope::Operator => Err(OpError::Forbidden(
+                "the operator key administers orgs and API keys; use an org's API key for its auth keys".into(),
+            )),
+        }
+    }
+
+    fn create_auth_key(&mut self, now: Millis, org_id: &str, key: &NewCredential, spec: &AuthKeySpec) -> Outcome {
+        if self.auth_keys.contains_key(&key.id) {
+            return Err(OpError::IdCollision);
+        }
+        let seq = self.next_seq();
+        let record = AuthKeyRecord {
+            key_id: key.id.clone(),
+            org_id: org_id.to_string(),
+            secret_hash: key.hash,
+            reusable: spec.reusable(),
+            ephemeral: spec.ephemeral(),
+            max_uses: spec.max_uses(),
+            uses: 0,
+            tags: spec.tags().to_vec(),
+            description: spec.description().to_string(),
+            created_at: now,
+            expires_at: now.saturating_add(spec.expires_in_secs().saturating_mul(1000)),
+            last_used_at: None,
+            revoked_at: None,
+            seq,
+        };
+        self.org_keys.insert((org_id.to_string(), seq), key.id.clone());
+        self.auth_keys.insert(key.id.clone(), record.clone());
+        self.dirty.insert(Row::AuthKey(key.id.clone()));
+        Ok(OpOk::AuthKey(record))
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.meta.next_seq += 1;
+        self.dirty.insert(Row::Meta);
+        self.meta.next_seq
+    }
+
+    /// Finds the one key of `org_id` a revocation names.
+    fn resolve_key(&self, org_id: &str, selector: &KeySelector) -> Result<String, OpError> {
+        let not_found = || OpError::NotFound("no such auth key in this org".into());
+        let key_id = match selector {
+            KeySelector::KeyId(id) => id.clone(),
+            KeySelector::FullKey(presented) => {
+                let id = format!("{AUTH_KEY_ID_PREFIX}{}", presented.id);
+                let record = self.auth_keys.get(&id).ok_or_else(not_found)?;
+                if !hashes_equal(&record.secret_hash, &presented.hash) {
+                    return Err(not_found());
+                }
+                id
+            }
+            KeySelector::IdPrefix(prefix) => {
+                let start = format!("{AUTH_KEY_ID_PREFIX}{prefix}");
+                let mut matches = self
+                    .auth_keys
+                    .range(start.clone()..)
+                    .take_while(|(id, _)| id.starts_with(&start))
+                    .filter(|(_, record)| record.org_id == org_id)
+                    .map(|(id, _)| id.clone());
+                let first = matches.next().ok_or_else(not_found)?;
+                if matches.next().is_some() {
+                    return Err(OpError::Ambiguous(format!(
+                        "prefix tskey-auth-{prefix} matches more than one key; give more characters or the key_id"
+                    )));
+                }
+                first
+            }
+        };
+        match self.auth_keys.get(&key_id) {
+            Some(record) if record.org_id == org_id => Ok(key_id),
+            _ => Err(not_found()),
+        }
+    }
+
+    fn enrol(&mut self, log_index: u64, now: Millis, req: EnrolRequest<'_>) -> Outcome {
+        let key = self.auth_keys.get(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
+        if !hashes_equal(&key.secret_hash, req.auth_key_hash) {
+            return Err(OpError::InvalidAuthKey);
+        }
+        if key.revoked_at.is_some() {
+            return Err(OpError::KeyRevoked);
+        }
+        let node = (req.auth_key_id.to_string(), req.node_public_key.to_string());
+        if let Some(machine_id) = self.machine_by_key_and_node.get(&node).cloned() {
+            if let Some(machine) = self.machines.get_mut(&machine_id) {
+                // The same machine asking again (its first answer was lost): same machine, a
+                // fresh node key that works, and no further use spent.
+                machine.node_key_id = req.node_key.id.clone();
+                machine.node_key_hash = req.node_key.hash;
+                let enrolled = enrolled_answer(machine, true);
+                self.dirty.insert(Row::Machine(machine_id));
+                return Ok(OpOk::Enrolled(enrolled));
+            }
+        }
+        if now >= key.expires_at {
+            return Err(OpError::KeyExpired);
+        }
+        if !key.reusable && key.uses >= 1 {
+            return Err(OpError::KeyUsed);
+        }
+        if key.max_uses.is_some_and(|max| key.uses >= u64::from(max)) {
+            return Err(OpError::KeyExhausted);
+        }
+        if self.machines.contains_key(req.machine_id) {
+            return Err(OpError::IdCollision);
+        }
+        let machine = Machine {
+            machine_id: req.machine_id.to_string(),
+            org_id: key.org_id.clone(),
+            hostname: req.hostname.to_string(),
+            node_public_key: req.node_public_key.to_string(),
+            node_key_id: req.node_key.id.clone(),
+            node_key_hash: req.node_key.hash,
+            auth_key_id: req.auth_key_id.to_string(),
+            tags: key.tags.clone(),
+            ephemeral: key.ephemeral,
+            created_at: now,
+        };
+        let seq = self.next_seq();
+        let key = self.auth_keys.get_mut(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
+        key.uses += 1;
+        key.last_used_at = Some(now);
+        let enrolment = Enrolment {
+            machine_id: machine.machine_id.clone(),
+            node_key_fingerprint: crate::secret::fingerprint(req.node_public_key),
+            at: now,
+            log_index,
+        };
+        let answer = enrolled_answer(&machine, false);
+        self.dirty.insert(Row::AuthKey(req.auth_key_id.to_string()));
+        self.dirty.insert(Row::Enrolment(req.auth_key_id.to_string(), seq));
+        self.dirty.insert(Row::Machine(machine.machine_id.clone()));
+        self.enrolments.insert((req.auth_key_id.to_string(), seq), enrolment);
+        self.machine_by_key_and_node.insert(node, machine.machine_id.clone());
+        self.machines.insert(machine.machine_id.clone(), machine);
+        Ok(OpOk::Enrolled(answer))
+    }
+}
+
+struct EnrolRequest<'a> {
+    auth_key_id: &'a str,
+    auth_key_hash: &'a SecretHash,
+    hostname: &'a str,
+    node_public_key: &'a str,
+    machine_id: &'a str,
+    node_key: &'a NewCredential,
+}
+
+fn enrolled_answer(machine: &Machine, repeated: bool) -> Enrolled {
+    Enrolled {
+        machine_id: machine.machine_id.clone(),
+        org_id: machine.org_id.clone(),
+        tags: machine.tags.clone(),
+        ephemeral: machine.ephemeral,
+        auth_key_id: machine.auth_key_id.clone(),
+        repeated,
+    }
+}
+
+/// A digest of what a command asks for (everything but its request id).
+fn command_digest(cmd: &Command) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    // Encoding an in-memory command cannot fail; an empty encoding would only weaken the
+    // reused-id check, never apply a command twice.
+    hasher.update(crate::codec::encode(&(&cmd.actor, &cmd.op)).unwrap_or_default());
+    hasher.finalize().into()
+}

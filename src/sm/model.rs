@@ -1,0 +1,396 @@
+//! The records the key store keeps and the commands that change them.
+//!
+//! These types are what Raft replicates (inside [`crate::raft_types::Request`]) and what the
+//! state machine stores, so they change only together with [`crate::codec::FORMAT_VERSION`].
+//! Ids and secrets inside a command were made by the node that received the request, before it
+//! was proposed; the state machine never makes one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{PresentedCredential, SecretHash};
+
+/// Milliseconds since the Unix epoch, as stamped by the leader.
+pub type Millis = u64;
+
+/// Shortest auth-key lifetime a user may ask for: 5 minutes.
+pub const MIN_EXPIRY_SECS: u64 = 300;
+/// Longest auth-key lifetime: 30 days.
+pub const MAX_EXPIRY_SECS: u64 = 30 * 24 * 3600;
+/// Lifetime when none is given: 1 hour.
+pub const DEFAULT_EXPIRY_SECS: u64 = 3600;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+/// Most tags on one key.
+pub const MAX_TAGS: usize = 64;
+/// Longest tag name after `tag:`.
+pub const MAX_TAG_NAME: usize = 63;
+
+/// An organisation: the unit of tenancy. Every API key but the operator's belongs to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Org {
+    pub org_id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// What an API key may administer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiKeyScope {
+    /// The operator key: creates orgs and their API keys, nothing else.
+    Operator,
+    /// An org's admin key: manages that org's auth keys, and only that org's.
+    Org(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// `api_<id>`.
+    pub api_key_id: String,
+    pub scope: ApiKeyScope,
+    pub description: String,
+    pub secret_hash: SecretHash,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// An auth key. The secret itself is never stored, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthKeyRecord {
+    /// `ak_<id>`, where `<id>` is the public part of `tskey-auth-<id>-<secret>`.
+    pub key_id: String,
+    pub org_id: String,
+    pub secret_hash: SecretHash,
+    pub reusable: bool,
+    pub ephemeral: bool,
+    pub max_uses: Option<u32>,
+    pub uses: u64,
+    pub tags: Vec<String>,
+    pub description: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub last_used_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    /// Creation order; listings page by it.
+    pub seq: u64,
+}
+
+/// The lifecycle state of an auth key at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Valid,
+    /// A one-shot key that has enrolled its machine.
+    Used,
+    /// A reusable key that reached `max_uses`.
+    Exhausted,
+    Expired,
+    Revoked,
+}
+
+impl AuthKeyRecord {
+    /// The public id inside the secret (`ak_abc…` → `abc…`).
+    pub fn public_id(&self) -> &str {
+        self.key_id.strip_prefix(AUTH_KEY_ID_PREFIX).unwrap_or(&self.key_id)
+    }
+
+    /// What the guide's listing shows: `tskey-auth-abc12…`.
+    pub fn display_prefix(&self) -> String {
+        let id = self.public_id();
+        format!("tskey-auth-{}…", &id[..id.len().min(5)])
+    }
+
+    /// The state at `now`. A revocation wins over everything; a spent key stays `used` or
+    /// `exhausted` after it expires, since that says more.
+    pub fn state(&self, now: Millis) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if !self.reusable && self.uses >= 1 {
+            KeyState::Used
+        } else if self.max_uses.is_some_and(|max| self.uses >= u64::from(max)) {
+            KeyState::Exhausted
+        } else if now >= self.expires_at {
+            KeyState::Expired
+        } else {
+            KeyState::Valid
+        }
+    }
+}
+
+pub const AUTH_KEY_ID_PREFIX: &str = "ak_";
+pub const API_KEY_ID_PREFIX: &str = "api_";
+pub const MACHINE_ID_PREFIX: &str = "m_";
+pub const ORG_ID_PREFIX: &str = "org_";
+
+/// One use of an auth key, kept as the key's enrolment history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    pub machine_id: String,
+    pub node_key_fingerprint: String,
+    pub at: Millis,
+    /// The Raft log index of the entry that committed this enrolment.
+    pub log_index: u64,
+}
+
+/// An enrolled machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub machine_id: String,
+    pub org_id: String,
+    pub hostname: String,
+    /// 64 lowercase hex digits.
+    pub node_public_key: String,
+    /// The public id and hash of the machine's current `nodekey-<id>-<secret>`.
+    pub node_key_id: String,
+    pub node_key_hash: SecretHash,
+    pub auth_key_id: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    pub created_at: Millis,
+}
+
+/// A validated request for a new auth key. Only [`AuthKeySpec::new`] makes one, so a spec that
+/// reaches the state machine already obeys every rule of the contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthKeySpec {
+    reusable: bool,
+    ephemeral: bool,
+    expires_in_secs: u64,
+    tags: Vec<String>,
+    description: String,
+    max_uses: Option<u32>,
+}
+
+/// Why a key spec was refused; the message names the field and what it allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn spec_error(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError { field, message: message.into() }
+}
+
+impl AuthKeySpec {
+    /// Validates a key request. `min_expiry_secs` is [`MIN_EXPIRY_SECS`] except under the
+    /// test-only setting that lets fault tests watch keys expire.
+    pub fn new(
+        reusable: bool,
+        ephemeral: bool,
+        expires_in_secs: u64,
+        tags: Vec<String>,
+        description: String,
+        max_uses: Option<u64>,
+        min_expiry_secs: u64,
+    ) -> Result<Self, SpecError> {
+        if !(min_expiry_secs..=MAX_EXPIRY_SECS).contains(&expires_in_secs) {
+            return Err(spec_error(
+                "expires_in",
+                format!("must be a number of seconds from {min_expiry_secs} (5 minutes) to {MAX_EXPIRY_SECS} (30 days), got {expires_in_secs}"),
+            ));
+        }
+        validate_tags(&tags)?;
+        if description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(spec_error("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
+        }
+        if description.chars().any(char::is_control) {
+            return Err(spec_error("description", "must not contain control characters"));
+        }
+        let max_uses = match max_uses {
+            None => None,
+            Some(_) if !reusable => {
+                return Err(spec_error("max_uses", "is allowed only with \"reusable\": true (a one-shot key is used once)"))
+            }
+            Some(n) if n == 0 || n > u64::from(u32::MAX) => {
+                return Err(spec_error("max_uses", format!("must be a positive integer up to {}", u32::MAX)))
+            }
+            Some(n) => Some(n as u32),
+        };
+        Ok(AuthKeySpec { reusable, ephemeral, expires_in_secs, tags: dedup(tags), description, max_uses })
+    }
+
+    pub fn reusable(&self) -> bool {
+        self.reusable
+    }
+    pub fn ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+    pub fn expires_in_secs(&self) -> u64 {
+        self.expires_in_secs
+    }
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    pub fn max_uses(&self) -> Option<u32> {
+        self.max_uses
+    }
+}
+
+fn dedup(tags: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    out
+}
+
+/// Checks tags: each `tag:` plus a lowercase name of letters, digits and `-`.
+pub fn validate_tags(tags: &[String]) -> Result<(), SpecError> {
+    if tags.len() > MAX_TAGS {
+        return Err(spec_error("tags", format!("at most {MAX_TAGS} tags")));
+    }
+    for tag in tags {
+        let ok = tag.strip_prefix("tag:").is_some_and(|name| {
+            !name.is_empty()
+                && name.len() <= MAX_TAG_NAME
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        if !ok {
+            return Err(spec_error(
+                "tags",
+                format!("{tag:?} is not a tag: each tag is \"tag:\" followed by 1 to {MAX_TAG_NAME} lowercase letters, digits or '-', e.g. \"tag:laptop\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Who sent a command, as presented; the state machine decides whether that is enough.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    /// No API key: enrolment, where the auth key is the credential, and cluster initialisation.
+    Anonymous,
+    /// An API key's id (`api_…`) and the hash of the text presented.
+    ApiKey { api_key_id: String, secret_hash: SecretHash },
+}
+
+impl Actor {
+    pub fn api_key(presented: PresentedCredential) -> Self {
+        Actor::ApiKey { api_key_id: format!("{API_KEY_ID_PREFIX}{}", presented.id), secret_hash: presented.hash }
+    }
+}
+
+/// A new credential's id and hash, made before proposing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCredential {
+    pub id: String,
+    pub hash: SecretHash,
+}
+
+/// How a revocation names its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeySelector {
+    /// `ak_…`.
+    KeyId(String),
+    /// The full `tskey-auth-…` text, checked against the stored hash.
+    FullKey(PresentedCredential),
+    /// A prefix of the public id (what follows `tskey-auth-`); must match exactly one key.
+    IdPrefix(String),
+}
+
+/// A change to the key store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates the first org, its admin API key and the operator key. Applies once per cluster.
+    InitCluster { org_id: String, org_name: String, operator_key: NewCredential, admin_key: NewCredential },
+    CreateOrg { org_id: String, name: String },
+    CreateApiKey { org_id: String, key: NewCredential, description: String },
+    RevokeApiKey { api_key_id: String },
+    CreateAuthKey { org_id: String, key: NewCredential, spec: AuthKeySpec },
+    RevokeAuthKey { org_id: String, selector: KeySelector },
+    Enrol {
+        /// The presented auth key: its id (`ak_…`) and hash.
+        auth_key_id: String,
+        auth_key_hash: SecretHash,
+        hostname: String,
+        node_public_key: String,
+        /// Made before proposing; used only if this enrolment creates a machine.
+        machine_id: String,
+        /// The machine's new node key (made before proposing), also on a repeated enrolment.
+        node_key: NewCredential,
+    },
+}
+
+impl Op {
+    /// The action name used in logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::InitCluster { .. } => "init_cluster",
+            Op::CreateOrg { .. } => "create_org",
+            Op::CreateApiKey { .. } => "create_api_key",
+            Op::RevokeApiKey { .. } => "revoke_api_key",
+            Op::CreateAuthKey { .. } => "create_auth_key",
+            Op::RevokeAuthKey { .. } => "revoke_auth_key",
+            Op::Enrol { .. } => "enrol",
+        }
+    }
+}
+
+/// A command as proposed: the op, who asked, and a request id that makes retries apply once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub request_id: String,
+    pub actor: Actor,
+    pub op: Op,
+}
+
+/// What an enrolment answers (the node key's secret is added by the node that made it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub machine_id: String,
+    pub org_id: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    pub auth_key_id: String,
+    /// True when this answer repeats an earlier enrolment of the same node public key.
+    pub repeated: bool,
+}
+
+/// A successful command's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOk {
+    Initialized { org: Org, operator_key_id: String, admin_key_id: String },
+    Org(Org),
+    ApiKey(ApiKeyRecord),
+    AuthKey(AuthKeyRecord),
+    Enrolled(Enrolled),
+}
+
+/// A command's refusal. Each maps to one HTTP status and error code in `api::error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    #[error("missing, unknown or revoked API key")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("unknown or malformed auth key")]
+    InvalidAuthKey,
+    #[error("this one-shot auth key has already enrolled a machine")]
+    KeyUsed,
+    #[error("this auth key has reached its max_uses")]
+    KeyExhausted,
+    #[error("this auth key has been revoked")]
+    KeyRevoked,
+    #[error("this auth key has expired")]
+    KeyExpired,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("the cluster is already initialised")]
+    AlreadyInitialized,
+    #[error("request_id {0:?} was already used by a different request; use a new request_id")]
+    RequestIdReused(String),
+    /// A generated id collided with an existing one; the proposing node retries with a new id.
+    #[error("generated id collided with an existing one")]
+    IdCollision,
+}
+
+/// The outcome of one command.
+pub type Outcome = Result<OpOk, OpError>;

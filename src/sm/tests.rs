@@ -1,0 +1,374 @@
+//! Unit and property tests of the key rules, without disk or network.
+
+use proptest::prelude::*;
+
+use super::model::*;
+use super::query::{Answer, Query};
+use super::*;
+use crate::secret::hash;
+
+const T0: Millis = 1_700_000_000_000;
+
+struct Fixture {
+    store: KeyStore,
+    admin: Actor,
+    operator: Actor,
+    index: u64,
+    request: u64,
+}
+
+fn cred(id: &str) -> NewCredential {
+    NewCredential { id: id.to_string(), hash: hash(id) }
+}
+
+fn actor(id: &str) -> Actor {
+    Actor::ApiKey { api_key_id: id.to_string(), secret_hash: hash(id) }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mut f = Fixture { store: KeyStore::new(), admin: actor("api_admin"), operator: actor("api_op"), index: 0, request: 0 };
+        let init = Op::InitCluster {
+            org_id: "org_a".into(),
+            org_name: "first".into(),
+            operator_key: cred("api_op"),
+            admin_key: cred("api_admin"),
+        };
+        f.run(T0, Actor::Anonymous, init).unwrap();
+        f
+    }
+
+    fn run(&mut self, time: Millis, actor: Actor, op: Op) -> Outcome {
+        self.request += 1;
+        let cmd = Command { request_id: format!("r{}", self.request), actor, op };
+        self.run_cmd(time, cmd)
+    }
+
+    fn run_cmd(&mut self, time: Millis, cmd: Command) -> Outcome {
+        self.index += 1;
+        self.store.apply_entry(self.index, time, &[cmd]).remove(0)
+    }
+
+    fn create(&mut self, time: Millis, id: &str, reusable: bool, max_uses: Option<u64>) -> AuthKeyRecord {
+        let spec = AuthKeySpec::new(reusable, false, 3600, vec!["tag:laptop".into()], "d".into(), max_uses, MIN_EXPIRY_SECS).unwrap();
+        let op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred(id), spec };
+        match self.run(time, self.admin.clone(), op) {
+            Ok(OpOk::AuthKey(record)) => record,
+            other => panic!("create failed: {other:?}"),
+        }
+    }
+
+    fn enrol(&mut self, time: Millis, key_id: &str, node: &str) -> Outcome {
+        let op = Op::Enrol {
+            auth_key_id: key_id.into(),
+            auth_key_hash: hash(key_id),
+            hostname: "host".into(),
+            node_public_key: node.into(),
+            machine_id: format!("m_{node}"),
+            node_key: cred(node),
+        };
+        self.run(time, Actor::Anonymous, op)
+    }
+
+    fn key(&self, key_id: &str) -> AuthKeyRecord {
+        self.store.auth_keys[key_id].clone()
+    }
+}
+
+#[test]
+fn one_shot_key_enrols_exactly_once() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    assert!(matches!(f.enrol(T0 + 1, "ak_one", "n1"), Ok(OpOk::Enrolled(_))));
+    assert_eq!(f.enrol(T0 + 2, "ak_one", "n2"), Err(OpError::KeyUsed));
+    assert_eq!(f.key("ak_one").uses, 1);
+    assert_eq!(f.key("ak_one").state(T0 + 3), KeyState::Used);
+}
+
+#[test]
+fn retried_enrolment_of_the_same_node_returns_the_same_machine_and_spends_nothing() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    let first = f.enrol(T0 + 1, "ak_one", "n1").unwrap();
+    let again = f.enrol(T0 + 2, "ak_one", "n1").unwrap();
+    let (OpOk::Enrolled(a), OpOk::Enrolled(b)) = (first, again) else { panic!() };
+    assert_eq!(a.machine_id, b.machine_id);
+    assert!(!a.repeated && b.repeated);
+    assert_eq!(f.key("ak_one").uses, 1);
+}
+
+#[test]
+fn max_uses_caps_a_reusable_key() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_five", true, Some(5));
+    for n in 0..5 {
+        assert!(f.enrol(T0 + 1, "ak_five", &format!("n{n}")).is_ok());
+    }
+    assert_eq!(f.enrol(T0 + 1, "ak_five", "n9"), Err(OpError::KeyExhausted));
+    assert_eq!(f.key("ak_five").uses, 5);
+    assert_eq!(f.key("ak_five").state(T0 + 1), KeyState::Exhausted);
+}
+
+#[test]
+fn reusable_key_without_limit_counts_uses() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_many", true, None);
+    for n in 0..20 {
+        assert!(f.enrol(T0 + n, "ak_many", &format!("n{n}")).is_ok());
+    }
+    assert_eq!(f.key("ak_many").uses, 20);
+    assert_eq!(f.key("ak_many").last_used_at, Some(T0 + 19));
+}
+
+#[test]
+fn revoked_key_enrols_nothing_and_keeps_existing_machines() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    f.enrol(T0 + 1, "ak_r", "n1").unwrap();
+    let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_r".into()) };
+    let first = f.run(T0 + 2, f.admin.clone(), revoke.clone()).unwrap();
+    let second = f.run(T0 + 3, f.admin.clone(), revoke).unwrap();
+    assert_eq!(first, second, "revoking twice answers the same record");
+    assert_eq!(f.enrol(T0 + 4, "ak_r", "n2"), Err(OpError::KeyRevoked));
+    assert_eq!(f.enrol(T0 + 4, "ak_r", "n1"), Err(OpError::KeyRevoked));
+    assert!(f.store.machines.contains_key("m_n1"));
+    assert_eq!(f.key("ak_r").state(T0 + 5), KeyState::Revoked);
+}
+
+#[test]
+fn expired_key_enrols_nothing() {
+    let mut f = Fixture::new();
+    let key = f.create(T0, "ak_e", true, None);
+    assert!(f.enrol(key.expires_at - 1, "ak_e", "n1").is_ok());
+    assert_eq!(f.enrol(key.expires_at, "ak_e", "n2"), Err(OpError::KeyExpired));
+    assert_eq!(f.key("ak_e").state(key.expires_at), KeyState::Expired);
+}
+
+#[test]
+fn time_never_moves_backwards() {
+    let mut f = Fixture::new();
+    let key = f.create(T0, "ak_e", true, None);
+    // A new leader with a slow clock stamps an earlier time; the store keeps its clock.
+    f.enrol(key.expires_at + 10, "ak_e", "n1").unwrap_err();
+    assert_eq!(f.enrol(T0 + 1, "ak_e", "n2"), Err(OpError::KeyExpired));
+    assert_eq!(f.store.clock(), key.expires_at + 10);
+}
+
+#[test]
+fn wrong_secret_and_unknown_key_are_refused_alike() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_x", false, None);
+    let op = Op::Enrol {
+        auth_key_id: "ak_x".into(),
+        auth_key_hash: hash("wrong"),
+        hostname: "h".into(),
+        node_public_key: "n".into(),
+        machine_id: "m_1".into(),
+        node_key: cred("n"),
+    };
+    assert_eq!(f.run(T0, Actor::Anonymous, op), Err(OpError::InvalidAuthKey));
+    assert_eq!(f.enrol(T0, "ak_missing", "n"), Err(OpError::InvalidAuthKey));
+    assert_eq!(f.key("ak_x").uses, 0);
+}
+
+#[test]
+fn org_keys_reach_only_their_org() {
+    let mut f = Fixture::new();
+    let op = f.operator.clone();
+    f.run(T0, op.clone(), Op::CreateOrg { org_id: "org_b".into(), name: "b".into() }).unwrap();
+    f.run(T0, op, Op::CreateApiKey { org_id: "org_b".into(), key: cred("api_b"), description: String::new() }).unwrap();
+    f.create(T0, "ak_a", true, None);
+    let other = actor("api_b");
+    let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_a".into()) };
+    assert!(matches!(f.run(T0, other.clone(), revoke), Err(OpError::Forbidden(_))));
+    // Naming its own org does not reach another org's key either.
+    let sneaky = Op::RevokeAuthKey { org_id: "org_b".into(), selector: KeySelector::KeyId("ak_a".into()) };
+    assert!(matches!(f.run(T0, other.clone(), sneaky), Err(OpError::NotFound(_))));
+    let list = Query::ListAuthKeys { org_id: "org_a".into(), limit: 10, after_seq: None };
+    assert!(matches!(f.store.query(&other, &list), Err(OpError::Forbidden(_))));
+    assert!(f.key("ak_a").revoked_at.is_none());
+    // An org key cannot administer orgs; a bad secret is unauthorised.
+    let admin = f.admin.clone();
+    assert!(matches!(f.run(T0, admin, Op::CreateOrg { org_id: "org_c".into(), name: "c".into() }), Err(OpError::Forbidden(_))));
+    let forged = Actor::ApiKey { api_key_id: "api_admin".into(), secret_hash: hash("guess") };
+    assert_eq!(f.store.query(&forged, &list), Err(OpError::Unauthorized));
+}
+
+#[test]
+fn revoked_api_key_is_refused() {
+    let mut f = Fixture::new();
+    let op = f.operator.clone();
+    f.run(T0, op.clone(), Op::CreateApiKey { org_id: "org_a".into(), key: cred("api_2"), description: String::new() }).unwrap();
+    f.run(T0, op, Op::RevokeApiKey { api_key_id: "api_2".into() }).unwrap();
+    let list = Query::ListAuthKeys { org_id: "org_a".into(), limit: 10, after_seq: None };
+    assert_eq!(f.store.query(&actor("api_2"), &list), Err(OpError::Unauthorized));
+}
+
+#[test]
+fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
+    let mut f = Fixture::new();
+    let spec = AuthKeySpec::new(false, false, 3600, vec![], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    let cmd = Command {
+        request_id: "same".into(),
+        actor: f.admin.clone(),
+        op: Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_1"), spec: spec.clone() },
+    };
+    let first = f.run_cmd(T0, cmd.clone());
+    let again = f.run_cmd(T0 + 5, cmd.clone());
+    assert_eq!(first, again);
+    let mut different = cmd;
+    different.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_2"), spec };
+    assert_eq!(f.run_cmd(T0 + 6, different), Err(OpError::RequestIdReused("same".into())));
+    assert!(!f.store.auth_keys.contains_key("ak_2"));
+    // After the memory window the id is forgotten.
+    f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() }).unwrap_err();
+    assert!(!f.store.requests.contains_key("same"));
+}
+
+#[test]
+fn init_applies_once() {
+    let mut f = Fixture::new();
+    let again = Op::InitCluster { org_id: "org_z".into(), org_name: "z".into(), operator_key: cred("api_z1"), admin_key: cred("api_z2") };
+    assert_eq!(f.run(T0, Actor::Anonymous, again), Err(OpError::AlreadyInitialized));
+    assert!(!f.store.orgs.contains_key("org_z"));
+}
+
+#[test]
+fn revoke_by_prefix_needs_a_unique_match() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_abc111", true, None);
+    f.create(T0, "ak_abc222", true, None);
+    let by = |p: &str| Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::IdPrefix(p.into()) };
+    assert!(matches!(f.run(T0, f.admin.clone(), by("abc")), Err(OpError::Ambiguous(_))));
+    assert!(f.run(T0, f.admin.clone(), by("abc1")).is_ok());
+    assert!(f.key("ak_abc111").revoked_at.is_some());
+    assert!(f.key("ak_abc222").revoked_at.is_none());
+    assert!(matches!(f.run(T0, f.admin.clone(), by("zzz")), Err(OpError::NotFound(_))));
+}
+
+#[test]
+fn listing_pages_in_creation_order() {
+    let mut f = Fixture::new();
+    for n in 0..7 {
+        f.create(T0, &format!("ak_{n}"), true, None);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let q = Query::ListAuthKeys { org_id: "org_a".into(), limit: 3, after_seq: after };
+        let Ok(Answer::AuthKeys { keys, next_after_seq }) = f.store.query(&f.admin, &q) else { panic!() };
+        seen.extend(keys.into_iter().map(|k| k.key_id));
+        match next_after_seq {
+            Some(s) => after = Some(s),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..7).map(|n| format!("ak_{n}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn specs_are_validated() {
+    let ok = |e: u64, tags: Vec<&str>, reusable: bool, max: Option<u64>| {
+        AuthKeySpec::new(reusable, false, e, tags.into_iter().map(String::from).collect(), String::new(), max, MIN_EXPIRY_SECS)
+    };
+    assert!(ok(300, vec!["tag:a-1"], false, None).is_ok());
+    assert_eq!(ok(299, vec![], false, None).unwrap_err().field, "expires_in");
+    assert_eq!(ok(MAX_EXPIRY_SECS + 1, vec![], false, None).unwrap_err().field, "expires_in");
+    assert_eq!(ok(300, vec!["laptop"], false, None).unwrap_err().field, "tags");
+    assert_eq!(ok(300, vec!["tag:Laptop"], false, None).unwrap_err().field, "tags");
+    assert_eq!(ok(300, vec![], false, Some(2)).unwrap_err().field, "max_uses");
+    assert_eq!(ok(300, vec![], true, Some(0)).unwrap_err().field, "max_uses");
+    let long = AuthKeySpec::new(false, false, 300, vec![], "x".repeat(257), None, MIN_EXPIRY_SECS);
+    assert_eq!(long.unwrap_err().field, "description");
+}
+
+#[test]
+fn rows_round_trip_through_load() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_1", true, Some(3));
+    f.enrol(T0 + 1, "ak_1", "n1").unwrap();
+    let mut copy = KeyStore::new();
+    for row in f.store.all_rows().collect::<Vec<_>>() {
+        let value = f.store.row_value(&row).unwrap().unwrap();
+        copy.load_row(&row.key(), &value).unwrap();
+    }
+    copy.finish_load();
+    f.store.take_dirty();
+    assert_eq!(copy, f.store);
+}
+
+// ---- Property test: random interleavings never break a key's rules. ----
+
+#[derive(Debug, Clone)]
+enum Step {
+    Create { key: u8, reusable: bool, max_uses: Option<u8>, expiry_secs: u64 },
+    Enrol { key: u8, node: u8 },
+    Revoke { key: u8 },
+    Advance { ms: u64 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => (0u8..4, any::<bool>(), proptest::option::of(1u8..4), 300u64..900)
+            .prop_map(|(key, reusable, max_uses, expiry_secs)| Step::Create { key, reusable, max_uses: max_uses.filter(|_| reusable), expiry_secs }),
+        5 => (0u8..4, 0u8..12).prop_map(|(key, node)| Step::Enrol { key, node }),
+        1 => (0u8..4).prop_map(|key| Step::Revoke { key }),
+        1 => (0u64..400_000).prop_map(|ms| Step::Advance { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn interleavings_respect_limits_revocation_and_expiry(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut f = Fixture::new();
+        let mut now = T0;
+        let mut log: Vec<(Millis, Command)> = Vec::new();
+        let mut revoked_at: std::collections::BTreeMap<String, Millis> = Default::default();
+        let mut successes: std::collections::BTreeMap<String, std::collections::BTreeSet<u8>> = Default::default();
+        for s in steps {
+            let (op, actor) = match s {
+                Step::Advance { ms } => { now += ms; continue; }
+                Step::Create { key, reusable, max_uses, expiry_secs } => {
+                    let spec = AuthKeySpec::new(reusable, false, expiry_secs, vec![], String::new(), max_uses.map(u64::from), MIN_EXPIRY_SECS).unwrap();
+                    (Op::CreateAuthKey { org_id: "org_a".into(), key: cred(&format!("ak_{key}")), spec }, f.admin.clone())
+                }
+                Step::Enrol { key, node } => (Op::Enrol {
+                    auth_key_id: format!("ak_{key}"), auth_key_hash: hash(&format!("ak_{key}")), hostname: "h".into(),
+                    node_public_key: format!("{node}"), machine_id: format!("m_{key}_{node}_{}", log.len()), node_key: cred("n"),
+                }, Actor::Anonymous),
+                Step::Revoke { key } => (Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId(format!("ak_{key}")) }, f.admin.clone()),
+            };
+            f.request += 1;
+            let cmd = Command { request_id: format!("p{}", f.request), actor, op };
+            log.push((now, cmd.clone()));
+            let outcome = f.run_cmd(now, cmd.clone());
+            if let (Op::Enrol { auth_key_id, node_public_key, .. }, Ok(OpOk::Enrolled(e))) = (&cmd.op, &outcome) {
+                let key = f.key(auth_key_id);
+                // Never after a revoke, never at or past expiry (a repeat is not a new enrolment).
+                prop_assert!(!revoked_at.contains_key(auth_key_id));
+                if !e.repeated {
+                    prop_assert!(f.store.clock() < key.expires_at);
+                    successes.entry(auth_key_id.clone()).or_default().insert(node_public_key.parse().unwrap());
+                }
+            }
+            if let (Op::RevokeAuthKey { selector: KeySelector::KeyId(id), .. }, Ok(_)) = (&cmd.op, &outcome) {
+                revoked_at.entry(id.clone()).or_insert(now);
+            }
+        }
+        for (key_id, nodes) in &successes {
+            let key = f.key(key_id);
+            let limit = if !key.reusable { 1 } else { key.max_uses.map_or(u64::MAX, u64::from) };
+            prop_assert!(key.uses <= limit);
+            prop_assert!(nodes.len() as u64 <= limit);
+        }
+        // Replaying the same log from scratch reaches the same state.
+        let mut replay = Fixture::new();
+        for (time, cmd) in log {
+            let _ = replay.run_cmd(time, cmd);
+        }
+        f.store.take_dirty();
+        replay.store.take_dirty();
+        prop_assert_eq!(&replay.store, &f.store);
+    }
+}

@@ -1,0 +1,195 @@
+//! The Raft log and vote over RocksDB, with group commit.
+//!
+//! `append` writes entries without syncing, so they are readable at once, and hands openraft's
+//! callback to a syncer thread. That thread takes every callback waiting, calls one
+//! `flush_wal(sync = true)` for all of them, and only then tells openraft the entries are
+//! durable: many appends share one fsync. The vote, truncation and purge are written with
+//! `sync = true` before returning; since the column families share one WAL, such a write also
+//! makes every earlier append durable, which keeps all writes in order.
+//!
+//! This module must not interpret entries; it stores what openraft gives it.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, StorageIOError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use super::{cf, CF_LOG, CF_RAFT};
+use crate::codec;
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The log store. Clones share the database and the syncer.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        let (syncer, waiting) = mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("ztna-log-sync".into())
+            .spawn(move || run_syncer(&sync_db, &waiting))
+            .map(drop)
+            .unwrap_or_else(|e| tracing::error!("cannot start the log syncer thread: {e}"));
+        LogStore { db, syncer }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let bytes = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
+        bytes
+            .map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(AnyError::new(&e)).into()))
+            .transpose()
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts)
+    }
+}
+
+/// Waits for append callbacks, fsyncs the WAL once per group, then acknowledges the group.
+fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = waiting.recv() {
+        let mut group = vec![first];
+        group.extend(waiting.try_iter());
+        if crate::faults::ack_before_fsync() {
+            for callback in group.drain(..) {
+                callback.log_io_completed(Ok(()));
+            }
+        }
+        let result = db.flush_wal(true);
+        if let Err(e) = &result {
+            tracing::error!("fsync of the Raft log failed: {e}");
+        }
+        for callback in group {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&key[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&n) => n,
+            Bound::Excluded(&n) => n + 1,
+            Bound::Unbounded => 0,
+        };
+        let read_err = |e: &dyn std::error::Error| StorageIOError::read_logs(AnyError::error(e.to_string()));
+        let mut entries = Vec::new();
+        let iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&index_key(start), Direction::Forward));
+        for item in iter {
+            let (key, value) = item.map_err(|e| read_err(&e))?;
+            if !range.contains(&index_of(&key)) {
+                break;
+            }
+            entries.push(codec::decode::<Entry>(&value).map_err(|e| read_err(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+        let last_log_id = match last {
+            Some((_, value)) => {
+                Some(codec::decode::<Entry>(&value).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_VOTE, bytes);
+        self.write(batch, true).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // A hint for faster restarts: losing it only means re-learning the commit index.
+        let mut batch = WriteBatch::default();
+        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, bytes);
+        self.write(batch, false).map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log_cf = cf(&self.db, CF_LOG);
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+            batch.put_cf(log_cf, index_key(entry.log_id.index), bytes);
+        }
+        self.write(batch, false).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        // Durability is acknowledged by the syncer after its fsync.
+        if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log syncer has stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+        self.write(batch, true).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_LAST_PURGED, bytes);
+        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+        self.write(batch, true).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+}

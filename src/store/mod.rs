@@ -1,0 +1,69 @@
+//! Durable storage: the Raft log, the vote and the key state machine in one RocksDB database.
+//!
+//! Column families: `log` (entries by big-endian index), `raft` (vote, committed pointer, last
+//! purged id), `sm` (state-machine rows, see `sm::rows`) and `sm_meta` (last applied id and
+//! membership, written in the same batch as the rows they describe). All column families share
+//! one write-ahead log, so a synced write also makes every earlier write durable; the log store
+//! relies on that to group many appends under one fsync.
+//!
+//! Only this module knows RocksDB. It must not make decisions about keys: that is `sm`'s job.
+
+pub mod log;
+pub mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+pub use log::LogStore;
+pub use state_machine::StateMachineStore;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_SM: &str = "sm";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open RocksDB at {path}: {source}")]
+    Rocks { path: String, source: rocksdb::Error },
+    #[error("cannot create directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("stored state at {path} cannot be read: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+/// Opens (or creates) the node's database under `data_dir/db` and returns the log store and the
+/// state-machine store that share it.
+pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let db = open_db(data_dir)?;
+    let log = LogStore::new(db.clone());
+    let sm = StateMachineStore::open(db, data_dir).await?;
+    Ok((log, sm))
+}
+
+pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| OpenError::Dir { path: data_dir.display().to_string(), source })?;
+    let path = data_dir.join("db");
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Keep the WAL as the single durability point; memtables flush in the background.
+    opts.set_max_background_jobs(2);
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_SM_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, &path, cfs)
+        .map_err(|source| OpenError::Rocks { path: path.display().to_string(), source })?;
+    Ok(Arc::new(db))
+}
+
+/// The column family `name`, which [`open_db`] always creates.
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    // Every column family used is created at open; a missing one is a programming error.
+    db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is created at open"))
+}
+
+#[cfg(test)]
+mod suite_tests;

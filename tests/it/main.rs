@@ -1,0 +1,8 @@
+//! Integration tests against real `ztna server` processes on loopback. One binary, so the
+//! crate compiles once; `support` starts and stops the clusters.
+
+mod errors;
+mod failover;
+mod races;
+mod support;
+mod walkthrough;

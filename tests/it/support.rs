@@ -1,0 +1,261 @@
+//! Real three-node clusters for integration tests: `ztna server` processes on loopback, each
+//! with its own RocksDB in a temporary directory, started, killed and restarted like an operator
+//! would.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ZTNA: &str = env!("CARGO_BIN_EXE_ztna");
+
+pub struct NodeProc {
+    pub id: u64,
+    pub api_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    cluster_file: PathBuf,
+    pub org_id: String,
+    pub api_key: String,
+    pub operator_key: String,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Cluster {
+    /// Starts three nodes and initialises the cluster.
+    pub async fn start() -> Cluster {
+        Self::start_with("").await
+    }
+
+    /// Starts three nodes with extra `[settings]` lines.
+    pub async fn start_with(settings: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut text = format!("[settings]\ncluster_name = \"test\"\n{settings}\n");
+        let mut nodes = Vec::new();
+        for id in 1..=3u64 {
+            let api_addr = format!("127.0.0.1:{}", free_port());
+            let raft_addr = format!("127.0.0.1:{}", free_port());
+            text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
+            nodes.push(NodeProc { id, api_addr, data_dir: dir.path().join(format!("node{id}")), child: None });
+        }
+        let cluster_file = dir.path().join("cluster.toml");
+        std::fs::write(&cluster_file, text).expect("write cluster file");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            cluster_file,
+            org_id: String::new(),
+            api_key: String::new(),
+            operator_key: String::new(),
+            http,
+        };
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready().await;
+        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
+        assert_eq!(init.0, 200, "init: {}", init.1);
+        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
+        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
+        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
+        cluster
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Starts (or restarts, with its data) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        let cluster_file = self.cluster_file.clone();
+        let log = self.dir.path().join(format!("node{id}.log"));
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = Command::new(ZTNA)
+            .arg("server")
+            .arg("--cluster")
+            .arg(&cluster_file)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ztna server");
+        node.child = Some(child);
+    }
+
+    /// `kill -9` node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops node `id` with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.node(id).api_addr)
+    }
+
+    pub fn servers(&self) -> String {
+        self.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// POSTs JSON to node `id`; answers the status and the JSON body.
+    pub async fn post(&self, id: u64, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url(id))).json(body);
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "transport_error": e.to_string() })),
+        }
+    }
+
+    /// A key-management call with the org's admin key.
+    pub async fn keys(&self, id: u64, mut body: Value) -> (u16, Value) {
+        body["org_id"] = json!(self.org_id);
+        self.post(id, "/api/key-management", &body, Some(&self.api_key.clone())).await
+    }
+
+    pub async fn create_key(&self, id: u64, spec: Value) -> Value {
+        let mut body = spec;
+        body["action"] = json!("create_auth_key");
+        let (status, key) = self.keys(id, body).await;
+        assert_eq!(status, 200, "create_auth_key: {key}");
+        key
+    }
+
+    pub async fn get_key(&self, id: u64, key_id: &str) -> Value {
+        let (status, key) = self.keys(id, json!({"action": "get_auth_key", "key_id": key_id})).await;
+        assert_eq!(status, 200, "get_auth_key: {key}");
+        key
+    }
+
+    pub async fn enrol(&self, id: u64, auth_key: &str, device: u64) -> (u16, Value) {
+        let body = json!({
+            "auth_key": auth_key,
+            "hostname": format!("device-{device}"),
+            "node_public_key": format!("{device:064x}"),
+        });
+        self.post(id, "/api/enrol", &body, None).await
+    }
+
+    pub async fn cluster_info(&self, id: u64) -> Option<Value> {
+        let r = self.http.get(format!("{}/api/cluster", self.url(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    /// Waits until every running node is ready and they agree on one leader; returns it.
+    pub async fn wait_ready(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                match self.cluster_info(id).await {
+                    Some(info) => leaders.push(info["leader"].as_u64()),
+                    None => leaders.push(None),
+                }
+            }
+            if let Some(Some(leader)) = leaders.first().copied() {
+                if leaders.iter().all(|l| *l == Some(leader)) && self.running().contains(&leader) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "cluster not ready: leaders {leaders:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same index.
+    pub async fn wait_caught_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut applied = Vec::new();
+            for id in self.running() {
+                applied.push(self.cluster_info(id).await.and_then(|i| i["last_applied_index"].as_u64()));
+            }
+            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nodes did not catch up: {applied:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `ztna` command line, set up like `set -a; . data/cluster.env`.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(ZTNA);
+        cmd.env("ZTNA_SERVER", self.servers()).env("QZ_API_KEY", &self.api_key).env("ZTNA_ORG", &self.org_id);
+        cmd
+    }
+
+    /// Runs the CLI; answers (success, stdout, stderr).
+    pub fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cli().args(args).output().expect("run ztna");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        (1..=3)
+            .map(|id| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!("--- node {id} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=3 {
+            self.kill(id);
+        }
+    }
+}
