@@ -53,8 +53,7 @@ pub fn normalize_url(server: &str) -> String {
 impl Client {
     /// A client for the comma-separated node URLs in `servers`.
     pub fn new(servers: &str, bearer: Option<String>) -> Result<Self, ClientError> {
-        let servers: Vec<String> =
-            servers.split(',').filter(|s| !s.trim().is_empty()).map(normalize_url).collect();
+        let servers: Vec<String> = servers.split(',').filter(|s| !s.trim().is_empty()).map(normalize_url).collect();
         if servers.is_empty() {
             return Err(ClientError::NoServer);
         }

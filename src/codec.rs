@@ -64,10 +64,7 @@ mod tests {
 
         let mut newer = bytes.clone();
         newer[0] = FORMAT_VERSION + 1;
-        assert!(matches!(
-            decode::<(String, u64, Option<Vec<u8>>)>(&newer),
-            Err(CodecError::UnknownVersion { .. })
-        ));
+        assert!(matches!(decode::<(String, u64, Option<Vec<u8>>)>(&newer), Err(CodecError::UnknownVersion { .. })));
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
         let mut trailing = encode(&5u64).unwrap();
         trailing.push(0);

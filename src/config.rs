@@ -114,7 +114,9 @@ impl ClusterFile {
             return Err(ConfigError::Invalid("node ids in the cluster file must be unique".into()));
         }
         let s = &self.settings;
-        if s.election_timeout_min_ms <= s.heartbeat_interval_ms || s.election_timeout_max_ms <= s.election_timeout_min_ms {
+        if s.election_timeout_min_ms <= s.heartbeat_interval_ms
+            || s.election_timeout_max_ms <= s.election_timeout_min_ms
+        {
             return Err(ConfigError::Invalid(
                 "settings: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
@@ -174,7 +176,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_timings_are_refused() {
-        let bad: Result<ClusterFile, _> = toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\nport = 3\n");
+        let bad: Result<ClusterFile, _> =
+            toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\nport = 3\n");
         assert!(bad.unwrap_err().to_string().contains("port"));
         let file: ClusterFile = toml::from_str(
             "[settings]\nheartbeat_interval_ms = 500\n[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n",

@@ -250,9 +250,9 @@ impl Node {
         loop {
             let attempt = match self.leader() {
                 Some((leader, _)) if leader == self.id => {
-                    tokio::time::timeout_at(deadline, self.query_as_leader(actor, query))
-                        .await
-                        .unwrap_or_else(|_| Err(ForwardError::Transport("leadership could not be confirmed in time".into())))
+                    tokio::time::timeout_at(deadline, self.query_as_leader(actor, query)).await.unwrap_or_else(|_| {
+                        Err(ForwardError::Transport("leadership could not be confirmed in time".into()))
+                    })
                 }
                 Some((_, Some(info))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));

@@ -73,9 +73,9 @@ async fn run(
                 Ok(written) => {
                     let mut outcomes = written.data.outcomes.into_iter();
                     for reply in replies {
-                        let outcome = outcomes
-                            .next()
-                            .ok_or_else(|| ForwardError::Transport("entry answered fewer outcomes than commands".into()));
+                        let outcome = outcomes.next().ok_or_else(|| {
+                            ForwardError::Transport("entry answered fewer outcomes than commands".into())
+                        });
                         let _ = reply.send(outcome);
                     }
                 }

@@ -18,7 +18,10 @@ use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
 use crate::sm::model::*;
 
-pub async fn handle(State(node): State<Arc<Node>>, raw: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let mut fields = Fields::parse(&body(raw)?)?;
     let auth_key = fields.str("auth_key")?;
     let hostname = fields.str("hostname")?;
@@ -48,15 +51,13 @@ pub async fn handle(State(node): State<Arc<Node>>, raw: Result<Bytes, BytesRejec
     })
     .await?;
     match outcome? {
-        OpOk::Enrolled(e) => {
-            Ok(Json(json!({
-                "machine_id": e.machine_id,
-                "node_key": node_key.text,
-                "org_id": e.org_id,
-                "tags": e.tags,
-                "ephemeral": e.ephemeral,
-            })))
-        }
+        OpOk::Enrolled(e) => Ok(Json(json!({
+            "machine_id": e.machine_id,
+            "node_key": node_key.text,
+            "org_id": e.org_id,
+            "tags": e.tags,
+            "ephemeral": e.ephemeral,
+        }))),
         other => Err(ApiError::internal(format!("enrol answered {other:?}"))),
     }
 }

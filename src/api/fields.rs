@@ -15,12 +15,13 @@ pub struct Fields {
 impl Fields {
     /// Parses `body` as a JSON object.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the body must be a JSON object: {e}"))
-        })?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body must be a JSON object: {e}")))?;
         match value {
             Value::Object(map) => Ok(Fields { map, known: Vec::new() }),
-            _ => Err(ApiError::bad_request("the body must be a JSON object, e.g. {\"action\": \"list_auth_keys\", \"org_id\": \"org_…\"}")),
+            _ => Err(ApiError::bad_request(
+                "the body must be a JSON object, e.g. {\"action\": \"list_auth_keys\", \"org_id\": \"org_…\"}",
+            )),
         }
     }
 
@@ -59,7 +60,9 @@ impl Fields {
                 .as_u64()
                 .map(Some)
                 .ok_or_else(|| ApiError::bad_field(name, format!("must be a non-negative integer, got {n}"))),
-            Some(other) => Err(ApiError::bad_field(name, format!("must be a non-negative integer, got {}", kind(&other)))),
+            Some(other) => {
+                Err(ApiError::bad_field(name, format!("must be a non-negative integer, got {}", kind(&other))))
+            }
         }
     }
 
@@ -70,7 +73,9 @@ impl Fields {
                 .into_iter()
                 .map(|item| match item {
                     Value::String(s) => Ok(s),
-                    other => Err(ApiError::bad_field(name, format!("must be a list of strings, found {}", kind(&other)))),
+                    other => {
+                        Err(ApiError::bad_field(name, format!("must be a list of strings, found {}", kind(&other))))
+                    }
                 })
                 .collect(),
             Some(other) => Err(ApiError::bad_field(name, format!("must be a list of strings, got {}", kind(&other)))),

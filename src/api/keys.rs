@@ -114,7 +114,11 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
             KeySelector::KeyId(id)
         }
         (None, Some(key)) => selector_from_key(&key)?,
-        _ => return Err(ApiError::bad_request("give exactly one of key_id (\"ak_…\") or key (the full key or a unique prefix of it)")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of key_id (\"ak_…\") or key (the full key or a unique prefix of it)",
+            ))
+        }
     };
     let command = Command { request_id, actor, op: Op::RevokeAuthKey { org_id, selector } };
     match node.write(command).await?? {
@@ -130,7 +134,10 @@ fn check_key_id(key_id: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_field("key_id", format!("must be \"ak_\" followed by {ID_LEN} letters or digits, got {key_id:?}")))
+        Err(ApiError::bad_field(
+            "key_id",
+            format!("must be \"ak_\" followed by {ID_LEN} letters or digits, got {key_id:?}"),
+        ))
     }
 }
 

@@ -67,7 +67,10 @@ pub async fn handle(
             let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
             fields.finish()?;
             if description.chars().count() > MAX_DESCRIPTION_CHARS {
-                return Err(ApiError::bad_field("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
+                return Err(ApiError::bad_field(
+                    "description",
+                    format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                ));
             }
             let (outcome, secret) = write_with_fresh_ids(&node, request_id, actor, || {
                 let (secret, key) = new_api_key();
@@ -97,7 +100,9 @@ pub async fn handle(
             let org_id = fields.opt_str("org_id")?;
             fields.finish()?;
             match node.read(&actor, &Query::ListApiKeys { org_id }).await?? {
-                Answer::ApiKeys(keys) => Ok(Json(json!({ "api_keys": keys.iter().map(views::api_key).collect::<Vec<_>>() }))),
+                Answer::ApiKeys(keys) => {
+                    Ok(Json(json!({ "api_keys": keys.iter().map(views::api_key).collect::<Vec<_>>() })))
+                }
                 other => Err(ApiError::internal(format!("list_api_keys answered {other:?}"))),
             }
         }

@@ -30,7 +30,11 @@ pub fn duration_words(ms: i64) -> String {
     let hours = minutes / 60;
     if hours < 24 {
         let rest = minutes % 60;
-        return if rest == 0 || hours >= 10 { plural(hours, "hour") } else { format!("{} {rest} min", plural(hours, "hour")) };
+        return if rest == 0 || hours >= 10 {
+            plural(hours, "hour")
+        } else {
+            format!("{} {rest} min", plural(hours, "hour"))
+        };
     }
     plural((minutes + 720) / 1440, "day")
 }

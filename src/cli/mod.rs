@@ -231,7 +231,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     .trim()
                     .to_string(),
                 (None, None) => {
-                    return Err(CliError::Usage("give the operator key: --operator-key-file data/operator.key or ZTNA_OPERATOR_KEY".into()))
+                    return Err(CliError::Usage(
+                        "give the operator key: --operator-key-file data/operator.key or ZTNA_OPERATOR_KEY".into(),
+                    ))
                 }
             };
             org_admin(command, &conn, key).await
@@ -348,7 +350,8 @@ async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(), CliError> 
                 return Ok(());
             }
             let expires = parse_time(&key["expires_at"]).map_or("?".into(), |t| relative_expiry(t, now_ms()));
-            let tags: Vec<&str> = key["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let tags: Vec<&str> =
+                key["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             println!("✓ Auth key created: {}", key["key"].as_str().unwrap_or_default());
             println!("  Reusable:     {}", yes_no(&key["reusable"]));
             if let Some(max) = key["max_uses"].as_u64() {
@@ -409,7 +412,12 @@ async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(), CliError> 
                 print_json(&key);
                 return Ok(());
             }
-            println!("{}  {}  {}", key["key_id"].as_str().unwrap_or_default(), key["prefix"].as_str().unwrap_or_default(), key["state"].as_str().unwrap_or_default());
+            println!(
+                "{}  {}  {}",
+                key["key_id"].as_str().unwrap_or_default(),
+                key["prefix"].as_str().unwrap_or_default(),
+                key["state"].as_str().unwrap_or_default()
+            );
             let rows: Vec<Vec<String>> = key["enrolments"]
                 .as_array()
                 .map(|list| {
@@ -459,7 +467,8 @@ async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Opt
         print_json(&machine);
         return Ok(());
     }
-    let tags: Vec<&str> = machine["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let tags: Vec<&str> =
+        machine["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     println!("✓ Enrolled {hostname} as {}", machine["machine_id"].as_str().unwrap_or_default());
     println!("  Org:        {}", machine["org_id"].as_str().unwrap_or_default());
     println!("  Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
@@ -488,10 +497,26 @@ async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
                 .iter()
                 .map(|(server, v)| {
                     if v.get("error").is_some() {
-                        return vec!["?".into(), "unreachable".into(), "-".into(), "-".into(), "-".into(), "-".into(), server.clone()];
+                        return vec![
+                            "?".into(),
+                            "unreachable".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            server.clone(),
+                        ];
                     }
                     let num = |f: &str| v[f].as_u64().map_or("-".to_string(), |n| n.to_string());
-                    vec![num("node_id"), v["role"].as_str().unwrap_or("?").to_string(), num("term"), num("last_log_index"), num("last_applied_index"), num("leader"), server.clone()]
+                    vec![
+                        num("node_id"),
+                        v["role"].as_str().unwrap_or("?").to_string(),
+                        num("term"),
+                        num("last_log_index"),
+                        num("last_applied_index"),
+                        num("leader"),
+                        server.clone(),
+                    ]
                 })
                 .collect();
             println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
@@ -572,7 +597,16 @@ async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: String) -> Re
         OrgCommand::ListOrgs => {
             let rows: Vec<Vec<String>> = answer["orgs"]
                 .as_array()
-                .map(|orgs| orgs.iter().map(|o| ["org_id", "name", "created_at"].iter().map(|f| o[*f].as_str().unwrap_or_default().to_string()).collect()).collect())
+                .map(|orgs| {
+                    orgs.iter()
+                        .map(|o| {
+                            ["org_id", "name", "created_at"]
+                                .iter()
+                                .map(|f| o[*f].as_str().unwrap_or_default().to_string())
+                                .collect()
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             println!("{}", table(&["ORG", "NAME", "CREATED"], &rows));
         }

@@ -83,14 +83,14 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let bytes = codec::encode(body).map_err(|e| CallError::Encode(e.to_string()))?;
-        let response = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| if e.is_connect() { CallError::Unreachable(e.to_string()) } else { CallError::Sent(e.to_string()) })?;
+        let response =
+            self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(bytes).send().await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(e.to_string())
+                } else {
+                    CallError::Sent(e.to_string())
+                }
+            })?;
         if !response.status().is_success() {
             return Err(CallError::Sent(format!("{addr}{path} answered {}", response.status())));
         }
@@ -210,4 +210,3 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
 }
-

@@ -39,35 +39,35 @@ fn reply<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, (StatusCode, String)> {
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().append_entries(rpc).await.map_err(|e| e.to_string())),
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().vote(rpc).await.map_err(|e| e.to_string())),
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }
 
 async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }
 
 async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode::<Command>(&body) {
         Ok(command) => reply(&node.propose_as_leader(command).await),
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }
 
@@ -77,6 +77,6 @@ async fn query(State(node): State<Arc<Node>>, body: Bytes) -> Response {
             let answer: Result<_, ForwardError> = node.query_as_leader(&q.actor, &q.query).await;
             reply(&answer)
         }
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }

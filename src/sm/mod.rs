@@ -117,7 +117,8 @@ impl KeyStore {
         let outcome = self.apply_op(log_index, now, &cmd.actor, &cmd.op);
         // A collision is retried by the proposer with a fresh id under the same request id.
         if outcome != Err(OpError::IdCollision) {
-            self.requests.insert(cmd.request_id.clone(), RememberedRequest { at: now, digest, outcome: outcome.clone() });
+            self.requests
+                .insert(cmd.request_id.clone(), RememberedRequest { at: now, digest, outcome: outcome.clone() });
             self.request_expiry.push_back((now, cmd.request_id.clone()));
             self.dirty.insert(Row::Request(cmd.request_id.clone()));
         }
@@ -179,14 +180,16 @@ impl KeyStore {
             Op::RevokeAuthKey { org_id, selector } => {
                 self.authorize_org(actor, org_id)?;
                 let key_id = self.resolve_key(org_id, selector)?;
-                let record = self.auth_keys.get_mut(&key_id).ok_or(OpError::NotFound(format!("no auth key {key_id:?}")))?;
+                let record =
+                    self.auth_keys.get_mut(&key_id).ok_or(OpError::NotFound(format!("no auth key {key_id:?}")))?;
                 record.revoked_at.get_or_insert(now);
                 let record = record.clone();
                 self.dirty.insert(Row::AuthKey(key_id));
                 Ok(OpOk::AuthKey(record))
             }
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
-                let enrol = EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
+                let enrol =
+                    EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
                 self.enrol(log_index, now, enrol)
             }
         }

@@ -200,7 +200,10 @@ impl AuthKeySpec {
         let max_uses = match max_uses {
             None => None,
             Some(_) if !reusable => {
-                return Err(spec_error("max_uses", "is allowed only with \"reusable\": true (a one-shot key is used once)"))
+                return Err(spec_error(
+                    "max_uses",
+                    "is allowed only with \"reusable\": true (a one-shot key is used once)",
+                ))
             }
             Some(n) if n == 0 || n > u64::from(u32::MAX) => {
                 return Err(spec_error("max_uses", format!("must be a positive integer up to {}", u32::MAX)))
@@ -298,12 +301,33 @@ pub enum KeySelector {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Creates the first org, its admin API key and the operator key. Applies once per cluster.
-    InitCluster { org_id: String, org_name: String, operator_key: NewCredential, admin_key: NewCredential },
-    CreateOrg { org_id: String, name: String },
-    CreateApiKey { org_id: String, key: NewCredential, description: String },
-    RevokeApiKey { api_key_id: String },
-    CreateAuthKey { org_id: String, key: NewCredential, spec: AuthKeySpec },
-    RevokeAuthKey { org_id: String, selector: KeySelector },
+    InitCluster {
+        org_id: String,
+        org_name: String,
+        operator_key: NewCredential,
+        admin_key: NewCredential,
+    },
+    CreateOrg {
+        org_id: String,
+        name: String,
+    },
+    CreateApiKey {
+        org_id: String,
+        key: NewCredential,
+        description: String,
+    },
+    RevokeApiKey {
+        api_key_id: String,
+    },
+    CreateAuthKey {
+        org_id: String,
+        key: NewCredential,
+        spec: AuthKeySpec,
+    },
+    RevokeAuthKey {
+        org_id: String,
+        selector: KeySelector,
+    },
     Enrol {
         /// The presented auth key: its id (`ak_…`) and hash.
         auth_key_id: String,

@@ -16,9 +16,18 @@ pub const DEFAULT_PAGE: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
     /// A page of an org's auth keys in creation order, starting after `after_seq`.
-    ListAuthKeys { org_id: String, limit: usize, after_seq: Option<u64> },
-    GetAuthKey { org_id: String, key_id: String },
-    ListApiKeys { org_id: Option<String> },
+    ListAuthKeys {
+        org_id: String,
+        limit: usize,
+        after_seq: Option<u64>,
+    },
+    GetAuthKey {
+        org_id: String,
+        key_id: String,
+    },
+    ListApiKeys {
+        org_id: Option<String>,
+    },
     ListOrgs,
 }
 

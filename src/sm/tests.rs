@@ -27,7 +27,13 @@ fn actor(id: &str) -> Actor {
 
 impl Fixture {
     fn new() -> Self {
-        let mut f = Fixture { store: KeyStore::new(), admin: actor("api_admin"), operator: actor("api_op"), index: 0, request: 0 };
+        let mut f = Fixture {
+            store: KeyStore::new(),
+            admin: actor("api_admin"),
+            operator: actor("api_op"),
+            index: 0,
+            request: 0,
+        };
         let init = Op::InitCluster {
             org_id: "org_a".into(),
             org_name: "first".into(),
@@ -50,7 +56,9 @@ impl Fixture {
     }
 
     fn create(&mut self, time: Millis, id: &str, reusable: bool, max_uses: Option<u64>) -> AuthKeyRecord {
-        let spec = AuthKeySpec::new(reusable, false, 3600, vec!["tag:laptop".into()], "d".into(), max_uses, MIN_EXPIRY_SECS).unwrap();
+        let spec =
+            AuthKeySpec::new(reusable, false, 3600, vec!["tag:laptop".into()], "d".into(), max_uses, MIN_EXPIRY_SECS)
+                .unwrap();
         let op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred(id), spec };
         match self.run(time, self.admin.clone(), op) {
             Ok(OpOk::AuthKey(record)) => record,
@@ -189,7 +197,10 @@ fn org_keys_reach_only_their_org() {
     assert!(f.key("ak_a").revoked_at.is_none());
     // An org key cannot administer orgs; a bad secret is unauthorised.
     let admin = f.admin.clone();
-    assert!(matches!(f.run(T0, admin, Op::CreateOrg { org_id: "org_c".into(), name: "c".into() }), Err(OpError::Forbidden(_))));
+    assert!(matches!(
+        f.run(T0, admin, Op::CreateOrg { org_id: "org_c".into(), name: "c".into() }),
+        Err(OpError::Forbidden(_))
+    ));
     let forged = Actor::ApiKey { api_key_id: "api_admin".into(), secret_hash: hash("guess") };
     assert_eq!(f.store.query(&forged, &list), Err(OpError::Unauthorized));
 }
@@ -198,7 +209,8 @@ fn org_keys_reach_only_their_org() {
 fn revoked_api_key_is_refused() {
     let mut f = Fixture::new();
     let op = f.operator.clone();
-    f.run(T0, op.clone(), Op::CreateApiKey { org_id: "org_a".into(), key: cred("api_2"), description: String::new() }).unwrap();
+    f.run(T0, op.clone(), Op::CreateApiKey { org_id: "org_a".into(), key: cred("api_2"), description: String::new() })
+        .unwrap();
     f.run(T0, op, Op::RevokeApiKey { api_key_id: "api_2".into() }).unwrap();
     let list = Query::ListAuthKeys { org_id: "org_a".into(), limit: 10, after_seq: None };
     assert_eq!(f.store.query(&actor("api_2"), &list), Err(OpError::Unauthorized));
@@ -221,14 +233,20 @@ fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
     assert_eq!(f.run_cmd(T0 + 6, different), Err(OpError::RequestIdReused("same".into())));
     assert!(!f.store.auth_keys.contains_key("ak_2"));
     // After the memory window the id is forgotten.
-    f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() }).unwrap_err();
+    f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() })
+        .unwrap_err();
     assert!(!f.store.requests.contains_key("same"));
 }
 
 #[test]
 fn init_applies_once() {
     let mut f = Fixture::new();
-    let again = Op::InitCluster { org_id: "org_z".into(), org_name: "z".into(), operator_key: cred("api_z1"), admin_key: cred("api_z2") };
+    let again = Op::InitCluster {
+        org_id: "org_z".into(),
+        org_name: "z".into(),
+        operator_key: cred("api_z1"),
+        admin_key: cred("api_z2"),
+    };
     assert_eq!(f.run(T0, Actor::Anonymous, again), Err(OpError::AlreadyInitialized));
     assert!(!f.store.orgs.contains_key("org_z"));
 }
@@ -269,7 +287,15 @@ fn listing_pages_in_creation_order() {
 #[test]
 fn specs_are_validated() {
     let ok = |e: u64, tags: Vec<&str>, reusable: bool, max: Option<u64>| {
-        AuthKeySpec::new(reusable, false, e, tags.into_iter().map(String::from).collect(), String::new(), max, MIN_EXPIRY_SECS)
+        AuthKeySpec::new(
+            reusable,
+            false,
+            e,
+            tags.into_iter().map(String::from).collect(),
+            String::new(),
+            max,
+            MIN_EXPIRY_SECS,
+        )
     };
     assert!(ok(300, vec!["tag:a-1"], false, None).is_ok());
     assert_eq!(ok(299, vec![], false, None).unwrap_err().field, "expires_in");

@@ -47,9 +47,7 @@ impl LogStore {
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let bytes = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
-        bytes
-            .map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(AnyError::new(&e)).into()))
-            .transpose()
+        bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(AnyError::new(&e)).into())).transpose()
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {

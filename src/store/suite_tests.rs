@@ -10,9 +10,8 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-        let (log, sm) = super::open(dir.path())
-            .await
-            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::error(e)))?;
+        let (log, sm) =
+            super::open(dir.path()).await.map_err(|e| openraft::StorageIOError::write(openraft::AnyError::error(e)))?;
         Ok((dir, log, sm))
     }
 }

@@ -47,14 +47,27 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             let (status, answer) = cluster.keys(node, body.clone()).await;
             assert_eq!(status, 400, "{body} → {answer}");
             assert_eq!(code(&answer), "invalid_request");
-            assert!(message(&answer).contains(field) && message(&answer).contains(allowed), "{body} → {}", message(&answer));
+            assert!(
+                message(&answer).contains(field) && message(&answer).contains(allowed),
+                "{body} → {}",
+                message(&answer)
+            );
         }
     }
-    let bad_json = cluster.http.post(format!("{}/api/key-management", cluster.url(2))).bearer_auth(&cluster.api_key).body("{not json").send().await.unwrap();
+    let bad_json = cluster
+        .http
+        .post(format!("{}/api/key-management", cluster.url(2)))
+        .bearer_auth(&cluster.api_key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_json.status(), 400);
     let not_object = cluster.post(3, "/api/key-management", &json!([1, 2]), Some(&cluster.api_key.clone())).await;
     assert_eq!(not_object.0, 400);
-    let missing_org = cluster.post(1, "/api/key-management", &json!({"action": "list_auth_keys"}), Some(&cluster.api_key.clone())).await;
+    let missing_org = cluster
+        .post(1, "/api/key-management", &json!({"action": "list_auth_keys"}), Some(&cluster.api_key.clone()))
+        .await;
     assert!(missing_org.0 == 400 && message(&missing_org.1).contains("org_id"), "{:?}", missing_org);
 
     // Credentials: 401 without or with an unknown API key.
@@ -70,7 +83,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     // Wrong org: a second org's key reaches only its own org (403), and nothing changes.
     let op = Some(cluster.operator_key.as_str());
     let (_, org) = cluster.post(1, "/api/org-admin", &json!({"action": "create_org", "name": "other"}), op).await;
-    let (_, other) = cluster.post(1, "/api/org-admin", &json!({"action": "create_api_key", "org_id": org["org_id"]}), op).await;
+    let (_, other) =
+        cluster.post(1, "/api/org-admin", &json!({"action": "create_api_key", "org_id": org["org_id"]}), op).await;
     let other_key = other["key"].as_str().unwrap();
     for action in [
         json!({"action": "list_auth_keys", "org_id": cluster.org_id}),

@@ -70,7 +70,8 @@ async fn killing_the_leader_mid_rollout_loses_no_acknowledged_enrolment() {
 
     let after_kill = acknowledged.lock().unwrap().iter().filter(|(at, _)| *at > killed_at).count();
     assert!(after_kill > 0, "the surviving nodes kept enrolling after the leader was killed\n{}", cluster.logs());
-    let first_after = acknowledged.lock().unwrap().iter().filter(|(at, _)| *at > killed_at).map(|(at, _)| *at - killed_at).min();
+    let first_after =
+        acknowledged.lock().unwrap().iter().filter(|(at, _)| *at > killed_at).map(|(at, _)| *at - killed_at).min();
     assert!(first_after.is_some_and(|d| d < Duration::from_secs(4)), "first enrolment after the kill: {first_after:?}");
 
     // Bring the killed node back with its data, let the load run a little more, then stop.
@@ -87,7 +88,8 @@ async fn killing_the_leader_mid_rollout_loses_no_acknowledged_enrolment() {
     let acknowledged: BTreeSet<String> = acknowledged.lock().unwrap().iter().map(|(_, m)| m.clone()).collect();
     assert!(acknowledged.len() > 10, "load ran: {} acknowledged", acknowledged.len());
     let through_api = cluster.get_key(leader, &key_id).await;
-    let api_machines: Vec<&str> = through_api["enrolments"].as_array().unwrap().iter().map(|e| e["machine_id"].as_str().unwrap()).collect();
+    let api_machines: Vec<&str> =
+        through_api["enrolments"].as_array().unwrap().iter().map(|e| e["machine_id"].as_str().unwrap()).collect();
 
     for id in 1..=3 {
         cluster.stop(id);
@@ -116,7 +118,8 @@ async fn a_full_cluster_crash_and_restart_keeps_every_key_use_and_revocation() {
     assert_eq!(cluster.enrol(3, revoked["key"].as_str().unwrap(), 4).await.0, 200);
     let (status, _) = cluster.keys(1, json!({"action": "revoke_auth_key", "key_id": revoked["key_id"]})).await;
     assert_eq!(status, 200);
-    let ids: Vec<String> = [&one_shot, &reusable, &revoked].iter().map(|k| k["key_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        [&one_shot, &reusable, &revoked].iter().map(|k| k["key_id"].as_str().unwrap().to_string()).collect();
     let mut before = Vec::new();
     for id in &ids {
         before.push(cluster.get_key(1, id).await);
@@ -147,6 +150,7 @@ async fn a_full_cluster_crash_and_restart_keeps_every_key_use_and_revocation() {
     let (status, full) = cluster.enrol(1, reusable["key"].as_str().unwrap(), 13).await;
     assert_eq!((status, full["error"]["code"].as_str()), (403, Some("key_exhausted")));
     // The org's admin key survived too (it was used above), and so did the operator key.
-    let (status, _) = cluster.post(2, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.operator_key.clone())).await;
+    let (status, _) =
+        cluster.post(2, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.operator_key.clone())).await;
     assert_eq!(status, 200);
 }

@@ -185,7 +185,8 @@ impl Cluster {
     }
 
     pub async fn cluster_info(&self, id: u64) -> Option<Value> {
-        let r = self.http.get(format!("{}/api/cluster", self.url(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let r =
+            self.http.get(format!("{}/api/cluster", self.url(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
         r.json().await.ok()
     }
 
@@ -236,7 +237,11 @@ impl Cluster {
     /// Runs the CLI; answers (success, stdout, stderr).
     pub fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = self.cli().args(args).output().expect("run ztna");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Every node's log, for failure messages.

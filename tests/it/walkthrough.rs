@@ -10,12 +10,27 @@ async fn guide_cli_walkthrough() {
 
     // ztna auth-key create --reusable --expiry 1h --tags tag:laptop,tag:eng --description "…"
     let (ok, out, err) = cluster.run_cli(&[
-        "auth-key", "create", "--reusable", "--expiry", "1h", "--tags", "tag:laptop,tag:eng", "--description", "Q2 laptop fleet rollout",
+        "auth-key",
+        "create",
+        "--reusable",
+        "--expiry",
+        "1h",
+        "--tags",
+        "tag:laptop,tag:eng",
+        "--description",
+        "Q2 laptop fleet rollout",
     ]);
     assert!(ok, "create failed: {err}");
     let key = out.lines().next().unwrap().strip_prefix("✓ Auth key created: ").expect("first line").to_string();
     assert!(key.starts_with("tskey-auth-"), "{out}");
-    for line in ["  Reusable:     yes", "  Ephemeral:    no", "  Expires:      in 1 hour", "  Tags:         tag:laptop, tag:eng", "  Description:  Q2 laptop fleet rollout", "COPY THIS KEY NOW — you cannot retrieve it later."] {
+    for line in [
+        "  Reusable:     yes",
+        "  Ephemeral:    no",
+        "  Expires:      in 1 hour",
+        "  Tags:         tag:laptop, tag:eng",
+        "  Description:  Q2 laptop fleet rollout",
+        "COPY THIS KEY NOW — you cannot retrieve it later.",
+    ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
     }
 
@@ -41,7 +56,10 @@ async fn guide_cli_walkthrough() {
     let row = lines.next().expect("one key");
     let prefix = format!("{}…", &key[..16]);
     assert!(row.starts_with(&prefix), "{row}");
-    assert!(row.contains(" yes ") && row.contains(" 3 ") && row.contains("in 1 hour") && row.contains("valid"), "{row}");
+    assert!(
+        row.contains(" yes ") && row.contains(" 3 ") && row.contains("in 1 hour") && row.contains("valid"),
+        "{row}"
+    );
 
     // --output json on a read command.
     let (ok, out, _) = cluster.run_cli(&["auth-keys", "list", "--output", "json"]);
@@ -139,7 +157,8 @@ async fn operator_manages_orgs_and_api_keys() {
     let (status, org) = cluster.post(2, "/api/org-admin", &json!({"action": "create_org", "name": "second"}), op).await;
     assert_eq!(status, 200, "{org}");
     let org_b = org["org_id"].as_str().unwrap();
-    let (status, key) = cluster.post(3, "/api/org-admin", &json!({"action": "create_api_key", "org_id": org_b}), op).await;
+    let (status, key) =
+        cluster.post(3, "/api/org-admin", &json!({"action": "create_api_key", "org_id": org_b}), op).await;
     assert_eq!(status, 200, "{key}");
     let key_b = key["key"].as_str().unwrap();
     // The new key manages its own org…
@@ -151,7 +170,8 @@ async fn operator_manages_orgs_and_api_keys() {
     assert_eq!(cluster.post(1, "/api/org-admin", &revoke, op).await.0, 200);
     assert_eq!(cluster.post(2, "/api/key-management", &body, Some(key_b)).await.0, 401);
     // An org admin key cannot use the operator's actions.
-    let (status, err) = cluster.post(1, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.api_key)).await;
+    let (status, err) =
+        cluster.post(1, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.api_key)).await;
     assert_eq!(status, 403, "{err}");
     // Initialisation happens once.
     let (status, err) = cluster.post(2, "/api/cluster/init", &json!({}), None).await;
