@@ -154,3 +154,32 @@ async fn a_full_cluster_crash_and_restart_keeps_every_key_use_and_revocation() {
         cluster.post(2, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.operator_key.clone())).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_requests_answer_503_with_retry_after_and_recover() {
+    let mut cluster = Cluster::start().await;
+    let key = cluster.create_key(1, json!({"reusable": true})).await;
+    cluster.kill(2);
+    cluster.kill(3);
+    let started = Instant::now();
+    let response = cluster
+        .http
+        .post(format!("{}/api/enrol", cluster.url(1)))
+        .json(&json!({"auth_key": key["key"], "hostname": "h", "node_public_key": format!("{:064x}", 5)}))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "waited {waited:?}");
+    // The unknown write is retried once a quorum is back; it applies at most once.
+    cluster.spawn(2);
+    cluster.spawn(3);
+    cluster.wait_ready().await;
+    assert_eq!(cluster.enrol(2, key["key"].as_str().unwrap(), 5).await.0, 200);
+    let record = cluster.get_key(3, key["key_id"].as_str().unwrap()).await;
+    assert!(record["uses"].as_u64().unwrap() <= 1, "{record}");
+}
