@@ -81,6 +81,15 @@ pub struct MemberInfo {
     pub voter: bool,
 }
 
+/// Where a request goes: this node is the leader, or the leader's internal address.
+enum Route {
+    Local,
+    Remote(String),
+}
+
+/// Upper bound on one forwarded request; the request deadline usually cuts it shorter.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A started node: wait on it, or shut it down.
 pub struct Running {
     pub node: Arc<Node>,
@@ -213,55 +222,52 @@ impl Node {
     /// timeout. A retry resends the same command (same request id, same ids and secrets), which
     /// the state machine applies at most once.
     pub async fn write(&self, command: Command) -> Result<Outcome, Unavailable> {
-        let started = Instant::now();
-        let deadline = started + self.config.settings().request_timeout();
-        loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => {
-                    // A leader cut off from its quorum may never commit; the deadline bounds it.
-                    tokio::time::timeout_at(deadline, self.propose_as_leader(command.clone()))
-                        .await
-                        .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not commit in time".into())))
-                }
-                Some((_, Some(info))) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
-                    self.peers.propose(&info.raft_addr, &command, remaining).await
-                }
-                Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
-                None => Err(ForwardError::NotLeader { leader: None }),
-            };
-            let last_error = match attempt {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(Unavailable { waited_ms: started.elapsed().as_millis() as u64, last_error });
+        let command = &command;
+        self.via_leader(|route| async move {
+            match route {
+                Route::Local => self.propose_as_leader(command.clone()).await,
+                Route::Remote(addr) => self.peers.propose(&addr, command, FORWARD_TIMEOUT).await,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            self.wait_for_leader(deadline).await;
-        }
+        })
+        .await
     }
 
     /// A linearizable read through the leader, wherever it is.
     pub async fn read(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, Unavailable> {
+        let forwarded = &ForwardedQuery { actor: actor.clone(), query: query.clone() };
+        self.via_leader(|route| async move {
+            match route {
+                Route::Local => self.query_as_leader(actor, query).await,
+                Route::Remote(addr) => self.peers.query(&addr, forwarded, FORWARD_TIMEOUT).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` on the leader (here, or forwarded to its internal address) until it
+    /// answers or the request timeout passes. Each attempt is bounded by the same deadline: a
+    /// leader cut off from its quorum may never commit.
+    async fn via_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Unavailable>
+    where
+        F: FnMut(Route) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardError>>,
+    {
         let started = Instant::now();
         let deadline = started + self.config.settings().request_timeout();
-        let forwarded = ForwardedQuery { actor: actor.clone(), query: query.clone() };
         loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => {
-                    tokio::time::timeout_at(deadline, self.query_as_leader(actor, query)).await.unwrap_or_else(|_| {
-                        Err(ForwardError::Transport("leadership could not be confirmed in time".into()))
-                    })
-                }
-                Some((_, Some(info))) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
-                    self.peers.query(&info.raft_addr, &forwarded, remaining).await
-                }
+            let route = match self.leader() {
+                Some((leader, _)) if leader == self.id => Ok(Route::Local),
+                Some((_, Some(info))) => Ok(Route::Remote(info.raft_addr)),
                 Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
                 None => Err(ForwardError::NotLeader { leader: None }),
             };
-            let last_error = match attempt {
+            let result = match route {
+                Ok(route) => tokio::time::timeout_at(deadline, attempt(route))
+                    .await
+                    .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not answer in time".into()))),
+                Err(e) => Err(e),
+            };
+            let last_error = match result {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e.to_string(),
             };

@@ -69,11 +69,7 @@ impl KeyStore {
                     .get(key_id)
                     .filter(|k| &k.org_id == org_id)
                     .ok_or_else(|| OpError::NotFound(format!("no auth key {key_id:?} in this org")))?;
-                let enrolments = self
-                    .enrolments
-                    .range((key_id.clone(), 0)..=(key_id.clone(), u64::MAX))
-                    .map(|(_, e)| e.clone())
-                    .collect();
+                let enrolments = self.enrolments_of(key_id).cloned().collect();
                 Ok(Answer::AuthKey { record: record.clone(), enrolments })
             }
             Query::ListApiKeys { org_id } => {
