@@ -53,6 +53,10 @@ pub struct Settings {
     pub max_batch: usize,
     /// Most log entries the leader has in flight at once.
     pub max_in_flight_entries: usize,
+    /// An ephemeral machine with no heartbeat for this long is deleted (default 10 minutes).
+    pub ephemeral_inactivity_timeout_ms: u64,
+    /// How often the leader persists last-seen times (one Raft entry for all machines).
+    pub last_seen_persist_interval_ms: u64,
     /// TEST ONLY: shortest accepted `expires_in`, so fault tests can watch keys expire. Never set
     /// this below 300 in production; the node logs a warning when it is.
     pub test_only_min_expiry_secs: u64,
@@ -72,6 +76,8 @@ impl Default for Settings {
             snapshot_every_entries: 10_000,
             max_batch: 1024,
             max_in_flight_entries: 16,
+            ephemeral_inactivity_timeout_ms: 10 * 60 * 1000,
+            last_seen_persist_interval_ms: 60 * 1000,
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,
             test_only_clock_offset_ms: 0,
         }
@@ -81,6 +87,12 @@ impl Default for Settings {
 impl Settings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// How often the leader looks for inactive ephemeral machines: a quarter of the timeout,
+    /// between 250 ms and 10 s.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis((self.ephemeral_inactivity_timeout_ms / 4).clamp(250, 10_000))
     }
 }
 
@@ -103,7 +115,7 @@ impl ClusterFile {
         Ok(file)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() {
             return Err(ConfigError::Invalid("the cluster file lists no [[nodes]]".into()));
         }
@@ -120,6 +132,9 @@ impl ClusterFile {
             return Err(ConfigError::Invalid(
                 "settings: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
+        }
+        if s.ephemeral_inactivity_timeout_ms < 1000 {
+            return Err(ConfigError::Invalid("settings: ephemeral_inactivity_timeout_ms must be at least 1000".into()));
         }
         if s.max_batch == 0 || s.max_in_flight_entries == 0 {
             return Err(ConfigError::Invalid("settings: max_batch and max_in_flight_entries must be positive".into()));
@@ -138,6 +153,23 @@ impl ClusterFile {
             .map(|n| (n.id, NodeInfo { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
             .collect()
     }
+}
+
+/// Parses `500ms`, `20s`, `10m`, `1h` or `7d` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("{text:?} is not a duration: use e.g. 500ms, 20s, 10m, 1h"));
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
 }
 
 /// Everything one node needs to start.

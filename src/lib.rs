@@ -16,6 +16,7 @@
 //! - [`client`] and [`cli`]: the `ztna` command line, talking to any node of `ZTNA_SERVER`.
 //! - [`config`]: cluster files; [`secret`]: credentials; [`faults`]: test-only fault switches.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod faults;
+pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod proposer;

@@ -20,10 +20,11 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::liveness::Liveness;
 use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
 use crate::proposer::Proposer;
 use crate::raft_types::{NodeId, NodeInfo, Raft};
-use crate::sm::model::{Actor, Command, OpError, Outcome};
+use crate::sm::model::{Actor, Command, Op, OpError, Outcome};
 use crate::sm::query::{Answer, Query};
 use crate::store::state_machine::{read_state, SharedState};
 
@@ -52,6 +53,10 @@ pub struct Unavailable {
 /// A running node's shared parts.
 pub struct Node {
     id: NodeId,
+    /// The leader's view of machine liveness (see `liveness`); empty on followers.
+    liveness: std::sync::Mutex<Liveness>,
+    /// Origin of the monotonic milliseconds `liveness` works in.
+    started: Instant,
     raft: Raft,
     state: SharedState,
     proposer: Proposer,
@@ -80,6 +85,9 @@ pub struct MemberInfo {
     pub raft_addr: String,
     pub voter: bool,
 }
+
+/// What a sweep must propose: inactive ephemeral machines, and last-seen times if due.
+type LivenessDue = (Vec<String>, Option<Vec<(String, crate::sm::model::Millis)>>);
 
 /// Where a request goes: this node is the leader, or the leader's internal address.
 enum Route {
@@ -148,14 +156,30 @@ impl Node {
         let me = config.me().clone();
         let api_listener = bind(&me.api_addr).await?;
         let raft_listener = bind(&me.raft_addr).await?;
-        let node = Arc::new(Node { id: config.id, raft, state, proposer, peers, clock, config });
+        let liveness = std::sync::Mutex::new(Liveness::new(
+            settings.ephemeral_inactivity_timeout_ms,
+            settings.last_seen_persist_interval_ms,
+        ));
+        let node = Arc::new(Node {
+            id: config.id,
+            liveness,
+            started: Instant::now(),
+            raft,
+            state,
+            proposer,
+            peers,
+            clock,
+            config,
+        });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let stop_sweeper = stop.clone();
         let servers = vec![
             serve(raft_listener, crate::network::server::router(node.clone()), stop.clone()),
             serve(api_listener, crate::api::router(node.clone()), stop),
         ];
         node.bootstrap_if_first().await;
+        tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper));
         tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started (plain HTTP: for loopback and trusted networks only)");
         Ok(Running { node, servers, shutdown })
     }
@@ -284,10 +308,27 @@ impl Node {
         self.proposer.propose(command).await
     }
 
-    /// Answers a read on this node after confirming leadership with a quorum.
+    /// Answers a read on this node after confirming leadership with a quorum. A machine's own
+    /// status query is its heartbeat, which the leader records here without a Raft write.
     pub async fn query_as_leader(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, ForwardError> {
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(read_state(&self.state).store.query(actor, query)),
+            Ok(_) => {
+                let mut answer = read_state(&self.state).store.query(actor, query);
+                let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                match &mut answer {
+                    Ok(Answer::Machine(machine)) => {
+                        liveness.observe(&machine.machine_id, self.mono_ms(), self.clock.now_ms());
+                        machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
+                    }
+                    Ok(Answer::Machines(machines)) => {
+                        for machine in machines {
+                            machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(answer)
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader { leader: f.leader_id })
             }
@@ -333,6 +374,65 @@ impl Node {
             last_applied_index: metrics.last_applied.map(|l| l.index),
             members,
         }
+    }
+}
+
+impl Node {
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// On the leader: the ephemeral machines past their timeout, and last-seen times due to be
+    /// persisted. Elsewhere: forgets liveness and answers `None`.
+    fn liveness_due(&self) -> Option<LivenessDue> {
+        let (term, leading) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_term, metrics.state == ServerState::Leader)
+        };
+        let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if !leading {
+            liveness.step_down();
+            return None;
+        }
+        let machines = read_state(&self.state).store.machine_liveness_ids();
+        let mono = self.mono_ms();
+        let expired = liveness.sweep(term, mono, machines.iter().map(|(id, eph)| (id.as_str(), *eph)));
+        Some((expired, liveness.take_persist(mono)))
+    }
+
+    /// One sweep: on the leader, deregister ephemeral machines past their timeout and persist
+    /// last-seen times when due; elsewhere, forget liveness.
+    async fn sweep_once(&self) {
+        let Some((expired, seen)) = self.liveness_due() else { return };
+        let system = |op| Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "deregistering inactive ephemeral machines");
+            if let Err(e) = self.write(system(Op::DeregisterInactive { machine_ids: expired })).await {
+                tracing::warn!("inactive machines not deregistered this sweep: {e}");
+            }
+        }
+        if let Some(seen) = seen {
+            if let Err(e) = self.write(system(Op::RecordLastSeen { seen })).await {
+                tracing::warn!("last-seen times not persisted this time: {e}");
+            }
+        }
+    }
+}
+
+/// Runs [`Node::sweep_once`] every sweep interval until the node stops.
+async fn sweep_inactive_machines(node: std::sync::Weak<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = match node.upgrade() {
+        Some(node) => node.config.settings().sweep_interval(),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        node.sweep_once().await;
     }
 }
 

@@ -68,6 +68,8 @@ impl From<OpError> for ApiError {
             OpError::KeyExhausted => (StatusCode::FORBIDDEN, "key_exhausted"),
             OpError::KeyRevoked => (StatusCode::FORBIDDEN, "key_revoked"),
             OpError::KeyExpired => (StatusCode::FORBIDDEN, "key_expired"),
+            OpError::UnknownNodeKey => (StatusCode::UNAUTHORIZED, "unknown_node_key"),
+            OpError::NodeKeyRevoked => (StatusCode::UNAUTHORIZED, "node_key_revoked"),
             OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             OpError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_prefix"),
             OpError::AlreadyInitialized => (StatusCode::CONFLICT, "already_initialized"),

@@ -12,6 +12,7 @@ mod enrol;
 pub mod error;
 mod fields;
 mod keys;
+mod machines;
 mod org;
 mod views;
 
@@ -38,6 +39,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/key-management", post(keys::handle))
         .route("/api/enrol", post(enrol::handle))
         .route("/api/org-admin", post(org::handle))
+        .route("/api/machine-admin", post(machines::admin))
+        .route("/api/machine/heartbeat", post(machines::heartbeat))
+        .route("/api/machine/set-tags", post(machines::set_tags))
+        .route("/api/machine/logout", post(machines::logout))
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
         .route("/healthz", get(cluster::healthz))
@@ -83,7 +88,7 @@ pub(crate) fn api_key_actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
 }
 
 /// A fresh request id, for a request whose client gave none.
-pub(crate) fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     format!("req-{}", random_base62(22))
 }
 

@@ -4,7 +4,9 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::sm::model::{ApiKeyRecord, ApiKeyScope, AuthKeyRecord, Enrolment, Millis, Org};
+use crate::sm::model::{
+    ApiKeyRecord, ApiKeyScope, AuthKeyRecord, Enrolment, Machine, MachineState, Millis, Org, AUTH_KEY_ID_PREFIX,
+};
 
 pub fn rfc3339(ms: Millis) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -42,6 +44,8 @@ pub fn enrolment(e: &Enrolment) -> Value {
         "node_key_fingerprint": e.node_key_fingerprint,
         "at": rfc3339(e.at),
         "log_index": e.log_index,
+        "deregistered_at": opt_time(e.deregistered.map(|d| d.at)),
+        "deregistered_reason": e.deregistered.map(|d| d.reason),
     })
 }
 
@@ -61,5 +65,27 @@ pub fn api_key(k: &ApiKeyRecord) -> Value {
         "description": k.description,
         "created_at": rfc3339(k.created_at),
         "revoked_at": opt_time(k.revoked_at),
+    })
+}
+
+pub fn machine(m: &Machine) -> Value {
+    let key = m.auth_key_id.strip_prefix(AUTH_KEY_ID_PREFIX).unwrap_or(&m.auth_key_id);
+    let state = match (m.node_key_revoked, m.state) {
+        (true, _) => "node_key_revoked",
+        (false, MachineState::Active) => "active",
+        (false, MachineState::Quarantined) => "quarantined",
+    };
+    json!({
+        "machine_id": m.machine_id,
+        "org_id": m.org_id,
+        "hostname": m.hostname,
+        "tags": m.tags,
+        "ephemeral": m.ephemeral,
+        "state": state,
+        "last_seen": opt_time(m.last_seen),
+        "created_at": rfc3339(m.created_at),
+        "auth_key_id": m.auth_key_id,
+        "auth_key_prefix": format!("tskey-auth-{}…", &key[..key.len().min(5)]),
+        "node_key_fingerprint": crate::secret::fingerprint(&m.node_public_key),
     })
 }

@@ -71,6 +71,59 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Enrol this machine (once) and keep it connected with heartbeats until stopped.
+    Up {
+        #[arg(long, env = "ZTNA_AUTH_KEY", hide_env_values = true)]
+        auth_key: Option<String>,
+        /// Accepted for the guide's container example; there is no data plane to run.
+        #[arg(long)]
+        userspace: bool,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Time between heartbeats.
+        #[arg(long, env = "ZTNA_HEARTBEAT_INTERVAL", default_value = "10s")]
+        heartbeat_interval: String,
+    },
+    /// This machine as the cluster sees it.
+    Status {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Replace this machine's tags.
+    Set {
+        /// Comma-separated tags, e.g. tag:a,tag:b.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Delete this machine from the network and forget its node key.
+    Logout {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// List the org's machines (API key).
+    Machines {
+        #[command(subcommand)]
+        command: MachinesCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Quarantine, unquarantine, delete, retag a machine or revoke its node key (API key).
+    #[command(name = "machine-admin")]
+    MachineAdmin {
+        #[arg(long, value_enum)]
+        action: MachineAdminAction,
+        #[arg(long)]
+        machine: String,
+        /// With --action set-tags: comma-separated tags.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Cluster status and first-time initialisation.
     Cluster {
         #[command(subcommand)]
@@ -94,6 +147,40 @@ enum Command {
     },
 }
 
+#[derive(Args, Clone)]
+struct AgentArgs {
+    /// Where the machine keeps its key pair and node key.
+    #[arg(long, env = "ZTNA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+impl AgentArgs {
+    fn dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(crate::agent::default_state_dir)
+    }
+
+    fn servers(&self) -> Result<String, CliError> {
+        self.conn.server.clone().ok_or(CliError::Client(ClientError::NoServer))
+    }
+}
+
+#[derive(Subcommand)]
+enum MachinesCommand {
+    /// Every machine of the org.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MachineAdminAction {
+    Quarantine,
+    Unquarantine,
+    Delete,
+    SetTags,
+    RevokeNodeKey,
+}
+
 #[derive(Args)]
 struct ServerArgs {
     /// The cluster file listing every node (see cluster/local.toml).
@@ -108,6 +195,9 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Overrides the cluster file's ephemeral_inactivity_timeout_ms, e.g. 20s or 10m.
+    #[arg(long)]
+    ephemeral_inactivity_timeout: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,6 +284,8 @@ enum CliError {
     Start(#[from] crate::node::StartError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -223,6 +315,35 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             enrol(&conn, &auth_key, &hostname, node_public_key).await
         }
         Command::Cluster { command, conn } => cluster(command, &conn).await,
+        Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval } => {
+            let heartbeat_interval =
+                std::time::Duration::from_millis(crate::config::parse_duration_ms(&heartbeat_interval)?);
+            let options = crate::agent::UpOptions {
+                servers: agent.servers()?,
+                auth_key,
+                hostname,
+                state_dir: agent.dir(),
+                heartbeat_interval,
+            };
+            Ok(crate::agent::up(options, wait_for_stop_signal()).await?)
+        }
+        Command::Status { agent } => machine_status(&agent).await,
+        Command::Set { tags, agent } => {
+            let answer = crate::agent::set_tags(&agent.servers()?, &agent.dir(), &tags).await?;
+            if agent.conn.output == Output::Json {
+                print_json(&answer);
+            } else {
+                println!("✓ Tags set: {}", tags.join(", "));
+            }
+            Ok(())
+        }
+        Command::Logout { agent } => {
+            let machine_id = crate::agent::logout(&agent.servers()?, &agent.dir()).await?;
+            println!("✓ Logged out: {machine_id} was deleted and its node key forgotten");
+            Ok(())
+        }
+        Command::Machines { command: MachinesCommand::List, conn } => machines_list(&conn).await,
+        Command::MachineAdmin { action, machine, tags, conn } => machine_admin(&conn, action, machine, tags).await,
         Command::OrgAdmin { command, operator_key, operator_key_file, conn } => {
             let key = match (operator_key, operator_key_file) {
                 (Some(key), _) => key,
@@ -254,7 +375,11 @@ fn init_tracing(format: LogFormat) {
 
 async fn server(args: ServerArgs) -> Result<(), CliError> {
     init_tracing(args.log_format);
-    let cluster = ClusterFile::load(&args.cluster)?;
+    let mut cluster = ClusterFile::load(&args.cluster)?;
+    if let Some(timeout) = &args.ephemeral_inactivity_timeout {
+        cluster.settings.ephemeral_inactivity_timeout_ms = crate::config::parse_duration_ms(timeout)?;
+        cluster.validate()?;
+    }
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;
     wait_for_stop_signal().await;
@@ -631,6 +756,96 @@ async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: String) -> Re
                 .unwrap_or_default();
             println!("{}", table(&["API-KEY", "SCOPE", "ORG", "STATE", "DESCRIPTION"], &rows));
         }
+    }
+    Ok(())
+}
+
+async fn machine_status(agent: &AgentArgs) -> Result<(), CliError> {
+    let dir = agent.dir();
+    let status = crate::agent::status(&agent.servers()?, &dir).await?;
+    if agent.conn.output == Output::Json {
+        print_json(&status.clone().unwrap_or_else(|| json!({ "enrolled": false })));
+        return Ok(());
+    }
+    match status {
+        None => println!("Enrolled:   no (state directory {})", dir.display()),
+        Some(m) => {
+            let tags: Vec<&str> =
+                m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            println!("Enrolled:   yes");
+            println!("Machine:    {}", m["machine_id"].as_str().unwrap_or_default());
+            println!("Hostname:   {}", m["hostname"].as_str().unwrap_or_default());
+            println!("Org:        {}", m["org_id"].as_str().unwrap_or_default());
+            println!("Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+            println!("Ephemeral:  {}", yes_no(&m["ephemeral"]));
+            println!("State:      {}", m["state"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+async fn machines_list(conn: &Conn) -> Result<(), CliError> {
+    let (client, org) = admin(conn)?;
+    let answer = client.post("/api/machine-admin", &json!({ "action": "list_machines", "org_id": org })).await?;
+    if conn.output == Output::Json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = answer["machines"]
+        .as_array()
+        .map(|machines| {
+            machines
+                .iter()
+                .map(|m| {
+                    let tags: Vec<&str> =
+                        m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let last_seen = match parse_time(&m["last_seen"]) {
+                        Some(t) => format!("{} ago", format::duration_words((now - t).max(0))),
+                        None => "never".into(),
+                    };
+                    vec![
+                        m["machine_id"].as_str().unwrap_or_default().to_string(),
+                        m["hostname"].as_str().unwrap_or_default().to_string(),
+                        if tags.is_empty() { "-".into() } else { tags.join(",") },
+                        yes_no(&m["ephemeral"]).to_string(),
+                        m["state"].as_str().unwrap_or_default().to_string(),
+                        last_seen,
+                        m["auth_key_prefix"].as_str().unwrap_or_default().to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("{}", table(&["MACHINE", "HOSTNAME", "TAGS", "EPHEMERAL", "STATE", "LAST-SEEN", "AUTH-KEY"], &rows));
+    Ok(())
+}
+
+async fn machine_admin(
+    conn: &Conn,
+    action: MachineAdminAction,
+    machine: String,
+    tags: Vec<String>,
+) -> Result<(), CliError> {
+    let (client, org) = admin(conn)?;
+    let (name, done) = match action {
+        MachineAdminAction::Quarantine => ("quarantine", "quarantined"),
+        MachineAdminAction::Unquarantine => ("unquarantine", "unquarantined"),
+        MachineAdminAction::Delete => ("delete", "deleted"),
+        MachineAdminAction::SetTags => ("set_tags", "retagged"),
+        MachineAdminAction::RevokeNodeKey => ("revoke_node_key", "node key revoked"),
+    };
+    let mut body = json!({ "action": name, "org_id": org, "machine_id": machine, "request_id": request_id() });
+    if matches!(action, MachineAdminAction::SetTags) {
+        body["tags"] = json!(tags);
+    } else if !tags.is_empty() {
+        return Err(CliError::Usage("--tags goes only with --action set-tags".into()));
+    }
+    let answer = client.post("/api/machine-admin", &body).await?;
+    if conn.output == Output::Json {
+        print_json(&answer);
+    } else {
+        println!("✓ {machine}: {done}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //!
 //! This module must not know about RocksDB, HTTP or openraft.
 
+mod machines;
 pub mod model;
 pub mod query;
 pub mod rows;
@@ -61,8 +62,12 @@ pub struct KeyStore {
     // Derived indexes.
     /// (org_id, seq) → key_id: listing order.
     pub(crate) org_keys: BTreeMap<(String, u64), String>,
-    /// (auth key id, node public key) → machine id: makes a retried enrolment idempotent.
-    pub(crate) machine_by_key_and_node: BTreeMap<(String, String), String>,
+    /// (auth key id, node public key) → machines by enrolment seq; the newest is the one a
+    /// retried enrolment gets back. Every machine is indexed, so the index is the same whether
+    /// built live or rebuilt on load.
+    pub(crate) machine_by_key_and_node: BTreeMap<(String, String), BTreeMap<u64, String>>,
+    /// Node key id → machine id: a heartbeat's node key finds its machine.
+    pub(crate) machine_by_node_key: BTreeMap<String, String>,
     /// (time, request id) in the order they expire.
     pub(crate) request_expiry: VecDeque<(Millis, String)>,
 
@@ -187,6 +192,12 @@ impl KeyStore {
                 self.dirty.insert(Row::AuthKey(key_id));
                 Ok(OpOk::AuthKey(record))
             }
+            Op::MachineAdmin { org_id, machine_id, action } => {
+                self.machine_admin(now, actor, org_id, machine_id, action)
+            }
+            Op::MachineSelf { action } => self.machine_self(now, actor, action),
+            Op::DeregisterInactive { machine_ids } => self.deregister_inactive(now, machine_ids),
+            Op::RecordLastSeen { seen } => self.record_last_seen(seen),
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
                 let enrol =
                     EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
@@ -350,12 +361,16 @@ impl KeyStore {
             return Err(OpError::KeyRevoked);
         }
         let node = (req.auth_key_id.to_string(), req.node_public_key.to_string());
-        if let Some(machine_id) = self.machine_by_key_and_node.get(&node).cloned() {
-            if let Some(machine) = self.machines.get_mut(&machine_id) {
+        let newest = self.machine_by_key_and_node.get(&node).and_then(|m| m.values().next_back()).cloned();
+        if let Some(machine_id) = newest {
+            if let Some(machine) = self.machines.get_mut(&machine_id).filter(|m| !m.node_key_revoked) {
                 // The same machine asking again (its first answer was lost): same machine, a
-                // fresh node key that works, and no further use spent.
+                // fresh node key that works, and no further use spent. A machine whose node key
+                // was revoked does not get here: it must enrol anew.
+                self.machine_by_node_key.remove(&machine.node_key_id);
                 machine.node_key_id = req.node_key.id.clone();
                 machine.node_key_hash = req.node_key.hash;
+                self.machine_by_node_key.insert(machine.node_key_id.clone(), machine_id.clone());
                 let enrolled = enrolled_answer(machine, true);
                 self.dirty.insert(Row::Machine(machine_id));
                 return Ok(OpOk::Enrolled(enrolled));
@@ -370,22 +385,27 @@ impl KeyStore {
         if key.max_uses.is_some_and(|max| key.uses >= u64::from(max)) {
             return Err(OpError::KeyExhausted);
         }
-        if self.machines.contains_key(req.machine_id) {
+        if self.machines.contains_key(req.machine_id) || self.machine_by_node_key.contains_key(&req.node_key.id) {
             return Err(OpError::IdCollision);
         }
+        let (org_id, tags, ephemeral) = (key.org_id.clone(), key.tags.clone(), key.ephemeral);
+        let seq = self.next_seq();
         let machine = Machine {
             machine_id: req.machine_id.to_string(),
-            org_id: key.org_id.clone(),
+            org_id,
             hostname: req.hostname.to_string(),
             node_public_key: req.node_public_key.to_string(),
             node_key_id: req.node_key.id.clone(),
             node_key_hash: req.node_key.hash,
             auth_key_id: req.auth_key_id.to_string(),
-            tags: key.tags.clone(),
-            ephemeral: key.ephemeral,
+            tags,
+            ephemeral,
             created_at: now,
+            state: MachineState::Active,
+            node_key_revoked: false,
+            last_seen: None,
+            enrolment_seq: seq,
         };
-        let seq = self.next_seq();
         let key = self.auth_keys.get_mut(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
         key.uses += 1;
         key.last_used_at = Some(now);
@@ -394,13 +414,15 @@ impl KeyStore {
             node_key_fingerprint: crate::secret::fingerprint(req.node_public_key),
             at: now,
             log_index,
+            deregistered: None,
         };
         let answer = enrolled_answer(&machine, false);
         self.dirty.insert(Row::AuthKey(req.auth_key_id.to_string()));
         self.dirty.insert(Row::Enrolment(req.auth_key_id.to_string(), seq));
         self.dirty.insert(Row::Machine(machine.machine_id.clone()));
         self.enrolments.insert((req.auth_key_id.to_string(), seq), enrolment);
-        self.machine_by_key_and_node.insert(node, machine.machine_id.clone());
+        self.machine_by_key_and_node.entry(node).or_default().insert(seq, machine.machine_id.clone());
+        self.machine_by_node_key.insert(machine.node_key_id.clone(), machine.machine_id.clone());
         self.machines.insert(machine.machine_id.clone(), machine);
         Ok(OpOk::Enrolled(answer))
     }

@@ -129,6 +129,35 @@ pub struct Enrolment {
     pub at: Millis,
     /// The Raft log index of the entry that committed this enrolment.
     pub log_index: u64,
+    /// When and why the machine was removed, if it was.
+    pub deregistered: Option<Deregistration>,
+}
+
+/// Why a machine left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeregisterReason {
+    /// An ephemeral machine sent no heartbeat for the inactivity timeout.
+    Inactive,
+    /// An admin deleted it.
+    Deleted,
+    /// The machine logged itself out.
+    LoggedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deregistration {
+    pub at: Millis,
+    pub reason: DeregisterReason,
+}
+
+/// Whether an enrolled machine may take part in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    Active,
+    /// Kept, with its record, but cut off until unquarantined.
+    Quarantined,
 }
 
 /// An enrolled machine.
@@ -146,6 +175,31 @@ pub struct Machine {
     pub tags: Vec<String>,
     pub ephemeral: bool,
     pub created_at: Millis,
+    pub state: MachineState,
+    /// Set by revoke-node-key: the node key is refused until the machine enrols again.
+    pub node_key_revoked: bool,
+    /// Last heartbeat as last persisted by the leader (coarse; the leader also holds a finer
+    /// value in memory).
+    pub last_seen: Option<Millis>,
+    /// The enrolment history row of this machine: (auth key id, seq).
+    pub enrolment_seq: u64,
+}
+
+/// What an admin can do to a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MachineAction {
+    Quarantine,
+    Unquarantine,
+    Delete,
+    SetTags(Vec<String>),
+    RevokeNodeKey,
+}
+
+/// What a machine can do to itself with its node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SelfAction {
+    SetTags(Vec<String>),
+    Logout,
 }
 
 /// A validated request for a new auth key. Only [`AuthKeySpec::new`] makes one, so a spec that
@@ -271,6 +325,8 @@ pub enum Actor {
     Anonymous,
     /// An API key's id (`api_…`) and the hash of the text presented.
     ApiKey { api_key_id: String, secret_hash: SecretHash },
+    /// A machine's node key: its public id and the hash of the text presented.
+    NodeKey { node_key_id: String, secret_hash: SecretHash },
 }
 
 impl Actor {
@@ -328,6 +384,24 @@ pub enum Op {
         org_id: String,
         selector: KeySelector,
     },
+    /// An admin acts on one of the org's machines.
+    MachineAdmin {
+        org_id: String,
+        machine_id: String,
+        action: MachineAction,
+    },
+    /// A machine acts on itself (actor: its node key).
+    MachineSelf {
+        action: SelfAction,
+    },
+    /// Proposed by the leader: ephemeral machines it saw no heartbeat from for the timeout.
+    DeregisterInactive {
+        machine_ids: Vec<String>,
+    },
+    /// Proposed by the leader about once a minute: last heartbeat times (wall-clock ms).
+    RecordLastSeen {
+        seen: Vec<(String, Millis)>,
+    },
     Enrol {
         /// The presented auth key: its id (`ak_…`) and hash.
         auth_key_id: String,
@@ -352,6 +426,10 @@ impl Op {
             Op::CreateAuthKey { .. } => "create_auth_key",
             Op::RevokeAuthKey { .. } => "revoke_auth_key",
             Op::Enrol { .. } => "enrol",
+            Op::MachineAdmin { .. } => "machine_admin",
+            Op::MachineSelf { .. } => "machine_self",
+            Op::DeregisterInactive { .. } => "deregister_inactive",
+            Op::RecordLastSeen { .. } => "record_last_seen",
         }
     }
 }
@@ -379,11 +457,22 @@ pub struct Enrolled {
 /// A successful command's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpOk {
-    Initialized { org: Org, operator_key_id: String, admin_key_id: String },
+    Initialized {
+        org: Org,
+        operator_key_id: String,
+        admin_key_id: String,
+    },
     Org(Org),
     ApiKey(ApiKeyRecord),
     AuthKey(AuthKeyRecord),
     Enrolled(Enrolled),
+    Machine(Machine),
+    /// A machine that is gone (deleted or logged out).
+    MachineRemoved {
+        machine_id: String,
+    },
+    /// A system op's count of machines changed.
+    Count(usize),
 }
 
 /// A command's refusal. Each maps to one HTTP status and error code in `api::error`.
@@ -403,6 +492,10 @@ pub enum OpError {
     KeyRevoked,
     #[error("this auth key has expired")]
     KeyExpired,
+    #[error("unknown node key: the machine was deleted or never enrolled")]
+    UnknownNodeKey,
+    #[error("this machine's node key was revoked; enrol again with an auth key")]
+    NodeKeyRevoked,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

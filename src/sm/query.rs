@@ -29,6 +29,12 @@ pub enum Query {
         org_id: Option<String>,
     },
     ListOrgs,
+    /// An org's machines in id order (admin).
+    ListMachines {
+        org_id: String,
+    },
+    /// The calling machine itself (actor: its node key); a heartbeat.
+    MachineStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +43,8 @@ pub enum Answer {
     AuthKey { record: AuthKeyRecord, enrolments: Vec<Enrolment> },
     ApiKeys(Vec<ApiKeyRecord>),
     Orgs(Vec<Org>),
+    Machines(Vec<Machine>),
+    Machine(Machine),
 }
 
 impl KeyStore {
@@ -89,6 +97,11 @@ impl KeyStore {
                 self.authorize_operator(actor)?;
                 Ok(Answer::Orgs(self.orgs.values().cloned().collect()))
             }
+            Query::ListMachines { org_id } => {
+                self.authorize_org(actor, org_id)?;
+                Ok(Answer::Machines(self.machines.values().filter(|m| &m.org_id == org_id).cloned().collect()))
+            }
+            Query::MachineStatus => Ok(Answer::Machine(self.authenticate_machine(actor)?.clone())),
         }
     }
 }

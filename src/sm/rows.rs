@@ -137,11 +137,13 @@ impl KeyStore {
     /// Rebuilds the derived indexes after loading rows.
     pub fn finish_load(&mut self) {
         self.org_keys = self.auth_keys.values().map(|k| ((k.org_id.clone(), k.seq), k.key_id.clone())).collect();
-        self.machine_by_key_and_node = self
-            .machines
-            .values()
-            .map(|m| ((m.auth_key_id.clone(), m.node_public_key.clone()), m.machine_id.clone()))
-            .collect();
+        self.machine_by_key_and_node.clear();
+        for m in self.machines.values() {
+            let node = (m.auth_key_id.clone(), m.node_public_key.clone());
+            self.machine_by_key_and_node.entry(node).or_default().insert(m.enrolment_seq, m.machine_id.clone());
+        }
+        self.machine_by_node_key =
+            self.machines.values().map(|m| (m.node_key_id.clone(), m.machine_id.clone())).collect();
         let mut expiry: Vec<(Millis, String)> = self.requests.iter().map(|(id, r)| (r.at, id.clone())).collect();
         expiry.sort();
         self.request_expiry = expiry.into();

@@ -3,6 +3,7 @@
 
 mod errors;
 mod failover;
+mod machines;
 mod races;
 mod support;
 mod walkthrough;

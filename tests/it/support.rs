@@ -264,3 +264,110 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A running `ztna up` agent with its own state directory; its output goes to a file.
+pub struct Agent {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    out: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `ztna up` with `auth_key`, heartbeating every 300 ms, in state directory `name`.
+    pub fn agent(&self, auth_key: &str, name: &str) -> Agent {
+        let state_dir = self.dir.path().join(format!("agent-{name}"));
+        let out = self.dir.path().join(format!("agent-{name}.log"));
+        let child = self.spawn_agent(auth_key, &state_dir, &out);
+        Agent { child: Some(child), state_dir, out }
+    }
+
+    fn spawn_agent(&self, auth_key: &str, state_dir: &std::path::Path, out: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(out).expect("agent log");
+        let err = log.try_clone().expect("agent log");
+        Command::new(ZTNA)
+            .args(["up", "--userspace", "--heartbeat-interval", "300ms", "--hostname", "agent-host", "--state-dir"])
+            .arg(state_dir)
+            .env("ZTNA_SERVER", self.servers())
+            .env("ZTNA_AUTH_KEY", auth_key)
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn ztna up")
+    }
+
+    /// The org's machines, through node `id`.
+    pub async fn machines(&self, id: u64) -> Vec<Value> {
+        let body = json!({"action": "list_machines", "org_id": self.org_id});
+        let (status, answer) = self.post(id, "/api/machine-admin", &body, Some(&self.api_key.clone())).await;
+        assert_eq!(status, 200, "list_machines: {answer}");
+        answer["machines"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn machine_admin(&self, id: u64, action: &str, machine_id: &str) -> (u16, Value) {
+        let body = json!({"action": action, "org_id": self.org_id, "machine_id": machine_id});
+        self.post(id, "/api/machine-admin", &body, Some(&self.api_key.clone())).await
+    }
+}
+
+impl Agent {
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits until the agent's output contains `needle`.
+    pub async fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.output().contains(needle) {
+            assert!(Instant::now() < deadline, "agent never printed {needle:?}:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The machine id from the agent's state file.
+    pub fn machine_id(&self) -> String {
+        let text = std::fs::read_to_string(self.state_dir.join("ztna-state.json")).expect("state file");
+        let state: Value = serde_json::from_str(&text).expect("state json");
+        state["machine_id"].as_str().expect("machine id").to_string()
+    }
+
+    /// Waits for the agent to exit on its own; answers whether it succeeded.
+    pub async fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status.success();
+                }
+            }
+            assert!(Instant::now() < deadline, "agent did not exit:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait.
+    pub async fn terminate(&mut self) -> bool {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        self.wait_exit().await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,166 @@
+//! Which machines are alive, as the leader sees it: heartbeats without a Raft write each.
+//!
+//! Heartbeats reach the leader (followers forward them) and only update this in-memory table.
+//! Two things leave it, both as replicated commands the leader proposes:
+//! - every sweep, the ephemeral machines it has not heard from for the inactivity timeout
+//!   (`DeregisterInactive`);
+//! - at most once per persist interval, the last-seen times that moved (`RecordLastSeen`), one
+//!   entry for any number of machines.
+//!
+//! A new leader trusts no last-seen time it did not observe: when the term changes, every
+//! ephemeral machine starts its full timeout again. So a live machine is never deleted because
+//! of a failover or a full-cluster restart; the cost is that a dead ephemeral machine lingers up
+//! to one more timeout after a leader change.
+//!
+//! Times here are milliseconds on a monotonic clock the caller supplies, so the rules are
+//! testable without waiting. This module must not propose anything itself.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::sm::model::Millis;
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Monotonic milliseconds of the last heartbeat (or of the timer's restart).
+    mono: u64,
+    /// Wall-clock time of the last real heartbeat, for `last_seen`.
+    wall: Option<Millis>,
+}
+
+/// The leader's view of machine liveness.
+#[derive(Debug)]
+pub struct Liveness {
+    timeout_ms: u64,
+    persist_every_ms: u64,
+    /// The term this view was built in; `None` when not leading.
+    term: Option<u64>,
+    seen: HashMap<String, Seen>,
+    /// Machines heard from since the last persisted batch.
+    unpersisted: HashSet<String>,
+    last_persist_mono: u64,
+}
+
+impl Liveness {
+    pub fn new(timeout_ms: u64, persist_every_ms: u64) -> Self {
+        Liveness {
+            timeout_ms,
+            persist_every_ms,
+            term: None,
+            seen: HashMap::new(),
+            unpersisted: HashSet::new(),
+            last_persist_mono: 0,
+        }
+    }
+
+    /// A heartbeat from `machine_id`, observed by the leader.
+    pub fn observe(&mut self, machine_id: &str, mono: u64, wall: Millis) {
+        self.seen.insert(machine_id.to_string(), Seen { mono, wall: Some(wall) });
+        self.unpersisted.insert(machine_id.to_string());
+    }
+
+    /// The wall-clock time of the last heartbeat this leader saw from `machine_id`.
+    pub fn last_seen(&self, machine_id: &str) -> Option<Millis> {
+        self.seen.get(machine_id).and_then(|s| s.wall)
+    }
+
+    /// This node is not the leader (any more): forget everything.
+    pub fn step_down(&mut self) {
+        self.term = None;
+        self.seen.clear();
+        self.unpersisted.clear();
+    }
+
+    /// Called periodically while leading in `term`, with every machine in the store and whether
+    /// it is ephemeral. Answers the ephemeral machines whose timeout has passed.
+    pub fn sweep<'a>(
+        &mut self,
+        term: u64,
+        mono: u64,
+        machines: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Vec<String> {
+        if self.term != Some(term) {
+            // New leadership: restart every timer rather than trust times we did not observe.
+            self.step_down();
+            self.term = Some(term);
+            self.last_persist_mono = mono;
+        }
+        let mut expired = Vec::new();
+        let mut present = HashSet::new();
+        for (id, ephemeral) in machines {
+            present.insert(id);
+            if !ephemeral {
+                continue;
+            }
+            let seen = self.seen.entry(id.to_string()).or_insert(Seen { mono, wall: None });
+            if mono.saturating_sub(seen.mono) >= self.timeout_ms {
+                expired.push(id.to_string());
+            }
+        }
+        // Forget machines that are gone.
+        self.seen.retain(|id, _| present.contains(id.as_str()));
+        self.unpersisted.retain(|id| present.contains(id.as_str()));
+        expired
+    }
+
+    /// The last-seen times to persist, at most once per persist interval.
+    pub fn take_persist(&mut self, mono: u64) -> Option<Vec<(String, Millis)>> {
+        if self.term.is_none() || mono.saturating_sub(self.last_persist_mono) < self.persist_every_ms {
+            return None;
+        }
+        self.last_persist_mono = mono;
+        let batch: Vec<(String, Millis)> = self
+            .unpersisted
+            .drain()
+            .filter_map(|id| self.seen.get(&id).and_then(|s| s.wall).map(|wall| (id, wall)))
+            .collect();
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn heartbeats_from_ten_thousand_machines_cost_one_write_a_minute() {
+        let mut live = Liveness::new(10 * MIN, MIN);
+        let machines: Vec<String> = (0..10_000).map(|n| format!("m_{n}")).collect();
+        let ids = || machines.iter().map(|m| (m.as_str(), true));
+        let mut proposals = 0;
+        // Ten minutes; every machine heartbeats every 30 s, spread evenly; sweeps every 5 s.
+        for second in 0..600u64 {
+            let mono = second * 1000;
+            for (n, id) in machines.iter().enumerate() {
+                if (n as u64 + second) % 30 == 0 {
+                    live.observe(id, mono, 1_700_000_000_000 + mono);
+                }
+            }
+            if second % 5 == 0 {
+                assert!(live.sweep(1, mono, ids()).is_empty(), "no live machine expires");
+                if live.take_persist(mono).is_some() {
+                    proposals += 1;
+                }
+            }
+        }
+        // 333 heartbeats a second for ten minutes became at most one write per minute.
+        assert!(proposals <= 10, "{proposals} proposals");
+        assert!(proposals >= 9, "last-seen is still persisted: {proposals}");
+    }
+
+    #[test]
+    fn silent_machines_expire_and_a_new_term_restarts_every_timer() {
+        let mut live = Liveness::new(10_000, MIN);
+        let both = [("a", true), ("b", true), ("p", false)];
+        assert!(live.sweep(1, 0, both).is_empty());
+        live.observe("a", 8_000, 1);
+        // "b" is silent for the timeout; "p" is persistent and never expires.
+        assert_eq!(live.sweep(1, 10_000, both), vec!["b".to_string()]);
+        assert!(live.sweep(1, 99_000, [("p", false)]).is_empty());
+        // A new leader (term 2) starts every timer again, even for "a" that is silent.
+        assert!(live.sweep(2, 100_000, [("a", true)]).is_empty());
+        assert!(live.sweep(2, 109_999, [("a", true)]).is_empty());
+        assert_eq!(live.sweep(2, 110_000, [("a", true)]), vec!["a".to_string()]);
+    }
+}

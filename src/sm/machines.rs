@@ -1,0 +1,125 @@
+//! The rules about enrolled machines: node-key authentication, admin actions (quarantine,
+//! delete, tags, node-key revocation), a machine's own actions, and the leader's deregistration
+//! of inactive ephemeral machines.
+//!
+//! Like the rest of `sm`, this is pure: the leader decides *which* ephemeral machines were
+//! inactive (see `liveness`), and this module only applies that replicated decision.
+
+use super::model::*;
+use super::{KeyStore, Row};
+use crate::secret::hashes_equal;
+
+impl KeyStore {
+    /// The machine a node key belongs to, if the key is current.
+    pub(crate) fn authenticate_machine(&self, actor: &Actor) -> Result<&Machine, OpError> {
+        let Actor::NodeKey { node_key_id, secret_hash } = actor else {
+            return Err(OpError::UnknownNodeKey);
+        };
+        let machine = self
+            .machine_by_node_key
+            .get(node_key_id)
+            .and_then(|id| self.machines.get(id))
+            .ok_or(OpError::UnknownNodeKey)?;
+        if !hashes_equal(&machine.node_key_hash, secret_hash) {
+            return Err(OpError::UnknownNodeKey);
+        }
+        if machine.node_key_revoked {
+            return Err(OpError::NodeKeyRevoked);
+        }
+        Ok(machine)
+    }
+
+    pub(crate) fn machine_admin(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        org_id: &str,
+        machine_id: &str,
+        action: &MachineAction,
+    ) -> Outcome {
+        self.authorize_org(actor, org_id)?;
+        let not_found = || OpError::NotFound(format!("no machine {machine_id:?} in this org"));
+        let machine = self.machines.get_mut(machine_id).filter(|m| m.org_id == org_id).ok_or_else(not_found)?;
+        match action {
+            MachineAction::Quarantine => machine.state = MachineState::Quarantined,
+            MachineAction::Unquarantine => machine.state = MachineState::Active,
+            MachineAction::SetTags(tags) => machine.tags = tags.clone(),
+            MachineAction::RevokeNodeKey => machine.node_key_revoked = true,
+            MachineAction::Delete => {
+                self.remove_machine(machine_id, now, DeregisterReason::Deleted);
+                return Ok(OpOk::MachineRemoved { machine_id: machine_id.to_string() });
+            }
+        }
+        let machine = machine.clone();
+        self.dirty.insert(Row::Machine(machine_id.to_string()));
+        Ok(OpOk::Machine(machine))
+    }
+
+    pub(crate) fn machine_self(&mut self, now: Millis, actor: &Actor, action: &SelfAction) -> Outcome {
+        let machine_id = self.authenticate_machine(actor)?.machine_id.clone();
+        match action {
+            SelfAction::SetTags(tags) => {
+                let machine = self.machines.get_mut(&machine_id).ok_or(OpError::UnknownNodeKey)?;
+                machine.tags = tags.clone();
+                let machine = machine.clone();
+                self.dirty.insert(Row::Machine(machine_id));
+                Ok(OpOk::Machine(machine))
+            }
+            SelfAction::Logout => {
+                self.remove_machine(&machine_id, now, DeregisterReason::LoggedOut);
+                Ok(OpOk::MachineRemoved { machine_id })
+            }
+        }
+    }
+
+    /// Deletes the listed machines that still exist and are ephemeral.
+    pub(crate) fn deregister_inactive(&mut self, now: Millis, machine_ids: &[String]) -> Outcome {
+        let mut removed = 0;
+        for id in machine_ids {
+            if self.machines.get(id).is_some_and(|m| m.ephemeral) {
+                self.remove_machine(id, now, DeregisterReason::Inactive);
+                removed += 1;
+            }
+        }
+        Ok(OpOk::Count(removed))
+    }
+
+    /// Records coarse last-seen times; a time never moves backwards.
+    pub(crate) fn record_last_seen(&mut self, seen: &[(String, Millis)]) -> Outcome {
+        let mut changed = 0;
+        for (id, at) in seen {
+            if let Some(machine) = self.machines.get_mut(id) {
+                if machine.last_seen.is_none_or(|prev| prev < *at) {
+                    machine.last_seen = Some(*at);
+                    self.dirty.insert(Row::Machine(id.clone()));
+                    changed += 1;
+                }
+            }
+        }
+        Ok(OpOk::Count(changed))
+    }
+
+    /// Removes a machine and its node key, and marks its enrolment deregistered.
+    fn remove_machine(&mut self, machine_id: &str, now: Millis, reason: DeregisterReason) {
+        let Some(machine) = self.machines.remove(machine_id) else { return };
+        self.machine_by_node_key.remove(&machine.node_key_id);
+        let node = (machine.auth_key_id.clone(), machine.node_public_key.clone());
+        if let Some(machines) = self.machine_by_key_and_node.get_mut(&node) {
+            machines.remove(&machine.enrolment_seq);
+            if machines.is_empty() {
+                self.machine_by_key_and_node.remove(&node);
+            }
+        }
+        let row = (machine.auth_key_id.clone(), machine.enrolment_seq);
+        if let Some(enrolment) = self.enrolments.get_mut(&row) {
+            enrolment.deregistered = Some(Deregistration { at: now, reason });
+            self.dirty.insert(Row::Enrolment(row.0, row.1));
+        }
+        self.dirty.insert(Row::Machine(machine_id.to_string()));
+    }
+
+    /// Every machine's id and whether it is ephemeral, for the leader's inactivity sweep.
+    pub fn machine_liveness_ids(&self) -> Vec<(String, bool)> {
+        self.machines.values().map(|m| (m.machine_id.clone(), m.ephemeral)).collect()
+    }
+}
