@@ -11,6 +11,7 @@ mod cluster;
 mod enrol;
 pub mod error;
 mod fields;
+mod install;
 mod keys;
 mod machines;
 mod org;
@@ -45,6 +46,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/machine/logout", post(machines::logout))
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
+        .route("/install.sh", get(install::script))
+        .route("/download/ztna-linux-x86_64", get(install::binary))
+        .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .fallback(not_found)

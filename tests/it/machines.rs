@@ -207,3 +207,53 @@ async fn machines_of_one_org_are_out_of_reach_of_another_and_bad_input_is_refuse
     let (status, beat) = cluster.post(3, "/api/machine/heartbeat", &json!({}), Some(node_key)).await;
     assert_eq!((status, beat["state"].as_str()), (200, Some("active")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installer_enrols_a_machine_with_curl_pipe_sh() {
+    let cluster = Cluster::start().await;
+    let key = cluster.create_key(1, json!({"tags": ["tag:laptop"]})).await;
+    let prefix = cluster.dir.path().join("prefix");
+    let state = cluster.dir.path().join("installed-state");
+    let script = format!(
+        "curl -fsSL {}/install.sh | ZTNA_AUTH_KEY={} ZTNA_PREFIX={} ZTNA_STATE_DIR={} ZTNA_SERVICE=background sh",
+        cluster.url(2),
+        key["key"].as_str().unwrap(),
+        prefix.display(),
+        state.display()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(prefix.join("bin/ztna").exists());
+    let pid = std::fs::read_to_string(state.join("ztna.pid")).expect("pid file").trim().to_string();
+    let machines = cluster.machines(3).await;
+    let _ = std::process::Command::new("kill").arg(&pid).status();
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert_eq!(machines[0]["tags"], json!(["tag:laptop"]));
+    // The downloaded binary is the node's own, checked against the published SHA-256.
+    let sum: String = cluster
+        .http
+        .get(format!("{}/download/ztna-linux-x86_64.sha256", cluster.url(1)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let installed = std::fs::read(prefix.join("bin/ztna")).unwrap();
+    assert_eq!(sum.split_whitespace().next().unwrap(), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&installed)));
+
+    // An unreachable node fails with a clear message.
+    let bad = format!(
+        "curl -fsSL {}/install.sh | ZTNA_INSTALL_SERVER=http://127.0.0.1:1 ZTNA_PREFIX={} sh",
+        cluster.url(1),
+        prefix.display()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&bad).output().expect("sh");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot download ztna"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
