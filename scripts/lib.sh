@@ -37,4 +37,4 @@ ensure_rust() {
 }
 
 # Packages every build needs: RocksDB's bindings are generated with libclang.
-BUILD_PACKAGES=(libclang-dev curl)
+BUILD_PACKAGES=(libclang-dev curl binutils)

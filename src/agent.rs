@@ -78,21 +78,12 @@ pub fn load_state(dir: &Path) -> Result<Option<AgentState>, AgentError> {
     }
 }
 
-/// Saves the state file with mode 0600 (written to a temporary file, then renamed).
+/// Saves the state file, readable only by its owner.
 pub fn save_state(dir: &Path, state: &AgentState) -> Result<(), AgentError> {
-    use std::io::Write;
     let err = |e: std::io::Error| AgentError::State(format!("cannot write the state file in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp).map_err(err)?;
     let text = serde_json::to_vec_pretty(state).map_err(|e| AgentError::State(e.to_string()))?;
-    file.write_all(&text).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, state_path(dir)).map_err(err)
+    crate::private_file::write(&state_path(dir), &text).map_err(err)
 }
 
 /// A new identity: an X25519 key pair from the OS CSPRNG.

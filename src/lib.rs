@@ -14,7 +14,9 @@
 //! - [`node`]: the one place a node is wired together; `write` and `read` reach the leader.
 //! - [`api`]: the public HTTP API (the only module that knows HTTP status codes).
 //! - [`client`] and [`cli`]: the `ztna` command line, talking to any node of `ZTNA_SERVER`.
-//! - [`config`]: cluster files; [`secret`]: credentials; [`faults`]: test-only fault switches.
+//! - [`sm::model`] machines, [`liveness`] (the leader's heartbeat table) and [`agent`] (`ztna up`).
+//! - [`config`]: cluster files; [`secret`]: credentials; [`private_file`]: 0600 files;
+//!   [`faults`]: test-only fault switches.
 
 pub mod agent;
 pub mod api;
@@ -27,6 +29,7 @@ pub mod faults;
 pub mod liveness;
 pub mod network;
 pub mod node;
+pub mod private_file;
 pub mod proposer;
 pub mod raft_types;
 pub mod secret;

@@ -5,7 +5,11 @@
 //!
 //! This module must not talk to RocksDB or Raft; the server subcommand only starts a [`Node`].
 
-mod format;
+mod admin;
+pub(crate) mod format;
+mod keys;
+mod local_cluster;
+mod machines;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +20,6 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError};
 use crate::config::{ClusterFile, NodeConfig};
 use crate::node::Node;
-use format::{parse_time, relative_expiry, table};
 
 #[derive(Parser)]
 #[command(name = "ztna", version, about = "Replicated auth-key store for zero-trust networks")]
@@ -238,6 +241,18 @@ enum AuthKeyCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
+    /// Run every node of a cluster file on this machine in the foreground (Ctrl-C stops them).
+    Up {
+        /// The cluster file (default cluster/local.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Where the nodes keep their data (default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Passed to every node, e.g. 20s.
+        #[arg(long)]
+        ephemeral_inactivity_timeout: Option<String>,
+    },
     /// Each node's role, term, last applied index and the leader.
     Status,
     /// Create the first org, its admin API key and the operator key (once per cluster).
@@ -310,11 +325,19 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => server(args).await,
-        Command::AuthKey { command, conn } => auth_key(command, &conn).await,
+        Command::AuthKey { command, conn } => keys::auth_key(command, &conn).await,
         Command::Enrol { auth_key, hostname, node_public_key, conn } => {
             enrol(&conn, &auth_key, &hostname, node_public_key).await
         }
-        Command::Cluster { command, conn } => cluster(command, &conn).await,
+        Command::Cluster {
+            command: ClusterCommand::Up { cluster, data_dir, ephemeral_inactivity_timeout }, ..
+        } => {
+            let (default_cluster, default_data) = local_cluster::defaults();
+            let cluster = cluster.unwrap_or(default_cluster);
+            let data_dir = data_dir.unwrap_or(default_data);
+            local_cluster::up(&cluster, &data_dir, ephemeral_inactivity_timeout).await
+        }
+        Command::Cluster { command, conn } => admin::cluster(command, &conn).await,
         Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval } => {
             let heartbeat_interval =
                 std::time::Duration::from_millis(crate::config::parse_duration_ms(&heartbeat_interval)?);
@@ -327,7 +350,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             };
             Ok(crate::agent::up(options, wait_for_stop_signal()).await?)
         }
-        Command::Status { agent } => machine_status(&agent).await,
+        Command::Status { agent } => machines::machine_status(&agent).await,
         Command::Set { tags, agent } => {
             let answer = crate::agent::set_tags(&agent.servers()?, &agent.dir(), &tags).await?;
             if agent.conn.output == Output::Json {
@@ -342,8 +365,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("✓ Logged out: {machine_id} was deleted and its node key forgotten");
             Ok(())
         }
-        Command::Machines { command: MachinesCommand::List, conn } => machines_list(&conn).await,
-        Command::MachineAdmin { action, machine, tags, conn } => machine_admin(&conn, action, machine, tags).await,
+        Command::Machines { command: MachinesCommand::List, conn } => machines::machines_list(&conn).await,
+        Command::MachineAdmin { action, machine, tags, conn } => {
+            machines::machine_admin(&conn, action, machine, tags).await
+        }
         Command::OrgAdmin { command, operator_key, operator_key_file, conn } => {
             let key = match (operator_key, operator_key_file) {
                 (Some(key), _) => key,
@@ -357,7 +382,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 }
             };
-            org_admin(command, &conn, key).await
+            admin::org_admin(command, &conn, key).await
         }
     }
 }
@@ -458,126 +483,6 @@ fn yes_no(value: &Value) -> &'static str {
     }
 }
 
-async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(), CliError> {
-    let (client, org) = admin(conn)?;
-    match command {
-        AuthKeyCommand::Create { reusable, ephemeral, expiry, tags, description, max_uses } => {
-            let mut body = json!({
-                "action": "create_auth_key", "org_id": org, "reusable": reusable, "ephemeral": ephemeral,
-                "expires_in": parse_expiry(&expiry)?, "tags": tags, "description": description,
-                "request_id": request_id(),
-            });
-            if let Some(max) = max_uses {
-                body["max_uses"] = json!(max);
-            }
-            let key = client.post("/api/key-management", &body).await?;
-            if conn.output == Output::Json {
-                print_json(&key);
-                return Ok(());
-            }
-            let expires = parse_time(&key["expires_at"]).map_or("?".into(), |t| relative_expiry(t, now_ms()));
-            let tags: Vec<&str> =
-                key["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            println!("✓ Auth key created: {}", key["key"].as_str().unwrap_or_default());
-            println!("  Reusable:     {}", yes_no(&key["reusable"]));
-            if let Some(max) = key["max_uses"].as_u64() {
-                println!("  Max uses:     {max}");
-            }
-            println!("  Ephemeral:    {}", yes_no(&key["ephemeral"]));
-            println!("  Expires:      {expires}");
-            println!("  Tags:         {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
-            println!("  Description:  {}", key["description"].as_str().unwrap_or_default());
-            println!();
-            println!("COPY THIS KEY NOW — you cannot retrieve it later.");
-        }
-        AuthKeyCommand::List => {
-            let mut keys = Vec::new();
-            let mut cursor = Value::Null;
-            loop {
-                let body = json!({ "action": "list_auth_keys", "org_id": org, "limit": 1000, "cursor": cursor });
-                let page = client.post("/api/key-management", &body).await?;
-                keys.extend(page["keys"].as_array().cloned().unwrap_or_default());
-                cursor = page["next_cursor"].clone();
-                if cursor.is_null() {
-                    break;
-                }
-            }
-            if conn.output == Output::Json {
-                print_json(&json!({ "keys": keys }));
-                return Ok(());
-            }
-            let now = now_ms();
-            let rows: Vec<Vec<String>> = keys
-                .iter()
-                .map(|k| {
-                    let uses = match k["max_uses"].as_u64() {
-                        Some(max) => format!("{}/{max}", k["uses"]),
-                        None => k["uses"].to_string(),
-                    };
-                    let expires = match parse_time(&k["expires_at"]) {
-                        Some(t) if t > now => relative_expiry(t, now),
-                        Some(_) => "expired".into(),
-                        None => "?".into(),
-                    };
-                    vec![
-                        k["prefix"].as_str().unwrap_or_default().to_string(),
-                        yes_no(&k["reusable"]).to_string(),
-                        uses,
-                        expires,
-                        k["state"].as_str().unwrap_or_default().to_string(),
-                        k["description"].as_str().unwrap_or_default().to_string(),
-                    ]
-                })
-                .collect();
-            println!("{}", table(&["PREFIX", "REUSABLE", "USES", "EXPIRES", "STATE", "DESCRIPTION"], &rows));
-        }
-        AuthKeyCommand::Get { key_id } => {
-            let body = json!({ "action": "get_auth_key", "org_id": org, "key_id": key_id });
-            let key = client.post("/api/key-management", &body).await?;
-            if conn.output == Output::Json {
-                print_json(&key);
-                return Ok(());
-            }
-            println!(
-                "{}  {}  {}",
-                key["key_id"].as_str().unwrap_or_default(),
-                key["prefix"].as_str().unwrap_or_default(),
-                key["state"].as_str().unwrap_or_default()
-            );
-            let rows: Vec<Vec<String>> = key["enrolments"]
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .map(|e| {
-                            ["machine_id", "node_key_fingerprint", "at"]
-                                .iter()
-                                .map(|f| e[*f].as_str().unwrap_or_default().to_string())
-                                .chain(std::iter::once(e["log_index"].to_string()))
-                                .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!("{}", table(&["MACHINE", "NODE-KEY", "ENROLLED", "LOG-INDEX"], &rows));
-        }
-        AuthKeyCommand::Revoke { key } => {
-            let mut body = json!({ "action": "revoke_auth_key", "org_id": org, "request_id": request_id() });
-            if key.starts_with("ak_") {
-                body["key_id"] = json!(key);
-            } else {
-                body["key"] = json!(key);
-            }
-            let record = client.post("/api/key-management", &body).await?;
-            if conn.output == Output::Json {
-                print_json(&record);
-                return Ok(());
-            }
-            println!("✓ Revoked — future enrolments with this key will fail");
-        }
-    }
-    Ok(())
-}
-
 async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Option<String>) -> Result<(), CliError> {
     let client = client(conn, None)?;
     let node_public_key = node_public_key.unwrap_or_else(|| {
@@ -603,249 +508,8 @@ async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Opt
     Ok(())
 }
 
-async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
-    let client = client(conn, None)?;
-    match command {
-        ClusterCommand::Status => {
-            let mut views = Vec::new();
-            for server in client.servers() {
-                let view = match client.get_from(server, "/api/cluster").await {
-                    Ok(info) => info,
-                    Err(e) => json!({ "server": server, "error": e.to_string() }),
-                };
-                views.push((server.clone(), view));
-            }
-            if conn.output == Output::Json {
-                print_json(&Value::Array(views.into_iter().map(|(_, v)| v).collect()));
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = views
-                .iter()
-                .map(|(server, v)| {
-                    if v.get("error").is_some() {
-                        return vec![
-                            "?".into(),
-                            "unreachable".into(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            server.clone(),
-                        ];
-                    }
-                    let num = |f: &str| v[f].as_u64().map_or("-".to_string(), |n| n.to_string());
-                    vec![
-                        num("node_id"),
-                        v["role"].as_str().unwrap_or("?").to_string(),
-                        num("term"),
-                        num("last_log_index"),
-                        num("last_applied_index"),
-                        num("leader"),
-                        server.clone(),
-                    ]
-                })
-                .collect();
-            println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
-        }
-        ClusterCommand::Init { org_name, env_file, operator_key_file } => {
-            let answer = client.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
-            let org_id = answer["org_id"].as_str().unwrap_or_default();
-            let api_key = answer["api_key"].as_str().unwrap_or_default();
-            let operator_key = answer["operator_key"].as_str().unwrap_or_default();
-            if let Some(path) = &env_file {
-                let servers = client.servers().join(",");
-                let text = format!("ZTNA_SERVER={servers}\nQZ_API_KEY={api_key}\nZTNA_ORG={org_id}\n");
-                write_private(path, &text)?;
-            }
-            if let Some(path) = &operator_key_file {
-                write_private(path, &format!("{operator_key}\n"))?;
-            }
-            if conn.output == Output::Json {
-                print_json(&answer);
-            } else if env_file.is_none() {
-                println!("✓ Cluster initialised");
-                println!("  Org:           {org_id}");
-                println!("  API key:       {api_key}");
-                println!("  Operator key:  {operator_key}");
-                println!();
-                println!("COPY THESE KEYS NOW — you cannot retrieve them later.");
-            } else {
-                println!("✓ Cluster initialised: org {org_id}");
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Writes a file readable only by its owner (mode 0600).
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    let io = |e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
-}
-
-async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: String) -> Result<(), CliError> {
-    let client = client(conn, Some(operator_key))?;
-    let body = match &command {
-        OrgCommand::CreateOrg { name } => json!({ "action": "create_org", "name": name, "request_id": request_id() }),
-        OrgCommand::ListOrgs => json!({ "action": "list_orgs" }),
-        OrgCommand::CreateApiKey { org_id, description } => json!({
-            "action": "create_api_key", "org_id": org_id, "description": description, "request_id": request_id(),
-        }),
-        OrgCommand::ListApiKeys { org_id } => json!({ "action": "list_api_keys", "org_id": org_id }),
-        OrgCommand::RevokeApiKey { api_key_id } => json!({
-            "action": "revoke_api_key", "api_key_id": api_key_id, "request_id": request_id(),
-        }),
-    };
-    let answer = client.post("/api/org-admin", &body).await?;
-    if conn.output == Output::Json {
-        print_json(&answer);
-        return Ok(());
-    }
-    match command {
-        OrgCommand::CreateOrg { .. } => println!("✓ Org created: {}", answer["org_id"].as_str().unwrap_or_default()),
-        OrgCommand::CreateApiKey { .. } => {
-            println!("✓ API key created: {}", answer["key"].as_str().unwrap_or_default());
-            println!("  Id:   {}", answer["api_key_id"].as_str().unwrap_or_default());
-            println!("  Org:  {}", answer["org_id"].as_str().unwrap_or_default());
-            println!();
-            println!("COPY THIS KEY NOW — you cannot retrieve it later.");
-        }
-        OrgCommand::RevokeApiKey { .. } => println!("✓ API key revoked"),
-        OrgCommand::ListOrgs => {
-            let rows: Vec<Vec<String>> = answer["orgs"]
-                .as_array()
-                .map(|orgs| {
-                    orgs.iter()
-                        .map(|o| {
-                            ["org_id", "name", "created_at"]
-                                .iter()
-                                .map(|f| o[*f].as_str().unwrap_or_default().to_string())
-                                .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!("{}", table(&["ORG", "NAME", "CREATED"], &rows));
-        }
-        OrgCommand::ListApiKeys { .. } => {
-            let rows: Vec<Vec<String>> = answer["api_keys"]
-                .as_array()
-                .map(|keys| {
-                    keys.iter()
-                        .map(|k| {
-                            let state = if k["revoked_at"].is_null() { "active" } else { "revoked" };
-                            vec![
-                                k["api_key_id"].as_str().unwrap_or_default().to_string(),
-                                k["scope"].as_str().unwrap_or_default().to_string(),
-                                k["org_id"].as_str().unwrap_or("-").to_string(),
-                                state.to_string(),
-                                k["description"].as_str().unwrap_or_default().to_string(),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!("{}", table(&["API-KEY", "SCOPE", "ORG", "STATE", "DESCRIPTION"], &rows));
-        }
-    }
-    Ok(())
-}
-
-async fn machine_status(agent: &AgentArgs) -> Result<(), CliError> {
-    let dir = agent.dir();
-    let status = crate::agent::status(&agent.servers()?, &dir).await?;
-    if agent.conn.output == Output::Json {
-        print_json(&status.clone().unwrap_or_else(|| json!({ "enrolled": false })));
-        return Ok(());
-    }
-    match status {
-        None => println!("Enrolled:   no (state directory {})", dir.display()),
-        Some(m) => {
-            let tags: Vec<&str> =
-                m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            println!("Enrolled:   yes");
-            println!("Machine:    {}", m["machine_id"].as_str().unwrap_or_default());
-            println!("Hostname:   {}", m["hostname"].as_str().unwrap_or_default());
-            println!("Org:        {}", m["org_id"].as_str().unwrap_or_default());
-            println!("Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
-            println!("Ephemeral:  {}", yes_no(&m["ephemeral"]));
-            println!("State:      {}", m["state"].as_str().unwrap_or_default());
-        }
-    }
-    Ok(())
-}
-
-async fn machines_list(conn: &Conn) -> Result<(), CliError> {
-    let (client, org) = admin(conn)?;
-    let answer = client.post("/api/machine-admin", &json!({ "action": "list_machines", "org_id": org })).await?;
-    if conn.output == Output::Json {
-        print_json(&answer);
-        return Ok(());
-    }
-    let now = now_ms();
-    let rows: Vec<Vec<String>> = answer["machines"]
-        .as_array()
-        .map(|machines| {
-            machines
-                .iter()
-                .map(|m| {
-                    let tags: Vec<&str> =
-                        m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                    let last_seen = match parse_time(&m["last_seen"]) {
-                        Some(t) => format!("{} ago", format::duration_words((now - t).max(0))),
-                        None => "never".into(),
-                    };
-                    vec![
-                        m["machine_id"].as_str().unwrap_or_default().to_string(),
-                        m["hostname"].as_str().unwrap_or_default().to_string(),
-                        if tags.is_empty() { "-".into() } else { tags.join(",") },
-                        yes_no(&m["ephemeral"]).to_string(),
-                        m["state"].as_str().unwrap_or_default().to_string(),
-                        last_seen,
-                        m["auth_key_prefix"].as_str().unwrap_or_default().to_string(),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    println!("{}", table(&["MACHINE", "HOSTNAME", "TAGS", "EPHEMERAL", "STATE", "LAST-SEEN", "AUTH-KEY"], &rows));
-    Ok(())
-}
-
-async fn machine_admin(
-    conn: &Conn,
-    action: MachineAdminAction,
-    machine: String,
-    tags: Vec<String>,
-) -> Result<(), CliError> {
-    let (client, org) = admin(conn)?;
-    let (name, done) = match action {
-        MachineAdminAction::Quarantine => ("quarantine", "quarantined"),
-        MachineAdminAction::Unquarantine => ("unquarantine", "unquarantined"),
-        MachineAdminAction::Delete => ("delete", "deleted"),
-        MachineAdminAction::SetTags => ("set_tags", "retagged"),
-        MachineAdminAction::RevokeNodeKey => ("revoke_node_key", "node key revoked"),
-    };
-    let mut body = json!({ "action": name, "org_id": org, "machine_id": machine, "request_id": request_id() });
-    if matches!(action, MachineAdminAction::SetTags) {
-        body["tags"] = json!(tags);
-    } else if !tags.is_empty() {
-        return Err(CliError::Usage("--tags goes only with --action set-tags".into()));
-    }
-    let answer = client.post("/api/machine-admin", &body).await?;
-    if conn.output == Output::Json {
-        print_json(&answer);
-    } else {
-        println!("✓ {machine}: {done}");
-    }
-    Ok(())
+    crate::private_file::write(path, text.as_bytes())
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
 }
