@@ -113,3 +113,19 @@ pub fn request_id(fields: &mut Fields) -> Result<Option<String>, ApiError> {
         Some(_) => Err(ApiError::bad_field("request_id", "must be 1 to 128 printable ASCII characters without spaces")),
     }
 }
+
+/// Checks an id of the form `<prefix><12 letters or digits>` (`ak_…`, `m_…`).
+pub fn check_id(field: &str, prefix: &str, value: &str) -> Result<(), ApiError> {
+    let id_len = crate::secret::ID_LEN;
+    let ok = value
+        .strip_prefix(prefix)
+        .is_some_and(|id| id.len() == id_len && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
+            field,
+            format!("must be \"{prefix}\" followed by {id_len} letters or digits, got {value:?}"),
+        ))
+    }
+}

@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::fields::{request_id, Fields};
+use super::fields::{check_id, request_id, Fields};
 use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
@@ -92,7 +92,7 @@ async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> 
 async fn get(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
     let key_id = fields.str("key_id")?;
     fields.finish()?;
-    check_key_id(&key_id)?;
+    check_id("key_id", AUTH_KEY_ID_PREFIX, &key_id)?;
     match node.read(&actor, &Query::GetAuthKey { org_id, key_id }).await?? {
         Answer::AuthKey { record, enrolments } => {
             let mut view = views::auth_key(&record, node.clock().now_ms());
@@ -110,7 +110,7 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     fields.finish()?;
     let selector = match (key_id, key) {
         (Some(id), None) => {
-            check_key_id(&id)?;
+            check_id("key_id", AUTH_KEY_ID_PREFIX, &id)?;
             KeySelector::KeyId(id)
         }
         (None, Some(key)) => selector_from_key(&key)?,
@@ -124,20 +124,6 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     match node.write(command).await?? {
         OpOk::AuthKey(record) => Ok(Json(views::auth_key(&record, node.clock().now_ms()))),
         other => Err(ApiError::internal(format!("revoke_auth_key answered {other:?}"))),
-    }
-}
-
-fn check_key_id(key_id: &str) -> Result<(), ApiError> {
-    let ok = key_id
-        .strip_prefix(AUTH_KEY_ID_PREFIX)
-        .is_some_and(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_field(
-            "key_id",
-            format!("must be \"ak_\" followed by {ID_LEN} letters or digits, got {key_id:?}"),
-        ))
     }
 }
 

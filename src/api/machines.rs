@@ -14,10 +14,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::fields::{request_id, Fields};
+use super::fields::{check_id, request_id, Fields};
 use super::{api_key_actor, body, new_request_id, views};
 use crate::node::Node;
-use crate::secret::{parse_credential, CredentialKind, ID_LEN};
+use crate::secret::{parse_credential, CredentialKind};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
@@ -30,20 +30,6 @@ fn tags(fields: &mut Fields) -> Result<Vec<String>, ApiError> {
     let mut seen = std::collections::BTreeSet::new();
     tags.retain(|t| seen.insert(t.clone()));
     Ok(tags)
-}
-
-fn check_machine_id(machine_id: &str) -> Result<(), ApiError> {
-    let ok = machine_id
-        .strip_prefix(MACHINE_ID_PREFIX)
-        .is_some_and(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_field(
-            "machine_id",
-            format!("must be \"m_\" followed by {ID_LEN} letters or digits, got {machine_id:?}"),
-        ))
-    }
 }
 
 /// Answers a machine command's outcome as JSON.
@@ -86,7 +72,7 @@ pub async fn admin(
     };
     let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
     fields.finish()?;
-    check_machine_id(&machine_id)?;
+    check_id("machine_id", MACHINE_ID_PREFIX, &machine_id)?;
     let command = Command { request_id, actor, op: Op::MachineAdmin { org_id, machine_id, action } };
     machine_answer(&node, node.write(command).await?)
 }

@@ -460,19 +460,11 @@ fn now_ms() -> i64 {
     crate::clock::wall_ms() as i64
 }
 
-/// `30s`, `5m`, `1h`, `7d` → seconds.
+/// `5m`, `1h`, `30d` → seconds.
 fn parse_expiry(text: &str) -> Result<u64, CliError> {
-    let bad = || CliError::Usage(format!("--expiry {text:?}: use a number and a unit, e.g. 5m, 1h, 24h, 30d"));
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    Ok(n * scale)
+    crate::config::parse_duration_ms(text)
+        .map(|ms| ms / 1000)
+        .map_err(|_| CliError::Usage(format!("--expiry {text:?}: use a number and a unit, e.g. 5m, 1h, 24h, 30d")))
 }
 
 fn yes_no(value: &Value) -> &'static str {
