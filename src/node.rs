@@ -219,11 +219,6 @@ impl Node {
         &self.config
     }
 
-    /// Whether the cluster has been initialised with its first org (read from local state).
-    pub fn locally_initialized(&self) -> bool {
-        read_state(&self.state).store.is_initialized()
-    }
-
     fn leader(&self) -> Option<(NodeId, Option<NodeInfo>)> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();

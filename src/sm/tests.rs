@@ -398,3 +398,107 @@ proptest! {
         prop_assert_eq!(&replay.store, &f.store);
     }
 }
+
+// ---- Machines ----
+
+fn node_actor(node: &str) -> Actor {
+    Actor::NodeKey { node_key_id: node.to_string(), secret_hash: hash(node) }
+}
+
+fn admin_op(f: &mut Fixture, machine: &str, action: MachineAction) -> Outcome {
+    let op = Op::MachineAdmin { org_id: "org_a".into(), machine_id: machine.into(), action };
+    f.run(T0 + 10, f.admin.clone(), op)
+}
+
+#[test]
+fn admin_actions_change_machines_and_deletion_is_recorded_in_the_history() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    f.enrol(T0 + 1, "ak_r", "n1").unwrap();
+    let status = |f: &Fixture| f.store.query(&node_actor("n1"), &Query::MachineStatus);
+    assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.state == MachineState::Active));
+    admin_op(&mut f, "m_n1", MachineAction::Quarantine).unwrap();
+    assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.state == MachineState::Quarantined));
+    admin_op(&mut f, "m_n1", MachineAction::Unquarantine).unwrap();
+    admin_op(&mut f, "m_n1", MachineAction::SetTags(vec!["tag:x".into()])).unwrap();
+    assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.tags == ["tag:x"]));
+    admin_op(&mut f, "m_n1", MachineAction::Delete).unwrap();
+    assert_eq!(status(&f), Err(OpError::UnknownNodeKey));
+    let history: Vec<_> = f.store.enrolments_of("ak_r").collect();
+    assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Deleted));
+    // The same device may enrol again with a valid key, as a new machine.
+    let op = Op::Enrol {
+        auth_key_id: "ak_r".into(),
+        auth_key_hash: hash("ak_r"),
+        hostname: "h".into(),
+        node_public_key: "n1".into(),
+        machine_id: "m_again".into(),
+        node_key: cred("n1b"),
+    };
+    assert!(
+        matches!(f.run(T0 + 20, Actor::Anonymous, op), Ok(OpOk::Enrolled(e)) if !e.repeated && e.machine_id == "m_again")
+    );
+}
+
+#[test]
+fn a_revoked_node_key_is_refused_until_the_machine_enrols_anew() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    f.enrol(T0 + 1, "ak_one", "n1").unwrap();
+    admin_op(&mut f, "m_n1", MachineAction::RevokeNodeKey).unwrap();
+    assert_eq!(f.store.query(&node_actor("n1"), &Query::MachineStatus), Err(OpError::NodeKeyRevoked));
+    // A repeat with the spent one-shot key does not bring it back: it must enrol anew.
+    assert_eq!(f.enrol(T0 + 2, "ak_one", "n1"), Err(OpError::KeyUsed));
+    assert!(f.store.machines.contains_key("m_n1"), "the record is kept");
+}
+
+#[test]
+fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_themselves() {
+    let mut f = Fixture::new();
+    let spec = AuthKeySpec::new(true, true, 3600, vec![], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    f.run(T0, f.admin.clone(), Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_eph"), spec }).unwrap();
+    f.create(T0, "ak_per", true, None);
+    f.enrol(T0 + 1, "ak_eph", "e1").unwrap();
+    f.enrol(T0 + 1, "ak_per", "p1").unwrap();
+    let sweep = Op::DeregisterInactive { machine_ids: vec!["m_e1".into(), "m_p1".into(), "m_gone".into()] };
+    assert_eq!(f.run(T0 + 5, Actor::Anonymous, sweep), Ok(OpOk::Count(1)));
+    assert!(!f.store.machines.contains_key("m_e1") && f.store.machines.contains_key("m_p1"));
+    let history: Vec<_> = f.store.enrolments_of("ak_eph").collect();
+    assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Inactive));
+
+    let set = Op::MachineSelf { action: SelfAction::SetTags(vec!["tag:db".into()]) };
+    assert!(matches!(f.run(T0 + 6, node_actor("p1"), set), Ok(OpOk::Machine(m)) if m.tags == ["tag:db"]));
+    let record = Op::RecordLastSeen { seen: vec![("m_p1".into(), T0 + 7), ("m_p1".into(), T0 + 3)] };
+    f.run(T0 + 8, Actor::Anonymous, record).unwrap();
+    assert_eq!(f.store.machines["m_p1"].last_seen, Some(T0 + 7), "last_seen never moves back");
+    let logout = Op::MachineSelf { action: SelfAction::Logout };
+    assert!(f.run(T0 + 9, node_actor("p1"), logout.clone()).is_ok());
+    assert_eq!(f.run(T0 + 10, node_actor("p1"), logout), Err(OpError::UnknownNodeKey));
+    // Another org's key cannot act on machines.
+    let wrong = Op::MachineAdmin { org_id: "org_b".into(), machine_id: "m_p1".into(), action: MachineAction::Delete };
+    assert!(f.run(T0 + 11, f.admin.clone(), wrong).is_err());
+}
+
+#[test]
+fn machine_indexes_rebuilt_on_load_match_the_live_ones() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    f.enrol(T0 + 1, "ak_r", "n1").unwrap();
+    admin_op(&mut f, "m_n1", MachineAction::RevokeNodeKey).unwrap();
+    let again = Op::Enrol {
+        auth_key_id: "ak_r".into(),
+        auth_key_hash: hash("ak_r"),
+        hostname: "h".into(),
+        node_public_key: "n1".into(),
+        machine_id: "m_n1b".into(),
+        node_key: cred("n1b"),
+    };
+    f.run(T0 + 20, Actor::Anonymous, again).unwrap();
+    let mut copy = KeyStore::new();
+    for row in f.store.all_rows().collect::<Vec<_>>() {
+        copy.load_row(&row.key(), &f.store.row_value(&row).unwrap().unwrap()).unwrap();
+    }
+    copy.finish_load();
+    f.store.take_dirty();
+    assert_eq!(copy, f.store);
+}
