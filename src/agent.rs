@@ -142,7 +142,7 @@ async fn enrol(client: &Client, state: &mut AgentState, dir: &Path, auth_key: &s
 }
 
 fn join_tags(tags: &Value) -> String {
-    let tags: Vec<&str> = tags.as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let tags = crate::cli::format::tag_names(tags);
     if tags.is_empty() {
         "none".into()
     } else {

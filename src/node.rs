@@ -309,13 +309,15 @@ impl Node {
         match self.raft.ensure_linearizable().await {
             Ok(_) => {
                 let mut answer = read_state(&self.state).store.query(actor, query);
-                let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                let liveness = || self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 match &mut answer {
                     Ok(Answer::Machine(machine)) => {
+                        let mut liveness = liveness();
                         liveness.observe(&machine.machine_id, self.mono_ms(), self.clock.now_ms());
                         machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
                     }
                     Ok(Answer::Machines(machines)) => {
+                        let liveness = liveness();
                         for machine in machines {
                             machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
                         }

@@ -3,6 +3,21 @@
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// The tag names in a JSON answer's `tags` list.
+pub fn tag_names(tags: &serde_json::Value) -> Vec<&str> {
+    tags.as_array().map(|t| t.iter().filter_map(serde_json::Value::as_str).collect()).unwrap_or_default()
+}
+
+/// Tags as the guide prints them: `tag:laptop, tag:eng`, or `(none)`.
+pub fn tags_text(tags: &serde_json::Value) -> String {
+    let names = tag_names(tags);
+    if names.is_empty() {
+        "(none)".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// Parses an RFC 3339 time into Unix milliseconds.
 pub fn parse_time(value: &serde_json::Value) -> Option<i64> {
     let text = value.as_str()?;

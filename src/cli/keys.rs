@@ -23,8 +23,6 @@ pub(super) async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(),
                 return Ok(());
             }
             let expires = parse_time(&key["expires_at"]).map_or("?".into(), |t| relative_expiry(t, now_ms()));
-            let tags: Vec<&str> =
-                key["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             println!("✓ Auth key created: {}", key["key"].as_str().unwrap_or_default());
             println!("  Reusable:     {}", yes_no(&key["reusable"]));
             if let Some(max) = key["max_uses"].as_u64() {
@@ -32,7 +30,7 @@ pub(super) async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(),
             }
             println!("  Ephemeral:    {}", yes_no(&key["ephemeral"]));
             println!("  Expires:      {expires}");
-            println!("  Tags:         {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+            println!("  Tags:         {}", super::format::tags_text(&key["tags"]));
             println!("  Description:  {}", key["description"].as_str().unwrap_or_default());
             println!();
             println!("COPY THIS KEY NOW — you cannot retrieve it later.");

@@ -1,6 +1,6 @@
 //! `ztna status` on a machine, and `ztna machines list` / `ztna machine-admin` (an org's API key).
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::format::{parse_time, table};
 use super::*;
@@ -15,13 +15,11 @@ pub(super) async fn machine_status(agent: &AgentArgs) -> Result<(), CliError> {
     match status {
         None => println!("Enrolled:   no (state directory {})", dir.display()),
         Some(m) => {
-            let tags: Vec<&str> =
-                m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             println!("Enrolled:   yes");
             println!("Machine:    {}", m["machine_id"].as_str().unwrap_or_default());
             println!("Hostname:   {}", m["hostname"].as_str().unwrap_or_default());
             println!("Org:        {}", m["org_id"].as_str().unwrap_or_default());
-            println!("Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+            println!("Tags:       {}", super::format::tags_text(&m["tags"]));
             println!("Ephemeral:  {}", yes_no(&m["ephemeral"]));
             println!("State:      {}", m["state"].as_str().unwrap_or_default());
         }
@@ -43,8 +41,7 @@ pub(super) async fn machines_list(conn: &Conn) -> Result<(), CliError> {
             machines
                 .iter()
                 .map(|m| {
-                    let tags: Vec<&str> =
-                        m["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let tags = super::format::tag_names(&m["tags"]);
                     let last_seen = match parse_time(&m["last_seen"]) {
                         Some(t) => format!("{} ago", format::duration_words((now - t).max(0))),
                         None => "never".into(),

@@ -490,11 +490,9 @@ async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Opt
         print_json(&machine);
         return Ok(());
     }
-    let tags: Vec<&str> =
-        machine["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     println!("✓ Enrolled {hostname} as {}", machine["machine_id"].as_str().unwrap_or_default());
     println!("  Org:        {}", machine["org_id"].as_str().unwrap_or_default());
-    println!("  Tags:       {}", if tags.is_empty() { "(none)".to_string() } else { tags.join(", ") });
+    println!("  Tags:       {}", format::tags_text(&machine["tags"]));
     println!("  Ephemeral:  {}", yes_no(&machine["ephemeral"]));
     println!("  Node key:   {}", machine["node_key"].as_str().unwrap_or_default());
     Ok(())

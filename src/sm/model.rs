@@ -415,25 +415,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    /// The action name used in logs and errors.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::InitCluster { .. } => "init_cluster",
-            Op::CreateOrg { .. } => "create_org",
-            Op::CreateApiKey { .. } => "create_api_key",
-            Op::RevokeApiKey { .. } => "revoke_api_key",
-            Op::CreateAuthKey { .. } => "create_auth_key",
-            Op::RevokeAuthKey { .. } => "revoke_auth_key",
-            Op::Enrol { .. } => "enrol",
-            Op::MachineAdmin { .. } => "machine_admin",
-            Op::MachineSelf { .. } => "machine_self",
-            Op::DeregisterInactive { .. } => "deregister_inactive",
-            Op::RecordLastSeen { .. } => "record_last_seen",
-        }
-    }
-}
-
 /// A command as proposed: the op, who asked, and a request id that makes retries apply once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
