@@ -20,6 +20,11 @@ impl Clock {
         Clock { offset_ms: Arc::new(AtomicI64::new(offset_ms)) }
     }
 
+    /// Sets the test-only offset: a clock jump, as `ztna server` does on SIGHUP.
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
     pub fn now_ms(&self) -> Millis {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         wall.saturating_add(self.offset_ms.load(Ordering::Relaxed)).max(0) as Millis

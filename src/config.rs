@@ -63,6 +63,9 @@ pub struct Settings {
     /// TEST ONLY: milliseconds added to this node's wall clock (may be negative), to inject a
     /// clock jump.
     pub test_only_clock_offset_ms: i64,
+    /// TEST ONLY: node id (as a string) → address this node dials instead of that peer's
+    /// `raft_addr`, so jepsen-lite can put a fault-injecting proxy on every link without root.
+    pub test_only_dial: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             last_seen_persist_interval_ms: 60 * 1000,
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,
             test_only_clock_offset_ms: 0,
+            test_only_dial: Default::default(),
         }
     }
 }
@@ -87,6 +91,11 @@ impl Default for Settings {
 impl Settings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The address to dial for peer `id`, whose membership record says `raft_addr`.
+    pub fn dial_addr(&self, id: NodeId, raft_addr: &str) -> String {
+        self.test_only_dial.get(&id.to_string()).cloned().unwrap_or_else(|| raft_addr.to_string())
     }
 
     /// How often the leader looks for inactive ephemeral machines: a quarter of the timeout,

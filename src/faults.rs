@@ -1,20 +1,65 @@
 //! Test-only fault switches, compiled in only with the `fault-injection` cargo feature.
 //!
-//! Each switch deliberately breaks one guarantee so that fault-injection tests can prove they
-//! would notice. Release builds leave the feature off, and then every switch is a constant
-//! `false` the compiler removes. With the feature on, a switch is read once from the environment.
+//! Each switch deliberately breaks one guarantee so that jepsen-lite's self-test can prove its
+//! checkers notice. Release builds leave the feature off, and then every switch is a constant
+//! `false` the compiler removes. With the feature on, a switch is read once from the environment
+//! (`NAME=1`), so every node started with the same environment behaves the same.
 //!
 //! This module must never be enabled in a build that serves real users.
 
-/// `ZTNA_FAULT_ACK_BEFORE_FSYNC=1`: tell openraft log entries are durable before the fsync.
-pub fn ack_before_fsync() -> bool {
-    #[cfg(feature = "fault-injection")]
-    {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var("ZTNA_FAULT_ACK_BEFORE_FSYNC").is_ok_and(|v| v == "1"))
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    {
-        false
-    }
+/// Reads switch `name` once per process.
+#[cfg(feature = "fault-injection")]
+fn switch(cell: &'static std::sync::OnceLock<bool>, name: &str) -> bool {
+    *cell.get_or_init(|| {
+        let on = std::env::var(name).is_ok_and(|v| v == "1");
+        if on {
+            tracing::warn!("FAULT INJECTION: {name} is on; this node breaks its guarantees on purpose");
+        }
+        on
+    })
+}
+
+macro_rules! fault_switch {
+    ($(#[$doc:meta])* $fn_name:ident, $env:literal) => {
+        $(#[$doc])*
+        pub fn $fn_name() -> bool {
+            #[cfg(feature = "fault-injection")]
+            {
+                static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                switch(&ON, $env)
+            }
+            #[cfg(not(feature = "fault-injection"))]
+            {
+                false
+            }
+        }
+    };
+}
+
+fault_switch!(
+    /// `ZTNA_FAULT_ACK_BEFORE_FSYNC=1`: tell openraft log entries are durable at once and write
+    /// the WAL out only about once a second (RocksDB's manual WAL flush), as a store that trusts
+    /// a volatile cache would. A `kill -9` of a majority then loses acknowledged writes.
+    ack_before_fsync,
+    "ZTNA_FAULT_ACK_BEFORE_FSYNC"
+);
+
+fault_switch!(
+    /// `ZTNA_FAULT_SKIP_LIMIT_CHECK=1`: the state machine lets any unrevoked, unexpired key enrol,
+    /// ignoring one-shot and `max_uses` limits.
+    skip_limit_check,
+    "ZTNA_FAULT_SKIP_LIMIT_CHECK"
+);
+
+fault_switch!(
+    /// `ZTNA_FAULT_STALE_READ_ENROL=1`: the enrol handler decides whether a key is used up from
+    /// this node's local, possibly stale, state and the state machine no longer checks: the
+    /// read-then-write race the ground rules forbid.
+    stale_read_enrol,
+    "ZTNA_FAULT_STALE_READ_ENROL"
+);
+
+/// The state machine leaves the use limit to someone else (either switch above).
+pub fn state_machine_skips_limit() -> bool {
+    skip_limit_check() || stale_read_enrol()
 }

@@ -128,6 +128,9 @@ impl Node {
                 settings.test_only_min_expiry_secs
             );
         }
+        if !settings.test_only_dial.is_empty() {
+            tracing::warn!("TEST ONLY setting test_only_dial = {:?}", settings.test_only_dial);
+        }
         if settings.test_only_clock_offset_ms != 0 {
             tracing::warn!("TEST ONLY setting test_only_clock_offset_ms = {}", settings.test_only_clock_offset_ms);
         }
@@ -146,7 +149,7 @@ impl Node {
         let (log_store, sm_store) = crate::store::open(&config.data_dir).await?;
         let state = sm_store.shared();
         let peers = PeerClient::new();
-        let network = NetworkFactory { client: peers.clone() };
+        let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -215,6 +218,12 @@ impl Node {
         &self.clock
     }
 
+    /// This node's applied copy of an auth key, possibly behind the leader. Only the
+    /// `stale_read_enrol` fault switch may base a decision on it.
+    pub fn local_auth_key(&self, key_id: &str) -> Option<crate::sm::model::AuthKeyRecord> {
+        read_state(&self.state).store.auth_key(key_id).cloned()
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
@@ -274,17 +283,29 @@ impl Node {
         let started = Instant::now();
         let deadline = started + self.config.settings().request_timeout();
         loop {
-            let route = match self.leader() {
-                Some((leader, _)) if leader == self.id => Ok(Route::Local),
-                Some((_, Some(info))) => Ok(Route::Remote(info.raft_addr)),
+            let leader = self.leader();
+            let route = match &leader {
+                Some((leader, _)) if *leader == self.id => Ok(Route::Local),
+                Some((leader, Some(info))) => {
+                    Ok(Route::Remote(self.config.settings().dial_addr(*leader, &info.raft_addr)))
+                }
                 Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
                 None => Err(ForwardError::NotLeader { leader: None }),
             };
-            let result = match route {
-                Ok(route) => tokio::time::timeout_at(deadline, attempt(route))
-                    .await
-                    .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not answer in time".into()))),
-                Err(e) => Err(e),
+            let result = match (route, leader) {
+                (Ok(route), Some((leader, _))) => {
+                    // Give up on this leader as soon as another one is known: a deposed or cut-off
+                    // leader may never answer. A write retried elsewhere keeps its request id, so
+                    // it applies at most once.
+                    let answer = tokio::time::timeout_at(deadline, attempt(route));
+                    tokio::select! {
+                        answer = answer => answer
+                            .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not answer in time".into()))),
+                        new = self.leader_other_than(leader) => Err(ForwardError::NotLeader { leader: Some(new) }),
+                    }
+                }
+                (Ok(_), None) => Err(ForwardError::NotLeader { leader: None }),
+                (Err(e), _) => Err(e),
             };
             let last_error = match result {
                 Ok(answer) => return Ok(answer),
@@ -295,6 +316,18 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.wait_for_leader(deadline).await;
+        }
+    }
+
+    /// Resolves when this node learns of a leader other than `leader`.
+    async fn leader_other_than(&self, leader: NodeId) -> NodeId {
+        let mut metrics = self.raft.metrics();
+        let changed =
+            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader)).await.map(|m| m.current_leader);
+        match changed {
+            Ok(new) => new.unwrap_or(leader),
+            // Raft stopped: the deadline ends the request.
+            Err(_) => std::future::pending().await,
         }
     }
 

@@ -35,6 +35,10 @@ pub async fn handle(
     let node_public_key = node_public_key.to_ascii_lowercase();
     let presented = parse_credential(CredentialKind::AuthKey, &auth_key).ok_or(OpError::InvalidAuthKey)?;
     let auth_key_id = format!("{AUTH_KEY_ID_PREFIX}{}", presented.id);
+    if crate::faults::stale_read_enrol() {
+        // The forbidden pattern, on purpose: decide from this node's local state, then write.
+        node.local_auth_key(&auth_key_id).map_or(Ok(()), |key| key.check_uses_left())?;
+    }
 
     let (outcome, node_key) = write_with_fresh_ids(&node, request_id, Actor::Anonymous, || {
         let machine_id = format!("{MACHINE_ID_PREFIX}{}", random_base62(ID_LEN));

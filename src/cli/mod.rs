@@ -407,11 +407,35 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     }
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;
+    tokio::spawn(reload_clock_offset_on_sighup(args.cluster.clone(), running.node.clone()));
     wait_for_stop_signal().await;
     tracing::info!("stopping");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads `test_only_clock_offset_ms` from the cluster file: the clock jump of
+/// jepsen-lite's clock nemesis. Nothing else is reloaded.
+async fn reload_clock_offset_on_sighup(cluster: std::path::PathBuf, node: std::sync::Arc<Node>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match ClusterFile::load(&cluster) {
+                Ok(file) => {
+                    let offset = file.settings.test_only_clock_offset_ms;
+                    tracing::warn!("SIGHUP: TEST ONLY clock offset is now {offset} ms");
+                    node.clock().set_offset_ms(offset);
+                }
+                Err(e) => tracing::error!("SIGHUP: cannot reload the clock offset: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (cluster, node);
 }
 
 async fn wait_for_stop_signal() {

@@ -9,6 +9,7 @@
 
 pub mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::config::Settings;
 use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
 use crate::sm::model::{Actor, Command, OpError, Outcome};
 use crate::sm::query::{Answer, Query};
@@ -140,13 +142,15 @@ struct Message(String);
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub client: PeerClient,
+    /// For the test-only dial overrides.
+    pub settings: Arc<Settings>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        PeerNetwork { client: self.client.clone(), target, addr: node.raft_addr.clone() }
+        PeerNetwork { client: self.client.clone(), target, addr: self.settings.dial_addr(target, &node.raft_addr) }
     }
 }
 

@@ -357,6 +357,17 @@ impl KeyStore {
         if !hashes_equal(&key.secret_hash, req.auth_key_hash) {
             return Err(OpError::InvalidAuthKey);
         }
+        // The identical command applied again: a node gave up waiting on one leader and sent
+        // it to the next, and both copies committed. Its machine id and node key were made for
+        // that one request, so this is the same enrolment: same answer, whatever happened to
+        // the key in between (a revoke must not turn an enrolment that happened into a refusal).
+        if let Some(machine) = self.machines.get(req.machine_id).filter(|m| {
+            m.auth_key_id == req.auth_key_id
+                && m.node_public_key == req.node_public_key
+                && m.node_key_id == req.node_key.id
+        }) {
+            return Ok(OpOk::Enrolled(enrolled_answer(machine, true)));
+        }
         if key.revoked_at.is_some() {
             return Err(OpError::KeyRevoked);
         }
@@ -379,11 +390,8 @@ impl KeyStore {
         if now >= key.expires_at {
             return Err(OpError::KeyExpired);
         }
-        if !key.reusable && key.uses >= 1 {
-            return Err(OpError::KeyUsed);
-        }
-        if key.max_uses.is_some_and(|max| key.uses >= u64::from(max)) {
-            return Err(OpError::KeyExhausted);
+        if !crate::faults::state_machine_skips_limit() {
+            key.check_uses_left()?;
         }
         if self.machines.contains_key(req.machine_id) || self.machine_by_node_key.contains_key(&req.node_key.id) {
             return Err(OpError::IdCollision);

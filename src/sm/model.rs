@@ -99,6 +99,18 @@ impl AuthKeyRecord {
         format!("tskey-auth-{}…", &id[..id.len().min(5)])
     }
 
+    /// `Ok` while the key has a use left: a one-shot key is used once, a `max_uses` key at its
+    /// limit is exhausted.
+    pub fn check_uses_left(&self) -> Result<(), OpError> {
+        if !self.reusable && self.uses >= 1 {
+            return Err(OpError::KeyUsed);
+        }
+        if self.max_uses.is_some_and(|max| self.uses >= u64::from(max)) {
+            return Err(OpError::KeyExhausted);
+        }
+        Ok(())
+    }
+
     /// The state at `now`. A revocation wins over everything; a spent key stays `used` or
     /// `exhausted` after it expires, since that says more.
     pub fn state(&self, now: Millis) -> KeyState {

@@ -66,14 +66,20 @@ impl Fixture {
         }
     }
 
+    /// Enrols machine `node`; the same arguments make the identical command (a retry).
     fn enrol(&mut self, time: Millis, key_id: &str, node: &str) -> Outcome {
+        self.enrol_attempt(time, key_id, node, "")
+    }
+
+    /// A new enrolment request from machine `node`: fresh machine id and node key.
+    fn enrol_attempt(&mut self, time: Millis, key_id: &str, node: &str, attempt: &str) -> Outcome {
         let op = Op::Enrol {
             auth_key_id: key_id.into(),
             auth_key_hash: hash(key_id),
             hostname: "host".into(),
             node_public_key: node.into(),
-            machine_id: format!("m_{node}"),
-            node_key: cred(node),
+            machine_id: format!("m_{node}{attempt}"),
+            node_key: cred(&format!("{node}{attempt}")),
         };
         self.run(time, Actor::Anonymous, op)
     }
@@ -129,6 +135,23 @@ fn reusable_key_without_limit_counts_uses() {
 }
 
 #[test]
+fn the_identical_enrolment_applied_again_after_a_revoke_answers_as_the_first_did() {
+    // A node forwarded an enrolment, gave up on that leader, and sent the same command to the
+    // next one; both copies committed, with a revoke in between. The enrolment happened, so
+    // the second copy must not answer key_revoked.
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    let first = f.enrol(T0 + 1, "ak_r", "n1");
+    let OpOk::Enrolled(first) = first.unwrap() else { panic!("enrolled") };
+    let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_r".into()) };
+    f.run(T0 + 2, f.admin.clone(), revoke).unwrap();
+    let OpOk::Enrolled(again) = f.enrol(T0 + 3, "ak_r", "n1").unwrap() else { panic!("enrolled") };
+    assert_eq!(again.machine_id, first.machine_id);
+    assert!(again.repeated);
+    assert_eq!(f.key("ak_r").uses, 1);
+}
+
+#[test]
 fn revoked_key_enrols_nothing_and_keeps_existing_machines() {
     let mut f = Fixture::new();
     f.create(T0, "ak_r", true, None);
@@ -138,7 +161,7 @@ fn revoked_key_enrols_nothing_and_keeps_existing_machines() {
     let second = f.run(T0 + 3, f.admin.clone(), revoke).unwrap();
     assert_eq!(first, second, "revoking twice answers the same record");
     assert_eq!(f.enrol(T0 + 4, "ak_r", "n2"), Err(OpError::KeyRevoked));
-    assert_eq!(f.enrol(T0 + 4, "ak_r", "n1"), Err(OpError::KeyRevoked));
+    assert_eq!(f.enrol_attempt(T0 + 4, "ak_r", "n1", "-again"), Err(OpError::KeyRevoked));
     assert!(f.store.machines.contains_key("m_n1"));
     assert_eq!(f.key("ak_r").state(T0 + 5), KeyState::Revoked);
 }
@@ -447,8 +470,11 @@ fn a_revoked_node_key_is_refused_until_the_machine_enrols_anew() {
     f.enrol(T0 + 1, "ak_one", "n1").unwrap();
     admin_op(&mut f, "m_n1", MachineAction::RevokeNodeKey).unwrap();
     assert_eq!(f.store.query(&node_actor("n1"), &Query::MachineStatus), Err(OpError::NodeKeyRevoked));
-    // A repeat with the spent one-shot key does not bring it back: it must enrol anew.
-    assert_eq!(f.enrol(T0 + 2, "ak_one", "n1"), Err(OpError::KeyUsed));
+    // A new request with the spent one-shot key does not bring it back: it must enrol anew.
+    assert_eq!(f.enrol_attempt(T0 + 2, "ak_one", "n1", "-again"), Err(OpError::KeyUsed));
+    // The identical first command applied again answers as it did, and revives nothing.
+    assert!(matches!(f.enrol(T0 + 3, "ak_one", "n1"), Ok(OpOk::Enrolled(e)) if e.repeated));
+    assert_eq!(f.store.query(&node_actor("n1"), &Query::MachineStatus), Err(OpError::NodeKeyRevoked));
     assert!(f.store.machines.contains_key("m_n1"), "the record is kept");
 }
 

@@ -57,6 +57,10 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {
     opts.create_missing_column_families(true);
     // Keep the WAL as the single durability point; memtables flush in the background.
     opts.set_max_background_jobs(2);
+    if crate::faults::ack_before_fsync() {
+        // The fault keeps unsynced WAL writes in the process, so a kill -9 loses them.
+        opts.set_manual_wal_flush(true);
+    }
     let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_SM_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, &path, cfs)
         .map_err(|source| OpenError::Rocks { path: path.display().to_string(), source })?;

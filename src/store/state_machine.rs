@@ -112,6 +112,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let (meta, rows) = {
             let state = read_state(&self.state);
             let mut rows = Vec::new();
@@ -131,12 +132,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             (meta, rows)
         };
+        let row_count = rows.len();
         let bytes = codec::encode(&SnapshotFile { meta: meta.clone(), rows }).map_err(snap_err)?;
         let this = self.clone();
         let bytes = tokio::task::spawn_blocking(move || this.save_snapshot_file(&bytes).map(|()| bytes))
             .await
             .map_err(snap_err)?
             .map_err(snap_err)?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(rows = row_count, bytes = bytes.len(), elapsed_ms, snapshot = %meta.snapshot_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -222,6 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         *state = AppliedState { store, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         drop(state);
         self.save_snapshot_file(&bytes).map_err(snap_err)?;
+        tracing::info!(rows = file.rows.len(), bytes = bytes.len(), snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 

@@ -1,0 +1,73 @@
+//! `ztna-bench`: see `docs/bench/README.md`. Parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ztna-bench", about = "Benchmark ztna-keystore against etcd on this machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The benchmark: throughput, latency, failover and scale; results under --out.
+    Run {
+        /// 5 s phases at 1 and 64 clients and 100,000 keys for the scale test.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        ztna: PathBuf,
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        #[arg(long, default_value = "/var/tmp/ztna-bench")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = "docs/bench")]
+        out: PathBuf,
+        /// Keys for the scale test (default 1,000,000; 100,000 with --quick).
+        #[arg(long)]
+        keys: Option<u64>,
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        #[arg(long)]
+        skip_scale: bool,
+    },
+    /// One second of load against a small cluster; the counts must agree.
+    Selfcheck {
+        #[arg(long)]
+        ztna: PathBuf,
+        #[arg(long, default_value = "/var/tmp/ztna-bench-selfcheck")]
+        work_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let code = match run(Cli::parse().command).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ztna-bench: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { quick, ztna, etcd, work_dir, out, keys, kills, skip_scale } => {
+            ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;
+            ztna_bench::systems::require(&etcd, "install etcd-server (scripts/bench does)")?;
+            let scale_keys = keys.unwrap_or(if quick { 100_000 } else { 1_000_000 });
+            let options = ztna_bench::bench::Options { quick, ztna, etcd, work_dir, scale_keys, kills, skip_scale };
+            let results = ztna_bench::bench::run(&options).await?;
+            let stem = if quick { "results-quick" } else { "results" };
+            ztna_bench::report::write(&out, stem, &results)?;
+            print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
+            Ok(())
+        }
+        Command::Selfcheck { ztna, work_dir } => ztna_bench::selfcheck::run(&ztna, &work_dir).await,
+    }
+}

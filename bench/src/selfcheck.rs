@@ -1,0 +1,62 @@
+//! The load generator's own test (run by `scripts/test`): one second of enrolments against a
+//! small cluster, then the cluster's count must match the generator's. Every request sent is
+//! answered or counted as an error, and no enrolment is counted that the cluster does not hold.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::load;
+use crate::ops::{http_client, Ztna};
+use crate::systems::Cluster;
+
+pub async fn run(ztna: &Path, dir: &Path) -> anyhow::Result<()> {
+    let cluster = Cluster::start_ztna(ztna, dir).await?;
+    let result = check(&cluster).await;
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+    result
+}
+
+async fn check(cluster: &Cluster) -> anyhow::Result<()> {
+    let api = Ztna {
+        http: http_client()?,
+        urls: cluster.urls.clone(),
+        api_key: cluster.api_key.clone(),
+        org_id: cluster.org_id.clone(),
+    };
+    let (key_id, secret) = api.create_key(0, true).await?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let (a, s) = (api.clone(), sent.clone());
+    let run = load::run(8, 3, Duration::from_secs(1), false, move |client, node, seq| {
+        let (api, secret, sent) = (a.clone(), secret.clone(), s.clone());
+        async move {
+            sent.fetch_add(1, Ordering::Relaxed);
+            api.enrol(node, &secret, &format!("check-{client}-{seq}")).await.map(|()| true)
+        }
+    })
+    .await;
+    let stats = run.stats;
+    let sent = sent.load(Ordering::Relaxed);
+    let uses = api.uses(0, &key_id).await.context("read the key's uses")?;
+    println!("selfcheck: sent {sent}, ok {}, errors {}, the cluster holds {uses} enrolments", stats.ok, stats.errors);
+    if stats.ok == 0 {
+        bail!("no enrolment succeeded in one second");
+    }
+    if sent != stats.ok + stats.errors {
+        bail!("sent {sent} requests but counted {} answers and {} errors", stats.ok, stats.errors);
+    }
+    if uses < stats.ok {
+        bail!("the generator counted {} enrolments but the cluster holds {uses}", stats.ok);
+    }
+    if uses > sent {
+        bail!("the cluster holds {uses} enrolments but only {sent} were sent");
+    }
+    if stats.errors == 0 && uses != stats.ok {
+        bail!("no errors, yet the cluster holds {uses} enrolments and the generator counted {}", stats.ok);
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Three-node clusters of ztna or etcd on loopback, each node a real process with its data on
+//! the same disk: start, kill -9, restart, leader, resident memory.
+//!
+//! This module must not generate load.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// Which system a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ztna,
+    Etcd,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ztna => "ztna",
+            Kind::Etcd => "etcd",
+        }
+    }
+}
+
+/// A running three-node cluster.
+pub struct Cluster {
+    pub kind: Kind,
+    pub dir: PathBuf,
+    /// Client URL of each node (`http://127.0.0.1:port`).
+    pub urls: Vec<String>,
+    /// ztna only: the admin API key and org of the initialised cluster.
+    pub api_key: String,
+    pub org_id: String,
+    commands: Vec<(PathBuf, Vec<String>)>,
+    children: Mutex<Vec<Option<Child>>>,
+    http: reqwest::Client,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// A fresh ztna cluster with default settings, initialised (org and API key).
+    pub async fn start_ztna(ztna: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = String::from("[settings]\ncluster_name = \"bench\"\n");
+        let mut urls = Vec::new();
+        for id in 1..=3 {
+            let (api, raft) = (free_port()?, free_port()?);
+            file.push_str(&format!(
+                "\n[[nodes]]\nid = {id}\napi_addr = \"127.0.0.1:{api}\"\nraft_addr = \"127.0.0.1:{raft}\"\n"
+            ));
+            urls.push(format!("http://127.0.0.1:{api}"));
+        }
+        let cluster_file = dir.join("cluster.toml");
+        std::fs::write(&cluster_file, file)?;
+        let commands = (1..=3)
+            .map(|id| {
+                let args = vec![
+                    "server".to_string(),
+                    "--cluster".into(),
+                    cluster_file.display().to_string(),
+                    "--id".into(),
+                    id.to_string(),
+                    "--data-dir".into(),
+                    dir.join(format!("n{id}")).display().to_string(),
+                ];
+                (ztna.to_path_buf(), args)
+            })
+            .collect();
+        let mut cluster = Cluster::new(Kind::Ztna, dir, urls, commands)?;
+        cluster.start_all().await?;
+        cluster.wait_leader(Duration::from_secs(30)).await.context("ztna elected no leader")?;
+        let leader = cluster.leader().await.unwrap_or(0);
+        let init: Value = cluster
+            .http
+            .post(format!("{}/api/cluster/init", cluster.urls[leader]))
+            .json(&json!({ "org_name": "bench" }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        cluster.api_key = init["api_key"].as_str().context("init gave no api_key")?.to_string();
+        cluster.org_id = init["org_id"].as_str().context("init gave no org_id")?.to_string();
+        Ok(cluster)
+    }
+
+    /// A fresh etcd cluster with default settings (fsync on).
+    pub async fn start_etcd(etcd: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
+        let mut urls = Vec::new();
+        let mut commands = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args = vec![
+                format!("--name=e{}", i + 1),
+                format!("--data-dir={}", dir.join(format!("e{}", i + 1)).display()),
+                format!("--listen-client-urls={url}"),
+                format!("--advertise-client-urls={url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-token=bench".into(),
+                "--initial-cluster-state=new".into(),
+                "--logger=zap".into(),
+                "--log-level=warn".into(),
+            ];
+            urls.push(url);
+            commands.push((etcd.to_path_buf(), args));
+        }
+        let cluster = Cluster::new(Kind::Etcd, dir, urls, commands)?;
+        cluster.start_all().await?;
+        cluster.wait_leader(Duration::from_secs(30)).await.context("etcd elected no leader")?;
+        Ok(cluster)
+    }
+
+    fn new(kind: Kind, dir: &Path, urls: Vec<String>, commands: Vec<(PathBuf, Vec<String>)>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+        Ok(Cluster {
+            kind,
+            dir: dir.to_path_buf(),
+            urls,
+            api_key: String::new(),
+            org_id: String::new(),
+            children: Mutex::new((0..commands.len()).map(|_| None).collect()),
+            commands,
+            http,
+        })
+    }
+
+    pub fn log_path(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("{}{}.log", self.kind.name(), node + 1))
+    }
+
+    pub fn data_dir(&self, node: usize) -> PathBuf {
+        match self.kind {
+            Kind::Ztna => self.dir.join(format!("n{}", node + 1)),
+            Kind::Etcd => self.dir.join(format!("e{}", node + 1)),
+        }
+    }
+
+    async fn start_all(&self) -> anyhow::Result<()> {
+        for node in 0..self.urls.len() {
+            self.start(node).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `node` (0-based) with its data.
+    pub async fn start(&self, node: usize) -> anyhow::Result<()> {
+        let mut children = self.children.lock().await;
+        if children[node].is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(node))?;
+        let (program, args) = &self.commands[node];
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", program.display()))?;
+        children[node] = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`; returns when the process is gone.
+    pub async fn kill(&self, node: usize) {
+        let child = self.children.lock().await[node].take();
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    pub async fn pid(&self, node: usize) -> Option<u32> {
+        self.children.lock().await[node].as_ref().and_then(Child::id)
+    }
+
+    /// Resident memory of node `node` in bytes.
+    pub async fn rss_bytes(&self, node: usize) -> Option<u64> {
+        let pid = self.pid(node).await?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// SIGTERM every node and wait.
+    pub async fn stop(&self) {
+        let mut children = self.children.lock().await;
+        for child in children.iter_mut().filter_map(Option::take) {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            let mut child = child;
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// The leader's index, from the nodes that answer.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, url) in self.urls.iter().enumerate() {
+            match self.kind {
+                Kind::Ztna => {
+                    let Ok(r) = self.http.get(format!("{url}/api/cluster")).send().await else { continue };
+                    let Ok(v) = r.json::<Value>().await else { continue };
+                    if v["role"] == "leader" {
+                        return Some(i);
+                    }
+                }
+                Kind::Etcd => {
+                    let Ok(r) = self.http.post(format!("{url}/v3/maintenance/status")).json(&json!({})).send().await
+                    else {
+                        continue;
+                    };
+                    let Ok(v) = r.json::<Value>().await else { continue };
+                    if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(leader) = self.leader().await {
+                return Some(leader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// ztna only: this node's last applied log index.
+    pub async fn applied_index(&self, node: usize) -> Option<u64> {
+        let r = self.http.get(format!("{}/api/cluster", self.urls[node])).send().await.ok()?;
+        r.json::<Value>().await.ok()?["last_applied_index"].as_u64()
+    }
+
+    /// ztna only: `/readyz` answers 200.
+    pub async fn ready(&self, node: usize) -> bool {
+        match self.http.get(format!("{}/readyz", self.urls[node])).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Bytes under `path` (what `du -sb` says).
+pub fn disk_usage(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => total += disk_usage(&entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Fails unless `program` runs.
+pub fn require(program: &Path, hint: &str) -> anyhow::Result<()> {
+    if !program.exists() {
+        bail!("{} not found; {hint}", program.display());
+    }
+    Ok(())
+}

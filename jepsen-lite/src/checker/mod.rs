@@ -1,0 +1,234 @@
+//! The checkers: each reads the history and reports anomalies for one promise.
+//!
+//! | checker        | file               | promise it protects                                                    |
+//! |----------------|--------------------|------------------------------------------------------------------------|
+//! | `limits`       | `limits.rs`        | a one-shot key enrols once, a `max_uses` key at most N times; no acknowledged enrolment is lost, none appears that was not sent or that was reported as failed; `uses` counts them |
+//! | `revoke`       | `revoke.rs`        | a revoked key enrols nothing once the revoke is acknowledged (or seen) |
+//! | `expiry`       | `expiry.rs`        | an expired key enrols nothing (within the clock-skew bound)            |
+//! | `linearizable` | `linearizable.rs`  | each key behaves like one atomic record (uses, limit, revoked)         |
+//! | `listing`      | `listing.rs`       | every acknowledged creation is in every listing that starts after it   |
+//!
+//! Each checker is a `check(&Analysis, &mut Results)` function. A checker that cannot decide
+//! (a key with no final read, a search over its time limit) says `unknown`, never `valid`.
+//! This module must not talk to the cluster.
+
+pub mod expiry;
+pub mod limits;
+pub mod linearizable;
+pub mod listing;
+pub mod revoke;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::history::{f, pairs, Op, OpType, Pair};
+
+/// The run's verdict: exit codes 0, 1 and 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Valid,
+    Unknown,
+    Invalid,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Valid => 0,
+            Verdict::Invalid => 1,
+            Verdict::Unknown => 2,
+        }
+    }
+}
+
+/// One violation and the smallest set of operations that shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    pub checker: &'static str,
+    pub key: Option<String>,
+    pub message: String,
+    /// History indexes of the witness operations.
+    pub ops: Vec<usize>,
+}
+
+/// What every checker found.
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub anomalies: Vec<Anomaly>,
+    /// Why some property could not be decided, per checker.
+    pub unknown: Vec<(String, String)>,
+    /// Per checker: keys (or listings) examined.
+    pub examined: BTreeMap<String, usize>,
+}
+
+impl Results {
+    pub fn anomaly(&mut self, checker: &'static str, key: Option<&str>, message: String, ops: Vec<usize>) {
+        self.anomalies.push(Anomaly { checker, key: key.map(str::to_string), message, ops });
+    }
+
+    pub fn unknown(&mut self, checker: &str, why: String) {
+        self.unknown.push((checker.to_string(), why));
+    }
+
+    pub fn examined(&mut self, checker: &str, n: usize) {
+        *self.examined.entry(checker.to_string()).or_default() += n;
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        if !self.anomalies.is_empty() {
+            Verdict::Invalid
+        } else if !self.unknown.is_empty() {
+            Verdict::Unknown
+        } else {
+            Verdict::Valid
+        }
+    }
+
+    /// Anomalies per checker (zero for the clean ones).
+    pub fn by_checker(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> = CHECKERS.iter().map(|&c| (c, 0)).collect();
+        for a in &self.anomalies {
+            *counts.entry(a.checker).or_default() += 1;
+        }
+        counts
+    }
+}
+
+pub const CHECKERS: &[&str] = &["limits", "revoke", "expiry", "linearizable", "listing"];
+
+/// Settings of the checkers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How far a node's clock may be from the harness's (the clock nemesis's largest jump plus
+    /// a margin); expiry decisions inside this window are not violations.
+    pub skew_ms: u64,
+    /// Time limit of the linearizability search per key.
+    pub search_limit: Duration,
+}
+
+/// What a key was created as, from its acknowledged creation.
+#[derive(Debug, Clone)]
+pub struct KeyMeta<'a> {
+    pub create: Pair<'a>,
+    pub workload: String,
+    /// Most enrolments allowed: 1 for one-shot, N for `max_uses`, none for plain reusable.
+    pub limit: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The final record of a key, from the last successful final read (or one that found no such
+/// key, which for an acknowledged creation is itself a lost acknowledgement).
+#[derive(Debug, Clone)]
+pub struct FinalRecord<'a> {
+    pub read: Pair<'a>,
+    /// The final read answered `not_found`.
+    pub missing: bool,
+    pub uses: u64,
+    pub revoked: bool,
+    pub devices: Vec<String>,
+    pub enrolled_at_ms: Vec<u64>,
+}
+
+/// A key's operations and facts.
+#[derive(Debug, Clone)]
+pub struct KeyHistory<'a> {
+    pub meta: KeyMeta<'a>,
+    /// Enrolments, revokes and reads of this key, in invocation order.
+    pub ops: Vec<Pair<'a>>,
+    pub final_record: Option<FinalRecord<'a>>,
+}
+
+impl KeyHistory<'_> {
+    pub fn enrolments(&self) -> impl Iterator<Item = &Pair<'_>> {
+        self.ops.iter().filter(|p| p.invoke.f == f::ENROL)
+    }
+}
+
+/// The history, indexed for the checkers.
+pub struct Analysis<'a> {
+    pub ops: &'a [Op],
+    pub pairs: Vec<Pair<'a>>,
+    pub keys: BTreeMap<String, KeyHistory<'a>>,
+    pub config: Config,
+}
+
+impl<'a> Analysis<'a> {
+    pub fn new(ops: &'a [Op], config: Config) -> Analysis<'a> {
+        let pairs = pairs(ops);
+        let mut keys: BTreeMap<String, KeyHistory<'a>> = BTreeMap::new();
+        for p in pairs.iter().filter(|p| p.invoke.f == f::CREATE && p.kind() == OpType::Ok) {
+            let v = p.value();
+            let Some(key_id) = v["key_id"].as_str() else { continue };
+            let reusable = v["reusable"].as_bool().unwrap_or(true);
+            let limit = if reusable { v["max_uses"].as_u64() } else { Some(1) };
+            let meta = KeyMeta {
+                create: *p,
+                workload: p.invoke.value["workload"].as_str().unwrap_or_default().to_string(),
+                limit,
+                expires_at_ms: v["expires_at_ms"].as_u64(),
+            };
+            keys.insert(key_id.to_string(), KeyHistory { meta, ops: Vec::new(), final_record: None });
+        }
+        for p in pairs.iter().filter(|p| p.invoke.f != f::CREATE && p.invoke.f != f::LIST) {
+            let Some(key) = p.key().and_then(|k| keys.get_mut(k)) else { continue };
+            let is_final = p.invoke.value["final"].as_bool() == Some(true);
+            if is_final {
+                if p.kind() == OpType::Ok || p.error() == Some("not_found") {
+                    key.final_record = Some(final_record(*p));
+                }
+            } else {
+                key.ops.push(*p);
+            }
+        }
+        Analysis { ops, pairs, keys, config }
+    }
+
+    /// Devices reported by an operation's value.
+    pub fn strings(v: &Value) -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+}
+
+fn final_record(read: Pair<'_>) -> FinalRecord<'_> {
+    let v = read.value();
+    FinalRecord {
+        read,
+        missing: read.kind() != OpType::Ok,
+        uses: v["uses"].as_u64().unwrap_or(0),
+        revoked: v["revoked"].as_bool().unwrap_or(false),
+        devices: Analysis::strings(&v["devices"]),
+        enrolled_at_ms: v["enrolled_at_ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs every checker.
+pub fn check_all(ops: &[Op], config: Config) -> Results {
+    let analysis = Analysis::new(ops, config);
+    let mut results = Results::default();
+    limits::check(&analysis, &mut results);
+    revoke::check(&analysis, &mut results);
+    expiry::check(&analysis, &mut results);
+    linearizable::check(&analysis, &mut results);
+    listing::check(&analysis, &mut results);
+    results
+}
+
+/// The devices of enrolments that completed with `kind`.
+pub fn devices_with<'a>(key: &'a KeyHistory<'a>, kind: OpType) -> BTreeMap<&'a str, Pair<'a>> {
+    key.enrolments().filter(|p| p.kind() == kind).filter_map(|p| p.device().map(|d| (d, *p))).collect()
+}
+
+/// Every device an enrolment of this key sent.
+pub fn devices_sent<'a>(key: &'a KeyHistory<'a>) -> BTreeSet<&'a str> {
+    key.enrolments().filter_map(|p| p.device()).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,278 @@
+//! The checkers against hand-written histories: each must flag the anomaly it exists for and
+//! stay quiet on a correct history.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{check_all, linearizable, Config, Results, Verdict};
+use crate::history::{f, Op, OpType, Process};
+
+const WALL0: u64 = 1_800_000_000_000;
+
+/// Builds a history from calls with explicit times (milliseconds since the start).
+#[derive(Default)]
+struct H {
+    ops: Vec<Op>,
+}
+
+impl H {
+    fn push(
+        &mut self,
+        process: u64,
+        kind: OpType,
+        f: &str,
+        key: Option<&str>,
+        value: Value,
+        error: Option<&str>,
+        ms: u64,
+    ) {
+        self.ops.push(Op {
+            index: 0,
+            time: ms * 1_000_000,
+            wall_ms: WALL0 + ms,
+            process: Process::Client(process),
+            kind,
+            f: f.to_string(),
+            key: key.map(str::to_string),
+            value,
+            node: Some(1),
+            error: error.map(str::to_string),
+        });
+    }
+
+    /// One call from `start` to `end` ms; `end == None` never completes.
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &mut self,
+        process: u64,
+        f: &str,
+        key: &str,
+        invoke: Value,
+        start: u64,
+        end: u64,
+        kind: OpType,
+        value: Value,
+        error: Option<&str>,
+    ) {
+        self.push(process, OpType::Invoke, f, Some(key), invoke, None, start);
+        self.push(process, kind, f, Some(key), value, error, end);
+    }
+
+    fn create(&mut self, key: &str, reusable: bool, max_uses: Option<u64>, expires_at_ms: u64) {
+        let value =
+            json!({ "key_id": key, "reusable": reusable, "max_uses": max_uses, "expires_at_ms": expires_at_ms });
+        let process = 100 + self.ops.len() as u64;
+        self.call(process, f::CREATE, key, json!({ "workload": "test" }), 0, 1, OpType::Ok, value, None);
+    }
+
+    fn enrol(&mut self, p: u64, key: &str, device: &str, start: u64, end: u64, kind: OpType, error: Option<&str>) {
+        self.call(p, f::ENROL, key, json!({ "device": device }), start, end, kind, Value::Null, error);
+    }
+
+    /// A read over `at` = (start, end) ms that saw `uses`, `revoked` and `devices`.
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &mut self,
+        p: u64,
+        key: &str,
+        at: (u64, u64),
+        uses: u64,
+        revoked: bool,
+        devices: &[&str],
+        final_read: bool,
+    ) {
+        let invoke = if final_read { json!({ "final": true }) } else { Value::Null };
+        let enrolled_at: Vec<u64> = devices.iter().map(|_| WALL0 + 5).collect();
+        let value = json!({ "uses": uses, "revoked": revoked, "devices": devices, "enrolled_at_ms": enrolled_at });
+        self.call(p, f::READ, key, invoke, at.0, at.1, OpType::Ok, value, None);
+    }
+
+    fn final_list(&mut self, keys: &[&str], at: u64) {
+        self.push(200, OpType::Invoke, f::LIST, None, json!({ "final": true }), None, at);
+        self.push(200, OpType::Ok, f::LIST, None, json!({ "final": true, "key_ids": keys }), None, at + 1);
+    }
+
+    fn check(mut self) -> Results {
+        self.ops.sort_by_key(|o| o.time);
+        for (i, op) in self.ops.iter_mut().enumerate() {
+            op.index = i;
+        }
+        check_all(&self.ops, Config { skew_ms: 500, search_limit: Duration::from_secs(5) })
+    }
+}
+
+fn checkers(results: &Results) -> Vec<&'static str> {
+    let mut c: Vec<&'static str> = results.anomalies.iter().map(|a| a.checker).collect();
+    c.dedup();
+    c
+}
+
+const LATER: u64 = WALL0 + 3_600_000;
+
+#[test]
+fn a_correct_one_shot_race_is_valid() {
+    let mut h = H::default();
+    h.create("ak_a", false, None, LATER);
+    h.enrol(1, "ak_a", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_a", "d2", 11, 21, OpType::Fail, Some("key_used"));
+    h.enrol(3, "ak_a", "d3", 12, 30, OpType::Info, Some("timeout"));
+    h.read(4, "ak_a", (15, 16), 0, false, &[], false);
+    h.read(5, "ak_a", (100, 101), 1, false, &["d1"], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+}
+
+#[test]
+fn two_acknowledged_enrolments_of_a_one_shot_key_are_caught() {
+    let mut h = H::default();
+    h.create("ak_a", false, None, LATER);
+    h.enrol(1, "ak_a", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_a", "d2", 11, 21, OpType::Ok, None);
+    h.read(5, "ak_a", (100, 101), 2, false, &["d1", "d2"], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Invalid);
+    let caught = checkers(&results);
+    assert!(caught.contains(&"limits") && caught.contains(&"linearizable"), "{caught:?}");
+}
+
+#[test]
+fn a_lost_acknowledgement_a_phantom_and_a_dishonest_failure_are_caught() {
+    let mut h = H::default();
+    h.create("ak_r", true, None, LATER);
+    h.enrol(1, "ak_r", "acked", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_r", "refused", 10, 20, OpType::Fail, Some("connection_refused"));
+    h.read(5, "ak_r", (100, 101), 2, false, &["refused", "ghost"], true);
+    h.final_list(&["ak_r"], 110);
+    let results = h.check();
+    let messages: Vec<&str> = results.anomalies.iter().map(|a| a.message.as_str()).collect();
+    assert!(messages.iter().any(|m| m.starts_with("lost acknowledgement")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("phantom")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("was refused")), "{messages:?}");
+}
+
+#[test]
+fn uses_that_disagree_with_the_record_are_caught() {
+    let mut h = H::default();
+    h.create("ak_r", true, None, LATER);
+    h.enrol(1, "ak_r", "d1", 10, 20, OpType::Ok, None);
+    h.read(5, "ak_r", (100, 101), 2, false, &["d1"], true);
+    h.final_list(&["ak_r"], 110);
+    assert!(h.check().anomalies.iter().any(|a| a.message.starts_with("uses is 2")));
+}
+
+#[test]
+fn a_key_lost_entirely_is_a_lost_acknowledgement() {
+    let mut h = H::default();
+    h.create("ak_gone", true, None, LATER);
+    h.call(5, f::READ, "ak_gone", json!({ "final": true }), 100, 101, OpType::Fail, Value::Null, Some("not_found"));
+    h.final_list(&[], 110);
+    let results = h.check();
+    let caught = checkers(&results);
+    assert!(caught.contains(&"limits") && caught.contains(&"listing"), "{caught:?}");
+}
+
+#[test]
+fn an_enrolment_after_an_acknowledged_revoke_is_caught() {
+    let mut h = H::default();
+    h.create("ak_r", true, None, LATER);
+    h.call(9, f::REVOKE, "ak_r", Value::Null, 10, 20, OpType::Ok, json!({ "revoked": true }), None);
+    h.enrol(1, "ak_r", "late", 30, 40, OpType::Ok, None);
+    h.read(5, "ak_r", (100, 101), 1, true, &["late"], true);
+    h.final_list(&["ak_r"], 110);
+    let caught = checkers(&h.check());
+    assert!(caught.contains(&"revoke") && caught.contains(&"linearizable"), "{caught:?}");
+}
+
+#[test]
+fn an_enrolment_concurrent_with_the_revoke_may_go_either_way() {
+    let mut h = H::default();
+    h.create("ak_r", true, None, LATER);
+    h.call(9, f::REVOKE, "ak_r", Value::Null, 10, 20, OpType::Ok, json!({ "revoked": true }), None);
+    h.enrol(1, "ak_r", "racing", 15, 25, OpType::Ok, None);
+    h.enrol(2, "ak_r", "after", 30, 35, OpType::Fail, Some("key_revoked"));
+    h.read(5, "ak_r", (100, 101), 1, true, &["racing"], true);
+    h.final_list(&["ak_r"], 110);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+}
+
+#[test]
+fn an_enrolment_after_expiry_is_caught_only_beyond_the_skew_bound() {
+    let expires = WALL0 + 1000;
+    let mut h = H::default();
+    h.create("ak_e", true, None, expires);
+    h.enrol(1, "ak_e", "inside-bound", 1200, 1210, OpType::Ok, None);
+    h.enrol(2, "ak_e", "late", 3000, 3010, OpType::Ok, None);
+    h.read(5, "ak_e", (4000, 4001), 2, false, &["inside-bound", "late"], true);
+    h.final_list(&["ak_e"], 4100);
+    let results = h.check();
+    let expiry: Vec<&str> =
+        results.anomalies.iter().filter(|a| a.checker == "expiry").map(|a| a.message.as_str()).collect();
+    assert_eq!(expiry.len(), 1, "{expiry:?}");
+    assert!(expiry[0].contains("2000 ms after the key expired"));
+}
+
+#[test]
+fn a_creation_missing_from_a_later_listing_is_caught() {
+    let mut h = H::default();
+    h.create("ak_a", true, None, LATER);
+    h.create("ak_b", true, None, LATER);
+    h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+    h.read(6, "ak_b", (100, 101), 0, false, &[], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    assert_eq!(results.anomalies.len(), 1);
+    assert_eq!(results.anomalies[0].key.as_deref(), Some("ak_b"));
+}
+
+#[test]
+fn a_stale_read_is_not_linearizable_and_an_unknown_enrolment_may_explain_a_read() {
+    // The read starts after the enrolment was acknowledged yet sees no use: stale.
+    let mut h = H::default();
+    h.create("ak_s", true, None, LATER);
+    h.enrol(1, "ak_s", "d1", 10, 20, OpType::Ok, None);
+    h.read(2, "ak_s", (30, 40), 0, false, &[], false);
+    assert!(checkers(&h.check()).contains(&"linearizable"));
+
+    // A timed-out enrolment may have happened: a read showing two uses is fine.
+    let mut h = H::default();
+    h.create("ak_u", true, None, LATER);
+    h.enrol(1, "ak_u", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_u", "d2", 10, 7000, OpType::Info, Some("timeout"));
+    h.read(3, "ak_u", (30, 40), 2, false, &["d1", "d2"], false);
+    h.read(4, "ak_u", (8000, 8001), 2, false, &["d1", "d2"], true);
+    h.final_list(&["ak_u"], 8100);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+}
+
+#[test]
+fn the_search_answers_unknown_not_valid_when_out_of_time() {
+    use linearizable::{search, Call, Entry, Rules};
+    // Twenty unknown enrolments and a read no subset of them explains: the search must try
+    // every subset, which cannot finish before a deadline that has already passed.
+    let mut entries: Vec<Entry> = (0..20)
+        .map(|i| Entry {
+            call: Call::Enrol,
+            invoked: i,
+            completed: u64::MAX,
+            invoked_wall_ms: WALL0,
+            completed_wall_ms: u64::MAX,
+            indexes: vec![],
+        })
+        .collect();
+    entries.push(Entry {
+        call: Call::Read { uses: 25, revoked: false },
+        invoked: 100,
+        completed: 200,
+        invoked_wall_ms: WALL0,
+        completed_wall_ms: WALL0,
+        indexes: vec![],
+    });
+    let rules = Rules { limit: None, expires_at_ms: None, skew_ms: 0 };
+    assert_eq!(search(&rules, &entries, std::time::Instant::now()), None);
+    assert_eq!(search(&rules, &entries[15..], std::time::Instant::now() + Duration::from_secs(5)), Some(false));
+}

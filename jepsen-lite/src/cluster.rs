@@ -1,0 +1,253 @@
+//! The three real `ztna server` processes of a run: start, kill, stop, pause, clock jumps, and
+//! finding the leader.
+//!
+//! Each node has its own cluster file (`n<i>.toml`, the same nodes and settings except for the
+//! test-only clock offset and dial overrides), its data directory under the run folder and its
+//! log `n<i>.log`. This module must not know about workloads or checkers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use crate::api::Api;
+use crate::hosts::Hosts;
+
+/// How long a request may take before the client counts it as unknown: longer than the
+/// server's own 5 s request timeout, so a node without a leader answers 503 first.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(7);
+
+pub struct Cluster {
+    pub hosts: Hosts,
+    pub api: Api,
+    pub ids: Vec<u64>,
+    dir: PathBuf,
+    ztna: PathBuf,
+    /// Environment for every node (the fault switches of the self-test).
+    env: Vec<(String, String)>,
+    procs: Mutex<BTreeMap<u64, Proc>>,
+    offsets: std::sync::Mutex<BTreeMap<u64, i64>>,
+}
+
+#[derive(Default)]
+struct Proc {
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// What `GET /api/cluster` says, reduced to what the harness needs.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub node: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+}
+
+impl Cluster {
+    pub async fn new(hosts: Hosts, dir: &Path, ztna: &Path, env: Vec<(String, String)>) -> anyhow::Result<Cluster> {
+        let ids: Vec<u64> = vec![1, 2, 3];
+        let urls = ids.iter().map(|&id| format!("http://{}", hosts.addrs(id).api_addr)).collect();
+        let api = Api::new(urls, CLIENT_TIMEOUT)?;
+        let cluster = Cluster {
+            hosts,
+            api,
+            ids: ids.clone(),
+            dir: dir.to_path_buf(),
+            ztna: ztna.to_path_buf(),
+            env,
+            procs: Mutex::new(ids.iter().map(|&id| (id, Proc::default())).collect()),
+            offsets: std::sync::Mutex::new(BTreeMap::new()),
+        };
+        for &id in &ids {
+            cluster.write_config(id)?;
+        }
+        Ok(cluster)
+    }
+
+    fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("n{id}.toml"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("n{id}.log"))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn write_config(&self, id: u64) -> anyhow::Result<()> {
+        let offset = self.offsets.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied().unwrap_or(0);
+        let mut text = String::from("# Written by jepsen-lite for one node; TEST ONLY settings below.\n[settings]\n");
+        text.push_str("cluster_name = \"jepsen-lite\"\n");
+        // Keys that expire during the run; snapshots and log purges happen during the run.
+        text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_entries = 2000\n");
+        text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
+        text.push_str(&self.hosts.settings_for(id));
+        for &n in &self.ids {
+            let a = self.hosts.addrs(n);
+            text.push_str(&format!(
+                "\n[[nodes]]\nid = {n}\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
+                a.api_addr, a.raft_addr
+            ));
+        }
+        std::fs::write(self.config_path(id), text).context("write node config")
+    }
+
+    /// Starts node `id` with its data (a no-op when it runs).
+    pub async fn start(&self, id: u64) -> anyhow::Result<()> {
+        let mut procs = self.procs.lock().await;
+        let proc = procs.entry(id).or_default();
+        if proc.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
+        let prefix = self.hosts.exec_prefix(id);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.ztna);
+                c
+            }
+            None => Command::new(&self.ztna),
+        };
+        command
+            .arg("server")
+            .arg("--cluster")
+            .arg(self.config_path(id))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir().join(format!("n{id}")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        proc.child = Some(command.spawn().with_context(|| format!("start node {id}"))?);
+        proc.paused = false;
+        Ok(())
+    }
+
+    fn signal(child: &Child, signal: i32) {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) with a pid we own; errors (already exited) are harmless here.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// `kill -9` node `id` (resuming it first would be pointless: SIGKILL works on a stopped
+    /// process).
+    pub async fn kill(&self, id: u64) {
+        let child = self.procs.lock().await.get_mut(&id).and_then(|p| p.child.take());
+        if let Some(mut child) = child {
+            Self::signal(&child, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub async fn stop(&self, id: u64) {
+        let child = self.procs.lock().await.get_mut(&id).and_then(|p| p.child.take());
+        if let Some(mut child) = child {
+            Self::signal(&child, libc::SIGCONT);
+            Self::signal(&child, libc::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                Self::signal(&child, libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    pub async fn pause(&self, id: u64) {
+        if let Some(p) = self.procs.lock().await.get_mut(&id) {
+            if let Some(child) = &p.child {
+                Self::signal(child, libc::SIGSTOP);
+                p.paused = true;
+            }
+        }
+    }
+
+    pub async fn resume(&self, id: u64) {
+        if let Some(p) = self.procs.lock().await.get_mut(&id) {
+            if let Some(child) = &p.child {
+                Self::signal(child, libc::SIGCONT);
+            }
+            p.paused = false;
+        }
+    }
+
+    /// Resumes paused nodes and starts stopped ones.
+    pub async fn start_all(&self) -> anyhow::Result<()> {
+        for &id in &self.ids {
+            self.resume(id).await;
+            self.start(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes node `id`'s clock jump by `offset_ms` from the true time: rewrites its file and
+    /// sends SIGHUP, on which `ztna server` reloads `test_only_clock_offset_ms`.
+    pub async fn set_clock_offset(&self, id: u64, offset_ms: i64) -> anyhow::Result<()> {
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner()).insert(id, offset_ms);
+        self.write_config(id)?;
+        if let Some(child) = self.procs.lock().await.get(&id).and_then(|p| p.child.as_ref()) {
+            Self::signal(child, libc::SIGHUP);
+        }
+        Ok(())
+    }
+
+    /// Every node's view, from the nodes that answer.
+    pub async fn views(&self) -> Vec<View> {
+        let asks = self.ids.iter().map(|&id| async move { (id, self.api.get(id, "/api/cluster").await) });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(id, v)| v.map(|v| (id, v)))
+            .map(|(id, v): (u64, Value)| View {
+                node: id,
+                role: v["role"].as_str().unwrap_or_default().to_string(),
+                term: v["term"].as_u64().unwrap_or(0),
+                leader: v["leader"].as_u64(),
+            })
+            .collect()
+    }
+
+    /// The node that says it leads, with the highest term.
+    pub async fn leader(&self) -> Option<u64> {
+        self.views().await.into_iter().filter(|v| v.role == "leader").max_by_key(|v| v.term).map(|v| v.node)
+    }
+
+    /// Waits until exactly one node leads and every answering node agrees on it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let views = self.views().await;
+            let leaders: Vec<&View> = views.iter().filter(|v| v.role == "leader").collect();
+            if let [leader] = leaders.as_slice() {
+                if views.len() == self.ids.len() && views.iter().all(|v| v.leader == Some(leader.node)) {
+                    return Some(leader.node);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    /// Kills every node (end of run).
+    pub async fn kill_all(&self) {
+        for &id in &self.ids {
+            self.resume(id).await;
+            self.stop(id).await;
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One run, start to verdict: hosts and cluster up, workloads and nemeses for `--time`
+//! seconds, heal, final reads, checkers, report.
+//!
+//! This is the one place that wires the parts together.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::checker::{self, Verdict};
+use crate::cluster::Cluster;
+use crate::history::{f, History, OpType};
+use crate::hosts::Hosts;
+use crate::options::{expand, RunOptions};
+use crate::workload::{self, Ctx};
+use crate::{nemesis, report};
+
+/// The outcome of a run.
+pub struct RunResult {
+    pub verdict: Verdict,
+    pub dir: PathBuf,
+    pub results: checker::Results,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
+    let seed = options.seed.unwrap_or_else(|| rand::thread_rng().gen_range(1..1_000_000));
+    let nemeses = expand(&options.nemesis, nemesis::ALL, "nemesis")?;
+    let workloads = expand(&options.workload, workload::ALL, "workload")?;
+    if workloads.is_empty() {
+        bail!("--workload none leaves nothing to check");
+    }
+    let ztna = match options.ztna.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("ztna"),
+    };
+    if !ztna.exists() {
+        bail!("no ztna binary at {}; build it (cargo build --release) or pass --ztna", ztna.display());
+    }
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]"))?;
+    let dir = options.store.join(format!("{stamp}-{seed}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let skew_ms = if nemeses.iter().any(|n| n == "clock") { nemesis::MAX_CLOCK_JUMP_MS as u64 + 500 } else { 500 };
+
+    let hosts = Hosts::create(3).await?;
+    let mode = hosts.mode();
+    let env: Vec<(String, String)> = options.faults.iter().map(|f| (f.clone(), "1".to_string())).collect();
+    let mut cluster = Cluster::new(hosts, &dir, &ztna, env).await?;
+    let started = start(&mut cluster).await;
+    let cluster = Arc::new(cluster);
+    let outcome = match started {
+        Ok(()) => drive(cluster.clone(), &options, seed, &nemeses, &workloads, &dir).await,
+        Err(e) => Err(e),
+    };
+    cluster.kill_all().await;
+    cluster.hosts.teardown();
+    if !options.keep_data {
+        let _ = std::fs::remove_dir_all(cluster.data_dir());
+    }
+    let (history, header) = outcome?;
+
+    let ops = history.snapshot();
+    crate::history::write_jsonl(&dir.join("history.jsonl"), &header, &ops)?;
+    let config = checker::Config { skew_ms, search_limit: Duration::from_secs(options.search_limit) };
+    let results = check_in_thread(ops.clone(), config).await?;
+    report::write(&dir, &header, &ops, &results, mode)?;
+    Ok(RunResult { verdict: results.verdict(), dir, results })
+}
+
+/// The checkers can recurse deeply; give them their own thread and stack.
+pub async fn check_in_thread(
+    ops: Vec<crate::history::Op>,
+    config: checker::Config,
+) -> anyhow::Result<checker::Results> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("checkers".into()).stack_size(256 << 20).spawn(move || {
+        let _ = tx.send(checker::check_all(&ops, config));
+    })?;
+    Ok(rx.await?)
+}
+
+/// Starts the nodes, waits for a leader and initialises the cluster (org and API key).
+async fn start(cluster: &mut Cluster) -> anyhow::Result<()> {
+    cluster.start_all().await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await.context("no leader within 60 s of start")?;
+    let init = cluster.api.post(leader, "/api/cluster/init", &json!({ "org_name": "jepsen" }), true).await;
+    if init.kind != OpType::Ok {
+        bail!("cluster init failed: {:?}", init.error);
+    }
+    cluster.api.org_id = init.body["org_id"].as_str().unwrap_or_default().to_string();
+    cluster.api.api_key = init.body["api_key"].as_str().unwrap_or_default().to_string();
+    Ok(())
+}
+
+async fn drive(
+    cluster: Arc<Cluster>,
+    options: &RunOptions,
+    seed: u64,
+    nemeses: &[String],
+    workloads: &[String],
+    dir: &Path,
+) -> anyhow::Result<(History, Value)> {
+    let header = json!({
+        "jepsen_lite": env!("CARGO_PKG_VERSION"),
+        "seed": seed,
+        "commit": commit(),
+        "time_s": options.time,
+        "nemesis": nemeses,
+        "workload": workloads,
+        "faults": options.faults,
+        "hosts": cluster.hosts.mode(),
+        "dir": dir.display().to_string(),
+    });
+    let history = History::new();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let ctx = Ctx::new(cluster.clone(), history.clone(), stop, seed);
+    let work = tokio::spawn(workload::run(ctx.clone(), workloads.to_vec()));
+    let faults = tokio::spawn(nemesis::run(ctx.clone(), nemeses.to_vec(), seed));
+    tokio::time::sleep(Duration::from_secs(options.time)).await;
+    let _ = stop_tx.send(true);
+    let _ = faults.await;
+    let _ = work.await;
+
+    final_phase(&ctx).await;
+    eprintln!("jepsen-lite: run finished, {} history entries", history.snapshot().len());
+    Ok((history, header))
+}
+
+/// Heal everything, wait for one leader and a quiet period, then read every key and list them.
+async fn final_phase(ctx: &Arc<Ctx>) {
+    let cluster = &ctx.cluster;
+    ctx.history.nemesis("heal", json!({ "phase": "start", "detail": "heal network, reset clocks, start every node" }));
+    let _ = cluster.hosts.heal();
+    for &id in &cluster.ids {
+        let _ = cluster.set_clock_offset(id, 0).await;
+    }
+    let _ = cluster.start_all().await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
+    ctx.history.nemesis("heal", json!({ "phase": "end", "detail": format!("leader {leader:?}") }));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let key_ids: Vec<String> = ctx
+        .history
+        .snapshot()
+        .iter()
+        .filter(|op| op.f == f::CREATE && op.kind == OpType::Ok)
+        .filter_map(|op| op.key.clone())
+        .collect();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(32));
+    let reads = key_ids.into_iter().map(|key_id| {
+        let (ctx, semaphore) = (ctx.clone(), semaphore.clone());
+        async move {
+            let _permit = semaphore.acquire().await;
+            for attempt in 0..5 {
+                let mut client = ctx.client();
+                let read = client.read(client.random_node(), &key_id, true).await;
+                // A definite answer, found or not, ends the retries.
+                if read.kind == OpType::Ok || read.error.as_deref() == Some("not_found") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    });
+    futures::future::join_all(reads).await;
+    for attempt in 0..5 {
+        let mut client = ctx.client();
+        if client.list(client.random_node(), true).await.kind == OpType::Ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+    }
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,91 @@
+//! The self-test: the harness must catch real bugs. Each scenario runs a server built with the
+//! `fault-injection` feature, with one fault switch on (expecting `invalid` and a witness) or
+//! none (expecting `valid`).
+
+use crate::checker::Verdict;
+use crate::options::{RunOptions, SelfTestOptions};
+
+/// One self-test scenario.
+pub struct Scenario {
+    pub name: &'static str,
+    pub fault: Option<&'static str>,
+    pub workload: &'static str,
+    pub nemesis: &'static str,
+    pub expect: Verdict,
+    /// The checker that must report the anomaly.
+    pub caught_by: &'static [&'static str],
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "all switches off",
+        fault: None,
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "kill,power,partition",
+        expect: Verdict::Valid,
+        caught_by: &[],
+    },
+    Scenario {
+        name: "skip the limit check",
+        fault: Some("ZTNA_FAULT_SKIP_LIMIT_CHECK"),
+        workload: "one-shot,max-uses",
+        nemesis: "none",
+        expect: Verdict::Invalid,
+        caught_by: &["limits", "linearizable"],
+    },
+    Scenario {
+        name: "decide use from a stale local read",
+        fault: Some("ZTNA_FAULT_STALE_READ_ENROL"),
+        workload: "one-shot,max-uses",
+        nemesis: "none",
+        expect: Verdict::Invalid,
+        caught_by: &["limits", "linearizable"],
+    },
+    Scenario {
+        name: "acknowledge before the log is durable",
+        fault: Some("ZTNA_FAULT_ACK_BEFORE_FSYNC"),
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "power",
+        expect: Verdict::Invalid,
+        caught_by: &["limits", "linearizable", "listing", "revoke"],
+    },
+];
+
+/// Runs every scenario; `Ok(true)` when each met its expectation.
+pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
+    let mut all_ok = true;
+    let mut lines = Vec::new();
+    for (i, scenario) in SCENARIOS.iter().enumerate() {
+        eprintln!("jepsen-lite self-test: {} …", scenario.name);
+        let run = RunOptions {
+            time: options.time,
+            seed: options.seed.map(|s| s + i as u64),
+            nemesis: scenario.nemesis.into(),
+            workload: scenario.workload.into(),
+            ztna: Some(options.ztna.clone()),
+            store: options.store.clone(),
+            faults: scenario.fault.iter().map(|f| f.to_string()).collect(),
+            keep_data: false,
+            search_limit: 10,
+        };
+        let result = crate::run::run(run).await?;
+        let caught: Vec<&str> = result.results.anomalies.iter().map(|a| a.checker).collect();
+        let ok = result.verdict == scenario.expect
+            && (scenario.caught_by.is_empty() || caught.iter().any(|c| scenario.caught_by.contains(c)));
+        all_ok &= ok;
+        lines.push(format!(
+            "{} {:<40} expected {:?}, got {:?} ({} anomalies) — {}",
+            if ok { "PASS" } else { "FAIL" },
+            scenario.name,
+            scenario.expect,
+            result.verdict,
+            caught.len(),
+            result.dir.display()
+        ));
+    }
+    println!("\n== jepsen-lite self-test");
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(all_ok)
+}

@@ -1,0 +1,291 @@
+//! The workloads: concurrent clients that create keys, enrol devices through random nodes,
+//! revoke, read and list, recording every operation in the history.
+//!
+//! | workload      | what it races                                                          |
+//! |---------------|------------------------------------------------------------------------|
+//! | `one-shot`    | a fresh one-shot key every ~200 ms, 5–8 devices enrolling at once        |
+//! | `max-uses`    | keys with `max_uses` 2, 3 or 5, 2N+3 concurrent enrolments and reads     |
+//! | `revoke`      | a revoke at a random point in a stream of enrolments that goes on after it |
+//! | `expiry`      | keys that expire during the run, enrolments straddling the boundary      |
+//! | `create-list` | unique creations and periodic paginated listings                        |
+//!
+//! Clients follow the outcome table in `api.rs`. This module must not judge results; the
+//! checkers do.
+
+mod create_list;
+mod expiry;
+mod max_uses;
+mod one_shot;
+mod revoke;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, watch, Semaphore};
+
+use crate::api::Outcome;
+use crate::cluster::Cluster;
+use crate::history::{f, History, OpType};
+
+/// Workload names accepted by `--workload`.
+pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list"];
+
+/// Most operations in flight at once per workload; a burst that would exceed it is skipped.
+const MAX_IN_FLIGHT: usize = 320;
+
+/// What every client shares.
+pub struct Ctx {
+    pub cluster: Arc<Cluster>,
+    pub history: History,
+    /// Turns true when the workloads must stop starting operations.
+    pub stop: watch::Receiver<bool>,
+    /// A one-shot burst is starting (the nemesis may kill the leader a few ms into it).
+    pub bursts: broadcast::Sender<()>,
+    run_tag: String,
+    seed: u64,
+    free_processes: Mutex<Vec<u64>>,
+}
+
+/// A created key, as the workloads need it.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl Ctx {
+    pub fn new(cluster: Arc<Cluster>, history: History, stop: watch::Receiver<bool>, seed: u64) -> Arc<Ctx> {
+        let (bursts, _) = broadcast::channel(16);
+        Arc::new(Ctx {
+            cluster,
+            history,
+            stop,
+            bursts,
+            run_tag: format!("{seed:x}"),
+            seed,
+            free_processes: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// A seeded generator for one workload's choices.
+    pub fn rng(&self, salt: u64) -> StdRng {
+        StdRng::seed_from_u64(self.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// A client with a process id from the pool.
+    pub fn client(self: &Arc<Self>) -> Client {
+        let process = self.free_processes.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Client { ctx: self.clone(), process: process.unwrap_or_else(|| self.history.new_process()) }
+    }
+
+    /// Sleeps up to `d`, returning early (false) when the run stops.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(d) => !self.stopped(),
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    fn request_id(&self) -> String {
+        format!("jl-{}-{:016x}", self.run_tag, rand::thread_rng().next_u64())
+    }
+}
+
+/// One client process. Dropping it returns its id to the pool unless it was retired.
+pub struct Client {
+    ctx: Arc<Ctx>,
+    process: u64,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.ctx.free_processes.lock().unwrap_or_else(|e| e.into_inner()).push(self.process);
+    }
+}
+
+/// The fingerprint the server shows for a node public key (first 8 bytes of its SHA-256).
+pub fn fingerprint(node_public_key_hex: &str) -> String {
+    hex::encode(&Sha256::digest(node_public_key_hex.as_bytes())[..8])
+}
+
+impl Client {
+    /// A random node to send the next request to.
+    pub fn random_node(&self) -> u64 {
+        let ids = &self.ctx.cluster.ids;
+        ids[rand::thread_rng().gen_range(0..ids.len())]
+    }
+
+    /// Invokes, sends, completes; a mutation that ends `info` retires this process.
+    async fn call(&mut self, f: &str, key: Option<&str>, value: Value, node: u64, body: Value) -> Outcome {
+        let mutation = matches!(f, f::CREATE | f::ENROL | f::REVOKE);
+        let invoke = self.ctx.history.invoke(self.process, f, key, value, Some(node));
+        let path = if f == f::ENROL { "/api/enrol" } else { "/api/key-management" };
+        let mut body = body;
+        if path == "/api/key-management" {
+            body["org_id"] = json!(self.ctx.cluster.api.org_id);
+        }
+        let outcome = self.ctx.cluster.api.post(node, path, &body, mutation).await;
+        let completion = completion_value(f, &outcome);
+        let learnt_key = if f == f::CREATE { outcome.body["key_id"].as_str() } else { None };
+        self.ctx.history.complete(invoke, outcome.kind, learnt_key, completion, outcome.error.clone());
+        if outcome.kind == OpType::Info {
+            self.process = self.ctx.history.new_process();
+        }
+        outcome
+    }
+
+    /// Creates a key; `Some` when the creation was acknowledged.
+    pub async fn create(&mut self, node: u64, workload: &str, spec: Value) -> Option<Key> {
+        let mut body = spec.clone();
+        body["action"] = json!("create_auth_key");
+        body["request_id"] = json!(self.ctx.request_id());
+        let value = json!({ "workload": workload, "spec": spec });
+        let outcome = self.call(f::CREATE, None, value, node, body).await;
+        (outcome.kind == OpType::Ok).then(|| Key {
+            key_id: outcome.body["key_id"].as_str().unwrap_or_default().to_string(),
+            secret: outcome.body["key"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Enrols a new device (a random node public key) with `key`.
+    pub async fn enrol(&mut self, node: u64, key: &Key) -> Outcome {
+        let mut public_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut public_key);
+        let public_key = hex::encode(public_key);
+        let device = fingerprint(&public_key);
+        let hostname = format!("jl-{device}");
+        let body = json!({
+            "auth_key": key.secret,
+            "hostname": hostname,
+            "node_public_key": public_key,
+            "request_id": self.ctx.request_id(),
+        });
+        self.call(f::ENROL, Some(&key.key_id), json!({ "device": device }), node, body).await
+    }
+
+    pub async fn revoke(&mut self, node: u64, key_id: &str) -> Outcome {
+        let body = json!({ "action": "revoke_auth_key", "key_id": key_id, "request_id": self.ctx.request_id() });
+        self.call(f::REVOKE, Some(key_id), Value::Null, node, body).await
+    }
+
+    /// A linearizable read of one key; `final_read` marks the reads after the run.
+    pub async fn read(&mut self, node: u64, key_id: &str, final_read: bool) -> Outcome {
+        let body = json!({ "action": "get_auth_key", "key_id": key_id });
+        let value = if final_read { json!({ "final": true }) } else { Value::Null };
+        self.call(f::READ, Some(key_id), value, node, body).await
+    }
+
+    /// Lists every key of the org, page by page, as one operation. `final_list` marks the
+    /// listing after the run.
+    pub async fn list(&mut self, node: u64, final_list: bool) -> Outcome {
+        let value = json!({ "final": final_list });
+        let invoke = self.ctx.history.invoke(self.process, f::LIST, None, value, Some(node));
+        let mut ids: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let outcome = loop {
+            let mut body = json!({ "action": "list_auth_keys", "limit": 1000 });
+            if let Some(c) = &cursor {
+                body["cursor"] = json!(c);
+            }
+            let page = self.ctx.cluster.api.key_management(node, "list_auth_keys", body, false).await;
+            if page.kind != OpType::Ok {
+                break page;
+            }
+            let keys = page.body["keys"].as_array().cloned().unwrap_or_default();
+            ids.extend(keys.iter().map(|k| k["key_id"].clone()));
+            match page.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break Outcome { kind: OpType::Ok, body: Value::Null, error: None },
+            }
+        };
+        let value =
+            if outcome.kind == OpType::Ok { json!({ "final": final_list, "key_ids": ids }) } else { Value::Null };
+        self.ctx.history.complete(invoke, outcome.kind, None, value, outcome.error.clone());
+        outcome
+    }
+}
+
+/// What a completion records: the facts the checkers need, never a secret.
+fn completion_value(f: &str, outcome: &Outcome) -> Value {
+    if outcome.kind != OpType::Ok {
+        return Value::Null;
+    }
+    let b = &outcome.body;
+    match f {
+        f::CREATE => json!({
+            "key_id": b["key_id"],
+            "reusable": b["reusable"],
+            "max_uses": b["max_uses"],
+            "expires_at_ms": parse_ms(b["expires_at"].as_str()),
+        }),
+        f::ENROL => json!({ "machine_id": b["machine_id"] }),
+        f::REVOKE => json!({ "revoked": true }),
+        f::READ => {
+            let devices: Vec<&Value> = b["enrolments"]
+                .as_array()
+                .map(|e| e.iter().map(|e| &e["node_key_fingerprint"]).collect())
+                .unwrap_or_default();
+            let ats: Vec<Value> = b["enrolments"]
+                .as_array()
+                .map(|e| e.iter().map(|e| json!(parse_ms(e["at"].as_str()))).collect())
+                .unwrap_or_default();
+            json!({
+                "uses": b["uses"],
+                "revoked": !b["revoked_at"].is_null(),
+                "state": b["state"],
+                "devices": devices,
+                "enrolled_at_ms": ats,
+            })
+        }
+        _ => Value::Null,
+    }
+}
+
+/// RFC 3339 → milliseconds since the epoch.
+pub fn parse_ms(text: Option<&str>) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(text?, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Runs the named workloads until `ctx.stop`, then waits for their operations to finish.
+pub async fn run(ctx: Arc<Ctx>, names: Vec<String>) {
+    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (salt, name) in names.iter().enumerate() {
+        let (ctx, limit) = (ctx.clone(), limit.clone());
+        let name = name.clone();
+        tasks.spawn(async move {
+            match name.as_str() {
+                "one-shot" => one_shot::run(ctx, limit, salt as u64).await,
+                "max-uses" => max_uses::run(ctx, limit, salt as u64).await,
+                // Two pipelines each, so one stuck behind a fault does not stop the workload.
+                "revoke" => {
+                    futures::future::join(
+                        revoke::run(ctx.clone(), limit.clone(), salt as u64),
+                        revoke::run(ctx, limit, salt as u64 + 100),
+                    )
+                    .await;
+                }
+                "expiry" => {
+                    futures::future::join(
+                        expiry::run(ctx.clone(), limit.clone(), salt as u64),
+                        expiry::run(ctx, limit, salt as u64 + 100),
+                    )
+                    .await;
+                }
+                "create-list" => create_list::run(ctx, salt as u64).await,
+                _ => {}
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
