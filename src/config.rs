@@ -72,9 +72,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             cluster_name: "ztna".into(),
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             request_timeout_ms: 5000,
             snapshot_every_entries: 10_000,
             max_batch: 1024,

@@ -117,6 +117,33 @@ fn ztna_api(cluster: &Cluster) -> anyhow::Result<Ztna> {
 
 type Measured = Vec<(&'static str, usize, Stats)>;
 
+/// Throughput of one system alone at the given levels, for profiling (`ztna-bench throughput`).
+pub async fn throughput_only(
+    options: &Options,
+    system: crate::systems::Kind,
+    levels: &[usize],
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let phase = Duration::from_secs(seconds);
+    let dir = options.work_dir.join(system.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    let (cluster, measured) = match system {
+        crate::systems::Kind::Ztna => {
+            let cluster = Cluster::start_ztna(&options.ztna, &dir).await?;
+            let measured = ztna_phases(&cluster, levels, phase).await;
+            (cluster, measured)
+        }
+        crate::systems::Kind::Etcd => {
+            let cluster = Cluster::start_etcd(&options.etcd, &dir).await?;
+            let measured = etcd_phases(&cluster, levels, phase).await;
+            (cluster, measured)
+        }
+    };
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    measured.map(drop)
+}
+
 async fn ztna_phases(cluster: &Cluster, levels: &[usize], phase: Duration) -> anyhow::Result<Measured> {
     let api = ztna_api(cluster)?;
     let (_, hot) = api.create_key(0, true).await?;

@@ -34,6 +34,21 @@ enum Command {
         #[arg(long)]
         skip_scale: bool,
     },
+    /// Throughput phases of one system only (for profiling); prints each phase.
+    Throughput {
+        #[arg(long)]
+        system: String,
+        #[arg(long, default_value = "64")]
+        clients: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        ztna: PathBuf,
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        #[arg(long, default_value = "/var/tmp/ztna-bench")]
+        work_dir: PathBuf,
+    },
     /// One second of load against a small cluster; the counts must agree.
     Selfcheck {
         #[arg(long)]
@@ -67,6 +82,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ztna_bench::report::write(&out, stem, &results)?;
             print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
             Ok(())
+        }
+        Command::Throughput { system, clients, seconds, ztna, etcd, work_dir } => {
+            let kind = match system.as_str() {
+                "ztna" => ztna_bench::systems::Kind::Ztna,
+                "etcd" => ztna_bench::systems::Kind::Etcd,
+                other => anyhow::bail!("unknown --system {other:?}; must be ztna or etcd"),
+            };
+            let levels: Vec<usize> = clients.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            let options = ztna_bench::bench::Options {
+                quick: true,
+                ztna,
+                etcd,
+                work_dir,
+                scale_keys: 0,
+                kills: 0,
+                skip_scale: true,
+            };
+            ztna_bench::bench::throughput_only(&options, kind, &levels, seconds).await
         }
         Command::Selfcheck { ztna, work_dir } => ztna_bench::selfcheck::run(&ztna, &work_dir).await,
     }
