@@ -51,7 +51,8 @@ pub struct Settings {
     pub snapshot_every_entries: u64,
     /// Most commands the leader puts in one log entry.
     pub max_batch: usize,
-    /// Most log entries the leader has in flight at once.
+    /// Most log entries the leader has in flight at once (also a follower's forwarded batches):
+    /// while they are out, new commands gather into the next, larger batch.
     pub max_in_flight_entries: usize,
     /// An ephemeral machine with no heartbeat for this long is deleted (default 10 minutes).
     pub ephemeral_inactivity_timeout_ms: u64,
@@ -73,12 +74,12 @@ impl Default for Settings {
         Settings {
             cluster_name: "ztna".into(),
             heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            election_timeout_min_ms: 100,
+            election_timeout_max_ms: 200,
             request_timeout_ms: 5000,
             snapshot_every_entries: 10_000,
             max_batch: 1024,
-            max_in_flight_entries: 16,
+            max_in_flight_entries: 2,
             ephemeral_inactivity_timeout_ms: 10 * 60 * 1000,
             last_seen_persist_interval_ms: 60 * 1000,
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,

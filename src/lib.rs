@@ -10,7 +10,8 @@
 //!   snapshots. The only module that knows RocksDB.
 //! - [`raft_types`]: openraft's type configuration; a log entry is a stamped batch of commands.
 //! - [`network`]: node-to-node HTTP: Raft RPCs and forwarding of requests to the leader.
-//! - [`proposer`] and [`clock`]: group commit and the leader's timestamps.
+//! - [`proposer`] and [`clock`]: group commit and the leader's timestamps; [`forwarder`]: a
+//!   follower's writes travel to the leader in batches.
 //! - [`node`]: the one place a node is wired together; `write` and `read` reach the leader.
 //! - [`api`]: the public HTTP API (the only module that knows HTTP status codes).
 //! - [`client`] and [`cli`]: the `ztna` command line, talking to any node of `ZTNA_SERVER`.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod faults;
+pub mod forwarder;
 pub mod liveness;
 pub mod network;
 pub mod node;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::forwarder::Forwarder;
 use crate::liveness::Liveness;
 use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
 use crate::proposer::Proposer;
@@ -60,6 +61,8 @@ pub struct Node {
     raft: Raft,
     state: SharedState,
     proposer: Proposer,
+    /// Batches the writes this node forwards to the leader when it is a follower.
+    forwarder: Forwarder,
     peers: PeerClient,
     clock: Clock,
     config: NodeConfig,
@@ -155,6 +158,8 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let clock = Clock::new(settings.test_only_clock_offset_ms);
         let proposer = Proposer::start(raft.clone(), clock.clone(), settings.max_batch, settings.max_in_flight_entries);
+        let forwarder =
+            Forwarder::start(peers.clone(), FORWARD_TIMEOUT, settings.max_batch, settings.max_in_flight_entries);
 
         let me = config.me().clone();
         let api_listener = bind(&me.api_addr).await?;
@@ -170,6 +175,7 @@ impl Node {
             raft,
             state,
             proposer,
+            forwarder,
             peers,
             clock,
             config,
@@ -254,7 +260,7 @@ impl Node {
         self.via_leader(|route| async move {
             match route {
                 Route::Local => self.propose_as_leader(command.clone()).await,
-                Route::Remote(addr) => self.peers.propose(&addr, command, FORWARD_TIMEOUT).await,
+                Route::Remote(addr) => self.forwarder.propose(addr, command.clone()).await,
             }
         })
         .await

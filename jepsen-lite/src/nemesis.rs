@@ -56,8 +56,15 @@ async fn lane(ctx: Arc<Ctx>, kinds: Vec<String>, mut rng: StdRng) {
     if kinds.is_empty() {
         return;
     }
+    // Deal the kinds from a shuffled deck, so that every kind comes up within one pass (about
+    // 30 s for the process lane), even in a short run.
+    let mut deck: Vec<String> = Vec::new();
     while ctx.sleep(Duration::from_millis(rng.gen_range(1500..4000))).await {
-        let kind = kinds.choose(&mut rng).cloned().unwrap_or_default();
+        if deck.is_empty() {
+            deck = kinds.clone();
+            deck.shuffle(&mut rng);
+        }
+        let kind = deck.pop().unwrap_or_default();
         let result = match kind.as_str() {
             "kill" => kill(&ctx, &mut rng).await,
             "power" => power_loss(&ctx, &mut rng).await,

@@ -100,10 +100,15 @@ impl PeerClient {
         codec::decode(&bytes).map_err(|e| CallError::Sent(format!("bad answer from {addr}: {e}")))
     }
 
-    /// Forwards a command to the leader at `addr`.
-    pub async fn propose(&self, addr: &str, command: &Command, timeout: Duration) -> Result<Outcome, ForwardError> {
-        match self.call::<_, Result<Outcome, ForwardError>>(addr, PATH_PROPOSE, command, timeout).await {
-            Ok(answer) => answer,
+    /// Forwards a batch of commands to the leader at `addr`; one outcome per command.
+    pub async fn propose(
+        &self,
+        addr: &str,
+        commands: &[Command],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Outcome, ForwardError>>, ForwardError> {
+        match self.call::<_, Vec<Result<Outcome, ForwardError>>>(addr, PATH_PROPOSE, &commands, timeout).await {
+            Ok(answers) => Ok(answers),
             Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
             Err(CallError::Sent(e)) => Err(ForwardError::Transport(e)),
         }

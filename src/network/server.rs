@@ -64,9 +64,13 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
+/// A follower's batch of forwarded writes: proposed together, answered in order.
 async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    match decode::<Command>(&body) {
-        Ok(command) => reply(&node.propose_as_leader(command).await),
+    match decode::<Vec<Command>>(&body) {
+        Ok(commands) => {
+            let answers = futures::future::join_all(commands.into_iter().map(|c| node.propose_as_leader(c))).await;
+            reply(&answers)
+        }
         Err(bad) => bad.into_response(),
     }
 }
