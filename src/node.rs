@@ -144,6 +144,11 @@ impl Node {
             election_timeout_max: settings.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1000,
+            // A follower installs a snapshot when it receives the last chunk, and answers that
+            // chunk only then: with a million keys that takes seconds, not openraft's default
+            // 200 ms, after which the leader would resend the snapshot forever.
+            install_snapshot_timeout: 120_000,
+            snapshot_max_chunk_size: 16 * 1024 * 1024,
             ..Default::default()
         }
         .validate()

@@ -42,7 +42,8 @@ pub struct Results {
     pub seconds_per_phase: u64,
     pub rows: Vec<Row>,
     pub failover: Vec<(&'static str, Failover)>,
-    pub scale: Option<Scale>,
+    /// The scale measurements, or why they could not be completed.
+    pub scale: Option<Result<Scale, String>>,
 }
 
 pub const WORKLOADS: [&str; 3] = ["key creation", "one-shot burn", "hot reusable key"];
@@ -100,7 +101,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         None
     } else {
         eprintln!("bench: scale ({} keys)", options.scale_keys);
-        Some(scale::measure(&options.ztna, &options.work_dir.join("scale"), options.scale_keys).await?)
+        // A failure here is a result too: it is reported, and the other results are kept.
+        Some(scale::measure(&options.ztna, &options.work_dir.join("scale"), options.scale_keys).await.map_err(|e| {
+            eprintln!("bench: scale failed: {e:#}");
+            format!("{e:#}")
+        }))
     };
     let _ = std::fs::remove_dir_all(&options.work_dir);
     Ok(Results { quick: options.quick, seconds_per_phase: seconds, rows, failover: failovers, scale })

@@ -34,6 +34,17 @@ enum Command {
         #[arg(long)]
         skip_scale: bool,
     },
+    /// The scale measurement alone; results under --out as results-scale.{md,json}.
+    Scale {
+        #[arg(long)]
+        ztna: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value = "/var/tmp/ztna-bench")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = "docs/bench")]
+        out: PathBuf,
+    },
     /// Throughput phases of one system only (for profiling); prints each phase.
     Throughput {
         #[arg(long)]
@@ -100,6 +111,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 skip_scale: true,
             };
             ztna_bench::bench::throughput_only(&options, kind, &levels, seconds).await
+        }
+        Command::Scale { ztna, keys, work_dir, out } => {
+            ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            let scale =
+                ztna_bench::scale::measure(&ztna, &work_dir.join("scale"), keys).await.map_err(|e| format!("{e:#}"));
+            let _ = std::fs::remove_dir_all(&work_dir);
+            let results = ztna_bench::bench::Results {
+                quick: false,
+                seconds_per_phase: 0,
+                rows: Vec::new(),
+                failover: Vec::new(),
+                scale: Some(scale),
+            };
+            ztna_bench::report::write(&out, "results-scale", &results)?;
+            print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
+            Ok(())
         }
         Command::Selfcheck { ztna, work_dir } => ztna_bench::selfcheck::run(&ztna, &work_dir).await,
     }

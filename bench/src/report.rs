@@ -67,67 +67,74 @@ pub fn markdown(results: &Results, machine: &serde_json::Value) -> String {
         machine["kernel"].as_str().unwrap_or("?"),
         results.seconds_per_phase,
     );
-    out.push_str("## Throughput and latency\n\n");
-    out.push_str("| workload | clients | ztna ops/s | etcd ops/s | ours/etcd | ztna p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | errors ztna / etcd | generator CPU (cores) ztna / etcd |\n");
-    out.push_str("|---|---:|---:|---:|---:|---|---|---|---|\n");
-    for r in &results.rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {:.0} | {:.0} | **{:.2}×** | {} / {} / {} | {} / {} / {} | {} / {} | {:.2} / {:.2} |",
-            r.workload,
-            r.clients,
-            r.ztna.ops_per_sec,
-            r.etcd.ops_per_sec,
-            r.ratio,
-            ms(r.ztna.p50_ms),
-            ms(r.ztna.p99_ms),
-            ms(r.ztna.p999_ms),
-            ms(r.etcd.p50_ms),
-            ms(r.etcd.p99_ms),
-            ms(r.etcd.p999_ms),
-            r.ztna.errors,
-            r.etcd.errors,
-            r.ztna.generator_cpu_cores,
-            r.etcd.generator_cpu_cores,
-        );
-    }
-    out.push_str("\nTargets: one-shot burn and hot reusable key at 64 and 256 clients at least 2× etcd with p99 no worse; at 1 client p50 no worse.\n\n");
-    for r in results.rows.iter().filter(|r| r.workload != "key creation") {
-        let verdict = if r.clients >= 64 {
-            Some(r.ratio >= 2.0 && r.ztna.p99_ms <= r.etcd.p99_ms)
-        } else if r.clients == 1 {
-            Some(r.ztna.p50_ms <= r.etcd.p50_ms)
-        } else {
-            None
-        };
-        if let Some(ok) = verdict {
-            let _ = writeln!(out, "- {} {} at {} clients", check(ok), r.workload, r.clients);
+    if !results.rows.is_empty() {
+        out.push_str("## Throughput and latency\n\n");
+        out.push_str("| workload | clients | ztna ops/s | etcd ops/s | ours/etcd | ztna p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | errors ztna / etcd | generator CPU (cores) ztna / etcd |\n");
+        out.push_str("|---|---:|---:|---:|---:|---|---|---|---|\n");
+        for r in &results.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | **{:.2}×** | {} / {} / {} | {} / {} / {} | {} / {} | {:.2} / {:.2} |",
+                r.workload,
+                r.clients,
+                r.ztna.ops_per_sec,
+                r.etcd.ops_per_sec,
+                r.ratio,
+                ms(r.ztna.p50_ms),
+                ms(r.ztna.p99_ms),
+                ms(r.ztna.p999_ms),
+                ms(r.etcd.p50_ms),
+                ms(r.etcd.p99_ms),
+                ms(r.etcd.p999_ms),
+                r.ztna.errors,
+                r.etcd.errors,
+                r.ztna.generator_cpu_cores,
+                r.etcd.generator_cpu_cores,
+            );
+        }
+        out.push_str("\nTargets: one-shot burn and hot reusable key at 64 and 256 clients at least 2× etcd with p99 no worse; at 1 client p50 no worse.\n\n");
+        for r in results.rows.iter().filter(|r| r.workload != "key creation") {
+            let verdict = if r.clients >= 64 {
+                Some(r.ratio >= 2.0 && r.ztna.p99_ms <= r.etcd.p99_ms)
+            } else if r.clients == 1 {
+                Some(r.ztna.p50_ms <= r.etcd.p50_ms)
+            } else {
+                None
+            };
+            if let Some(ok) = verdict {
+                let _ = writeln!(out, "- {} {} at {} clients", check(ok), r.workload, r.clients);
+            }
         }
     }
-    out.push_str("\n## Failover (kill -9 of the leader under 16 clients of enrolments)\n\n");
-    out.push_str("| system | kills | median to first success | median to 90% throughput | each kill (first success / 90%) |\n|---|---:|---:|---:|---|\n");
-    for (system, f) in &results.failover {
-        let each: Vec<String> =
-            f.kills.iter().map(|k| format!("{} / {}", opt_ms(k.first_ok_ms), opt_ms(k.recovered_90_ms))).collect();
-        let _ = writeln!(
-            out,
-            "| {system} | {} | {} | {} | {} |",
-            f.kills.len(),
-            opt_ms(f.median_first_ok_ms),
-            opt_ms(f.median_recovered_90_ms),
-            each.join(", ")
-        );
+    if !results.failover.is_empty() {
+        out.push_str("\n## Failover (kill -9 of the leader under 16 clients of enrolments)\n\n");
+        out.push_str("| system | kills | median to first success | median to 90% throughput | each kill (first success / 90%) |\n|---|---:|---:|---:|---|\n");
+        for (system, f) in &results.failover {
+            let each: Vec<String> =
+                f.kills.iter().map(|k| format!("{} / {}", opt_ms(k.first_ok_ms), opt_ms(k.recovered_90_ms))).collect();
+            let _ = writeln!(
+                out,
+                "| {system} | {} | {} | {} | {} |",
+                f.kills.len(),
+                opt_ms(f.median_first_ok_ms),
+                opt_ms(f.median_recovered_90_ms),
+                each.join(", ")
+            );
+        }
+        let ours = results.failover.iter().find(|(s, _)| *s == "ztna").and_then(|(_, f)| f.median_first_ok_ms);
+        let theirs = results.failover.iter().find(|(s, _)| *s == "etcd").and_then(|(_, f)| f.median_first_ok_ms);
+        if let (Some(o), Some(t)) = (ours, theirs) {
+            let _ = writeln!(
+                out,
+                "\n- {} median to first success under 1 s and below etcd's ({o:.0} ms vs {t:.0} ms)",
+                check(o < 1000.0 && o < t)
+            );
+        }
     }
-    let ours = results.failover.iter().find(|(s, _)| *s == "ztna").and_then(|(_, f)| f.median_first_ok_ms);
-    let theirs = results.failover.iter().find(|(s, _)| *s == "etcd").and_then(|(_, f)| f.median_first_ok_ms);
-    if let (Some(o), Some(t)) = (ours, theirs) {
-        let _ = writeln!(
-            out,
-            "\n- {} median to first success under 1 s and below etcd's ({o:.0} ms vs {t:.0} ms)",
-            check(o < 1000.0 && o < t)
-        );
+    if let Some(Err(why)) = &results.scale {
+        let _ = writeln!(out, "\n## Scale\n\n❌ The scale measurement did not complete: {why}");
     }
-    if let Some(s) = &results.scale {
+    if let Some(Ok(s)) = &results.scale {
         let _ = writeln!(out, "\n## Scale: {} auth keys in ztna\n", s.keys);
         out.push_str("| measure | value | target |\n|---|---|---|\n");
         let rss: Vec<String> =

@@ -6,7 +6,8 @@
 //! fsync, a purge) persists it through the shared WAL. A crash can therefore only roll the state
 //! machine back to an earlier applied id, from which openraft re-applies the log.
 //!
-//! Snapshots are the encoded rows. A built or received snapshot is written to
+//! Snapshots are the encoded rows, read from a RocksDB point-in-time view (so building one does
+//! not stop `apply`). A built or received snapshot is written to
 //! `snapshot/current` through a temporary file, fsync and rename; installing one replaces every
 //! row and the applied id in one synced batch, so a crash leaves either the old state or the new
 //! one, never a mix.
@@ -113,35 +114,40 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
-        let (meta, rows) = {
-            let state = read_state(&self.state);
-            let mut rows = Vec::new();
-            for row in state.store.all_rows() {
-                if let Some(value) = state.store.row_value(&row).map_err(snap_err)? {
-                    rows.push((row.key(), value));
-                }
-            }
-            let snapshot_id = match state.last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, state.store.clock()),
-                None => "empty".to_string(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.membership.clone(),
-                snapshot_id,
-            };
-            (meta, rows)
-        };
-        let row_count = rows.len();
-        let bytes = codec::encode(&SnapshotFile { meta: meta.clone(), rows }).map_err(snap_err)?;
         let this = self.clone();
-        let bytes = tokio::task::spawn_blocking(move || this.save_snapshot_file(&bytes).map(|()| bytes))
-            .await
-            .map_err(snap_err)?
-            .map_err(snap_err)?;
+        let (meta, bytes, row_count) =
+            tokio::task::spawn_blocking(move || this.snapshot_from_db()).await.map_err(snap_err)??;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(rows = row_count, bytes = bytes.len(), elapsed_ms, snapshot = %meta.snapshot_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl StateMachineStore {
+    /// Encodes and saves a snapshot from a RocksDB point-in-time view of the rows and the applied
+    /// id, which `apply` writes in one batch: the in-memory state is not locked, so applying goes
+    /// on while a large state is encoded.
+    fn snapshot_from_db(&self) -> Result<(SnapshotMeta, Vec<u8>, usize), StorageError> {
+        let view = self.db.snapshot();
+        let (last_applied, membership): (Option<LogId>, StoredMembership) =
+            match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(snap_err)? {
+                Some(bytes) => codec::decode(&bytes).map_err(snap_err)?,
+                None => (None, StoredMembership::default()),
+            };
+        let mut rows = Vec::new();
+        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
+            let (key, value) = item.map_err(snap_err)?;
+            rows.push((key.into_vec(), value.into_vec()));
+        }
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, crate::clock::wall_ms()),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let row_count = rows.len();
+        let bytes = codec::encode(&SnapshotFile { meta: meta.clone(), rows }).map_err(snap_err)?;
+        self.save_snapshot_file(&bytes).map_err(snap_err)?;
+        Ok((meta, bytes, row_count))
     }
 }
 
