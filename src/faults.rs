@@ -39,7 +39,7 @@ macro_rules! fault_switch {
 fault_switch!(
     /// `ZTNA_FAULT_ACK_BEFORE_FSYNC=1`: tell openraft log entries are durable at once and write
     /// the WAL out only about once a second (RocksDB's manual WAL flush), as a store that trusts
-    /// a volatile cache would. A `kill -9` of a majority then loses acknowledged writes.
+    /// a volatile cache would. A `kill -9` of every node then loses acknowledged writes.
     ack_before_fsync,
     "ZTNA_FAULT_ACK_BEFORE_FSYNC"
 );

@@ -18,12 +18,8 @@ enum Command {
         /// 5 s phases at 1 and 64 clients and 100,000 keys for the scale test.
         #[arg(long)]
         quick: bool,
-        #[arg(long)]
-        ztna: PathBuf,
-        #[arg(long, default_value = "/usr/bin/etcd")]
-        etcd: PathBuf,
-        #[arg(long, default_value = "/var/tmp/ztna-bench")]
-        work_dir: PathBuf,
+        #[command(flatten)]
+        systems: Systems,
         #[arg(long, default_value = "docs/bench")]
         out: PathBuf,
         /// Keys for the scale test (default 1,000,000; 100,000 with --quick).
@@ -53,12 +49,8 @@ enum Command {
         clients: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        #[arg(long)]
-        ztna: PathBuf,
-        #[arg(long, default_value = "/usr/bin/etcd")]
-        etcd: PathBuf,
-        #[arg(long, default_value = "/var/tmp/ztna-bench")]
-        work_dir: PathBuf,
+        #[command(flatten)]
+        systems: Systems,
     },
     /// One second of load against a small cluster; the counts must agree.
     Selfcheck {
@@ -67,6 +59,18 @@ enum Command {
         #[arg(long, default_value = "/var/tmp/ztna-bench-selfcheck")]
         work_dir: PathBuf,
     },
+}
+
+/// The binaries under test and where their data goes.
+#[derive(clap::Args)]
+struct Systems {
+    #[arg(long)]
+    ztna: PathBuf,
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Scratch space for the clusters' data (on the disk being measured).
+    #[arg(long, default_value = "/var/tmp/ztna-bench")]
+    work_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -83,7 +87,7 @@ async fn main() {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { quick, ztna, etcd, work_dir, out, keys, kills, skip_scale } => {
+        Command::Run { quick, systems: Systems { ztna, etcd, work_dir }, out, keys, kills, skip_scale } => {
             ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;
             ztna_bench::systems::require(&etcd, "install etcd-server (scripts/bench does)")?;
             let scale_keys = keys.unwrap_or(if quick { 100_000 } else { 1_000_000 });
@@ -94,7 +98,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
             Ok(())
         }
-        Command::Throughput { system, clients, seconds, ztna, etcd, work_dir } => {
+        Command::Throughput { system, clients, seconds, systems: Systems { ztna, etcd, work_dir } } => {
             let kind = match system.as_str() {
                 "ztna" => ztna_bench::systems::Kind::Ztna,
                 "etcd" => ztna_bench::systems::Kind::Etcd,
