@@ -121,7 +121,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&work_dir);
             let scale =
                 ztna_bench::scale::measure(&ztna, &work_dir.join("scale"), keys).await.map_err(|e| format!("{e:#}"));
-            let _ = std::fs::remove_dir_all(&work_dir);
+            match &scale {
+                Ok(_) => {
+                    let _ = std::fs::remove_dir_all(&work_dir);
+                }
+                // Keep the nodes' logs and data to find out why.
+                Err(_) => eprintln!("ztna-bench: kept {} for diagnosis", work_dir.display()),
+            }
             let results = ztna_bench::bench::Results {
                 quick: false,
                 seconds_per_phase: 0,
