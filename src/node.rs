@@ -294,17 +294,16 @@ impl Node {
         let started = Instant::now();
         let deadline = started + self.config.settings().request_timeout();
         loop {
-            let leader = self.leader();
-            let route = match &leader {
-                Some((leader, _)) if *leader == self.id => Ok(Route::Local),
+            let route = match self.leader() {
+                Some((leader, _)) if leader == self.id => Ok((leader, Route::Local)),
                 Some((leader, Some(info))) => {
-                    Ok(Route::Remote(self.config.settings().dial_addr(*leader, &info.raft_addr)))
+                    Ok((leader, Route::Remote(self.config.settings().dial_addr(leader, &info.raft_addr))))
                 }
                 Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
                 None => Err(ForwardError::NotLeader { leader: None }),
             };
-            let result = match (route, leader) {
-                (Ok(route), Some((leader, _))) => {
+            let result = match route {
+                Ok((leader, route)) => {
                     // Give up on this leader as soon as another one is known: a deposed or cut-off
                     // leader may never answer. A write retried elsewhere keeps its request id, so
                     // it applies at most once.
@@ -315,8 +314,7 @@ impl Node {
                         new = self.leader_other_than(leader) => Err(ForwardError::NotLeader { leader: Some(new) }),
                     }
                 }
-                (Ok(_), None) => Err(ForwardError::NotLeader { leader: None }),
-                (Err(e), _) => Err(e),
+                Err(e) => Err(e),
             };
             let last_error = match result {
                 Ok(answer) => return Ok(answer),

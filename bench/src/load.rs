@@ -44,6 +44,15 @@ pub struct Run {
     pub completions: Vec<Completion>,
 }
 
+/// The `p` quantile (0..=1) of `sorted` by the nearest-rank method; `None` when empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
 /// CPU seconds (user + system) this process has used.
 pub fn process_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we pass.
@@ -129,13 +138,7 @@ where
     stats.ops_per_sec = stats.ok as f64 / stats.seconds;
     stats.generator_cpu_cores = (process_cpu_seconds() - cpu_before) / wall;
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        f64::from(latencies[i]) / 1e3
-    };
+    let pct = |p: f64| percentile(&latencies, p).map_or(0.0, |us| f64::from(us) / 1e3);
     stats.p50_ms = pct(0.50);
     stats.p99_ms = pct(0.99);
     stats.p999_ms = pct(0.999);

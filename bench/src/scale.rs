@@ -161,6 +161,5 @@ async fn list_latency(api: &Ztna, limit: u64, pages: usize) -> anyhow::Result<(f
     }
     let median = crate::failover::median(latencies.clone()).unwrap_or(0.0);
     latencies.sort_by(f64::total_cmp);
-    let p99 = latencies[((latencies.len() as f64 * 0.99).ceil() as usize).clamp(1, latencies.len()) - 1];
-    Ok((median, p99))
+    Ok((median, load::percentile(&latencies, 0.99).unwrap_or(0.0)))
 }

@@ -243,8 +243,8 @@ impl Cluster {
         None
     }
 
-    /// Kills every node (end of run).
-    pub async fn kill_all(&self) {
+    /// Stops every node, resuming paused ones first (end of run).
+    pub async fn stop_all(&self) {
         for &id in &self.ids {
             self.resume(id).await;
             self.stop(id).await;

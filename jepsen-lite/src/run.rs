@@ -57,7 +57,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
         Ok(()) => drive(cluster.clone(), &options, seed, &nemeses, &workloads, &dir).await,
         Err(e) => Err(e),
     };
-    cluster.kill_all().await;
+    cluster.stop_all().await;
     cluster.hosts.teardown();
     if !options.keep_data {
         let _ = std::fs::remove_dir_all(cluster.data_dir());
