@@ -156,11 +156,22 @@ impl Node {
 
         let (log_store, sm_store) = crate::store::open(&config.data_dir).await?;
         let state = sm_store.shared();
+        let mut installing = sm_store.installing();
         let peers = PeerClient::new();
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        // A follower installing a large snapshot hears no heartbeat until it answers the last
+        // chunk; it must not call an election meanwhile (openraft 0.9 has no pre-vote, and the
+        // higher term it would bring back makes the leader step down and restart the transfer).
+        let elect = raft.clone();
+        tokio::spawn(async move {
+            while installing.changed().await.is_ok() {
+                let now_installing = *installing.borrow_and_update();
+                elect.runtime_config().elect(!now_installing);
+            }
+        });
         let clock = Clock::new(settings.test_only_clock_offset_ms);
         let proposer = Proposer::start(raft.clone(), clock.clone(), settings.max_batch, settings.max_in_flight_entries);
         let forwarder =
@@ -232,7 +243,7 @@ impl Node {
     /// This node's applied copy of an auth key, possibly behind the leader. Only the
     /// `stale_read_enrol` fault switch may base a decision on it.
     pub fn local_auth_key(&self, key_id: &str) -> Option<crate::sm::model::AuthKeyRecord> {
-        read_state(&self.state).store.auth_key(key_id).cloned()
+        read_state(&self.state).store.auth_key(key_id)
     }
 
     pub fn config(&self) -> &NodeConfig {

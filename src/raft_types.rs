@@ -3,8 +3,6 @@
 //! A log entry's payload is a [`Request`]: a batch of commands that one leader stamped with one
 //! time. Batching many client requests into one entry is how concurrent writes share an fsync.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::sm::model::{Command, Millis, Outcome};
@@ -52,7 +50,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -75,6 +75,7 @@ impl From<OpError> for ApiError {
             OpError::AlreadyInitialized => (StatusCode::CONFLICT, "already_initialized"),
             OpError::RequestIdReused(_) => (StatusCode::CONFLICT, "request_id_reused"),
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
+            OpError::Storage(_) => return ApiError::internal(message),
         };
         ApiError::new(status, code, message)
     }

@@ -110,10 +110,10 @@ impl KeyStore {
                 self.machine_by_key_and_node.remove(&node);
             }
         }
-        let row = (machine.auth_key_id.clone(), machine.enrolment_seq);
-        if let Some(enrolment) = self.enrolments.get_mut(&row) {
+        let row = super::rows::enrolment_row(&machine.auth_key_id, machine.enrolment_seq);
+        if let Some(mut enrolment) = self.rows.get::<Enrolment>(&row) {
             enrolment.deregistered = Some(Deregistration { at: now, reason });
-            self.dirty.insert(Row::Enrolment(row.0, row.1));
+            self.rows.put(row, &enrolment);
         }
         self.dirty.insert(Row::Machine(machine_id.to_string()));
     }

@@ -4,10 +4,13 @@
 //! committed it, and changes the in-memory state; every decision about a key (spent? limit
 //! reached? revoked? expired?) is made here and nowhere else. It reads no clock, draws no random
 //! number and does no I/O, so every replica that applies the same log reaches the same state.
-//! The RocksDB adapter in `store::state_machine` persists the rows this module marks dirty.
+//! Small tables live in memory; the large ones (auth keys, enrolments, remembered requests) are
+//! read from the committed rows through [`backing::Rows`], which also collects the entry's
+//! writes. The RocksDB adapter in `store::state_machine` persists them with the applied id.
 //!
 //! This module must not know about RocksDB, HTTP or openraft.
 
+pub mod backing;
 mod machines;
 pub mod model;
 pub mod query;
@@ -15,7 +18,7 @@ pub mod rows;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,39 +50,32 @@ pub struct RememberedRequest {
     pub outcome: Outcome,
 }
 
-/// The whole replicated state, in memory. Indexes are derived and rebuilt on load.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The replicated state: small tables in memory, large ones in rows (see [`rows`]). The
+/// in-memory indexes are derived and rebuilt on open.
+#[derive(Debug)]
 pub struct KeyStore {
     pub(crate) meta: Meta,
     pub(crate) orgs: BTreeMap<String, Org>,
     pub(crate) api_keys: BTreeMap<String, ApiKeyRecord>,
-    pub(crate) auth_keys: BTreeMap<String, AuthKeyRecord>,
-    /// (key_id, seq) → enrolment.
-    pub(crate) enrolments: BTreeMap<(String, u64), Enrolment>,
     pub(crate) machines: BTreeMap<String, Machine>,
-    pub(crate) requests: BTreeMap<String, RememberedRequest>,
+    /// Auth keys, the org index, enrolments and remembered requests, plus this entry's writes.
+    pub(crate) rows: backing::Rows,
+    /// Where the scan for expired requests starts: every expiry row before it is already gone.
+    /// Not replicated and not part of the state; it only saves skipping deleted rows.
+    pub(crate) expiry_seek: Vec<u8>,
 
     // Derived indexes.
-    /// (org_id, seq) → key_id: listing order.
-    pub(crate) org_keys: BTreeMap<(String, u64), String>,
     /// (auth key id, node public key) → machines by enrolment seq; the newest is the one a
     /// retried enrolment gets back. Every machine is indexed, so the index is the same whether
     /// built live or rebuilt on load.
     pub(crate) machine_by_key_and_node: BTreeMap<(String, String), BTreeMap<u64, String>>,
     /// Node key id → machine id: a heartbeat's node key finds its machine.
     pub(crate) machine_by_node_key: BTreeMap<String, String>,
-    /// (time, request id) in the order they expire.
-    pub(crate) request_expiry: VecDeque<(Millis, String)>,
-
-    /// Rows changed since the last [`KeyStore::take_dirty`].
+    /// In-memory records changed since the last [`KeyStore::take_writes`].
     dirty: BTreeSet<Row>,
 }
 
 impl KeyStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The logical clock: the largest leader time applied so far.
     pub fn clock(&self) -> Millis {
         self.meta.clock
@@ -100,11 +96,6 @@ impl KeyStore {
         commands.iter().map(|cmd| self.apply_command(log_index, now, cmd)).collect()
     }
 
-    /// The rows changed since the last call, for the storage adapter to persist.
-    pub fn take_dirty(&mut self) -> BTreeSet<Row> {
-        std::mem::take(&mut self.dirty)
-    }
-
     fn apply_command(&mut self, log_index: u64, now: Millis, cmd: &Command) -> Outcome {
         // Enrolment is idempotent by (auth key, node public key), which also covers a retried
         // request id; every other op is made idempotent by remembering its request id.
@@ -112,7 +103,7 @@ impl KeyStore {
             return self.apply_op(log_index, now, &cmd.actor, &cmd.op);
         }
         let digest = command_digest(cmd);
-        if let Some(seen) = self.requests.get(&cmd.request_id) {
+        if let Some(seen) = self.rows.get::<RememberedRequest>(&rows::request_row(&cmd.request_id)) {
             return if seen.digest == digest {
                 seen.outcome.clone()
             } else {
@@ -122,23 +113,32 @@ impl KeyStore {
         let outcome = self.apply_op(log_index, now, &cmd.actor, &cmd.op);
         // A collision is retried by the proposer with a fresh id under the same request id.
         if outcome != Err(OpError::IdCollision) {
-            self.requests
-                .insert(cmd.request_id.clone(), RememberedRequest { at: now, digest, outcome: outcome.clone() });
-            self.request_expiry.push_back((now, cmd.request_id.clone()));
-            self.dirty.insert(Row::Request(cmd.request_id.clone()));
+            let remembered = RememberedRequest { at: now, digest, outcome: outcome.clone() };
+            self.rows.put(rows::request_row(&cmd.request_id), &remembered);
+            self.rows.put(rows::request_expiry_row(now, &cmd.request_id), &());
         }
         outcome
     }
 
     fn forget_old_requests(&mut self, now: Millis) {
-        while let Some((at, _)) = self.request_expiry.front() {
-            if now.saturating_sub(*at) < REQUEST_MEMORY_MS {
-                break;
+        let prefix = rows::request_expiry_prefix();
+        let mut expired = Vec::new();
+        self.rows.scan(&self.expiry_seek, |key, _| {
+            if !key.starts_with(&prefix) {
+                return false;
             }
-            if let Some((_, id)) = self.request_expiry.pop_front() {
-                self.requests.remove(&id);
-                self.dirty.insert(Row::Request(id));
+            match rows::parse_request_expiry(key) {
+                Some((at, id)) if now.saturating_sub(at) >= REQUEST_MEMORY_MS => {
+                    expired.push((key.to_vec(), id));
+                    true
+                }
+                _ => false,
             }
+        });
+        for (row, id) in expired {
+            self.rows.delete(rows::request_row(&id));
+            self.expiry_seek = row.clone();
+            self.rows.delete(row);
         }
     }
 
@@ -184,12 +184,9 @@ impl KeyStore {
             }
             Op::RevokeAuthKey { org_id, selector } => {
                 self.authorize_org(actor, org_id)?;
-                let key_id = self.resolve_key(org_id, selector)?;
-                let record =
-                    self.auth_keys.get_mut(&key_id).ok_or(OpError::NotFound(format!("no auth key {key_id:?}")))?;
+                let mut record = self.resolve_key(org_id, selector)?;
                 record.revoked_at.get_or_insert(now);
-                let record = record.clone();
-                self.dirty.insert(Row::AuthKey(key_id));
+                self.rows.put(rows::auth_key_row(&record.key_id), &record);
                 Ok(OpOk::AuthKey(record))
             }
             Op::MachineAdmin { org_id, machine_id, action } => {
@@ -284,7 +281,7 @@ impl KeyStore {
     }
 
     fn create_auth_key(&mut self, now: Millis, org_id: &str, key: &NewCredential, spec: &AuthKeySpec) -> Outcome {
-        if self.auth_keys.contains_key(&key.id) {
+        if self.rows.contains(&rows::auth_key_row(&key.id)) {
             return Err(OpError::IdCollision);
         }
         let seq = self.next_seq();
@@ -304,9 +301,8 @@ impl KeyStore {
             revoked_at: None,
             seq,
         };
-        self.org_keys.insert((org_id.to_string(), seq), key.id.clone());
-        self.auth_keys.insert(key.id.clone(), record.clone());
-        self.dirty.insert(Row::AuthKey(key.id.clone()));
+        self.rows.put(rows::org_key_row(org_id, seq), &key.id);
+        self.rows.put(rows::auth_key_row(&key.id), &record);
         Ok(OpOk::AuthKey(record))
     }
 
@@ -316,44 +312,41 @@ impl KeyStore {
         self.meta.next_seq
     }
 
+    /// An auth key's record.
+    pub(crate) fn auth_key_record(&self, key_id: &str) -> Option<AuthKeyRecord> {
+        self.rows.get(&rows::auth_key_row(key_id))
+    }
+
     /// Finds the one key of `org_id` a revocation names.
-    fn resolve_key(&self, org_id: &str, selector: &KeySelector) -> Result<String, OpError> {
+    fn resolve_key(&self, org_id: &str, selector: &KeySelector) -> Result<AuthKeyRecord, OpError> {
         let not_found = || OpError::NotFound("no such auth key in this org".into());
-        let key_id = match selector {
-            KeySelector::KeyId(id) => id.clone(),
-            KeySelector::FullKey(presented) => {
-                let id = format!("{AUTH_KEY_ID_PREFIX}{}", presented.id);
-                let record = self.auth_keys.get(&id).ok_or_else(not_found)?;
-                if !hashes_equal(&record.secret_hash, &presented.hash) {
-                    return Err(not_found());
-                }
-                id
-            }
+        let record = match selector {
+            KeySelector::KeyId(id) => self.auth_key_record(id),
+            KeySelector::FullKey(presented) => self
+                .auth_key_record(&format!("{AUTH_KEY_ID_PREFIX}{}", presented.id))
+                .filter(|record| hashes_equal(&record.secret_hash, &presented.hash)),
             KeySelector::IdPrefix(prefix) => {
-                let start = format!("{AUTH_KEY_ID_PREFIX}{prefix}");
-                let mut matches = self
-                    .auth_keys
-                    .range(start.clone()..)
-                    .take_while(|(id, _)| id.starts_with(&start))
-                    .filter(|(_, record)| record.org_id == org_id)
-                    .map(|(id, _)| id.clone());
-                let first = matches.next().ok_or_else(not_found)?;
-                if matches.next().is_some() {
+                let start = rows::auth_key_id_prefix(&format!("{AUTH_KEY_ID_PREFIX}{prefix}"));
+                let mut matches = Vec::new();
+                self.rows.scan_prefix::<AuthKeyRecord>(&start, &start, |_, record| {
+                    if record.org_id == org_id {
+                        matches.push(record);
+                    }
+                    matches.len() < 2
+                });
+                if matches.len() > 1 {
                     return Err(OpError::Ambiguous(format!(
                         "prefix tskey-auth-{prefix} matches more than one key; give more characters or the key_id"
                     )));
                 }
-                first
+                matches.pop()
             }
         };
-        match self.auth_keys.get(&key_id) {
-            Some(record) if record.org_id == org_id => Ok(key_id),
-            _ => Err(not_found()),
-        }
+        record.filter(|record| record.org_id == org_id).ok_or_else(not_found)
     }
 
     fn enrol(&mut self, log_index: u64, now: Millis, req: EnrolRequest<'_>) -> Outcome {
-        let key = self.auth_keys.get(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
+        let mut key = self.auth_key_record(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
         if !hashes_equal(&key.secret_hash, req.auth_key_hash) {
             return Err(OpError::InvalidAuthKey);
         }
@@ -414,7 +407,6 @@ impl KeyStore {
             last_seen: None,
             enrolment_seq: seq,
         };
-        let key = self.auth_keys.get_mut(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
         key.uses += 1;
         key.last_used_at = Some(now);
         let enrolment = Enrolment {
@@ -425,10 +417,9 @@ impl KeyStore {
             deregistered: None,
         };
         let answer = enrolled_answer(&machine, false);
-        self.dirty.insert(Row::AuthKey(req.auth_key_id.to_string()));
-        self.dirty.insert(Row::Enrolment(req.auth_key_id.to_string(), seq));
+        self.rows.put(rows::auth_key_row(req.auth_key_id), &key);
+        self.rows.put(rows::enrolment_row(req.auth_key_id, seq), &enrolment);
         self.dirty.insert(Row::Machine(machine.machine_id.clone()));
-        self.enrolments.insert((req.auth_key_id.to_string(), seq), enrolment);
         self.machine_by_key_and_node.entry(node).or_default().insert(seq, machine.machine_id.clone());
         self.machine_by_node_key.insert(machine.node_key_id.clone(), machine.machine_id.clone());
         self.machines.insert(machine.machine_id.clone(), machine);

@@ -497,6 +497,10 @@ pub enum OpError {
     AlreadyInitialized,
     #[error("request_id {0:?} was already used by a different request; use a new request_id")]
     RequestIdReused(String),
+    /// A read of this node's stored state failed; never a replicated outcome (an entry whose
+    /// apply saw a storage fault is refused as a whole).
+    #[error("this node cannot read its stored state: {0}")]
+    Storage(String),
     /// A generated id collided with an existing one; the proposing node retries with a new id.
     #[error("generated id collided with an existing one")]
     IdCollision,

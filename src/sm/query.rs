@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::*;
-use super::KeyStore;
+use super::{rows, KeyStore};
 
 /// Most records one listing page may hold.
 pub const MAX_PAGE: usize = 1000;
@@ -50,18 +50,28 @@ pub enum Answer {
 impl KeyStore {
     /// Answers `query` for `actor`.
     pub fn query(&self, actor: &Actor, query: &Query) -> Result<Answer, OpError> {
+        let answer = self.answer(actor, query);
+        // A failed read looked like a missing row; the answer cannot be trusted.
+        match self.fault() {
+            Some(fault) => Err(OpError::Storage(fault)),
+            None => answer,
+        }
+    }
+
+    fn answer(&self, actor: &Actor, query: &Query) -> Result<Answer, OpError> {
         match query {
             Query::ListAuthKeys { org_id, limit, after_seq } => {
                 self.authorize_org(actor, org_id)?;
                 let limit = (*limit).clamp(1, MAX_PAGE);
-                let start = (org_id.clone(), after_seq.map_or(0, |s| s.saturating_add(1)));
-                let mut keys: Vec<AuthKeyRecord> = self
-                    .org_keys
-                    .range(start..)
-                    .take_while(|((org, _), _)| org == org_id)
-                    .take(limit + 1)
-                    .filter_map(|(_, key_id)| self.auth_keys.get(key_id).cloned())
-                    .collect();
+                let prefix = rows::org_key_prefix(org_id);
+                let start = rows::org_key_row(org_id, after_seq.map_or(0, |s| s.saturating_add(1)));
+                let mut key_ids = Vec::new();
+                self.rows.scan_prefix::<String>(&prefix, &start, |_, key_id| {
+                    key_ids.push(key_id);
+                    key_ids.len() <= limit
+                });
+                let mut keys: Vec<AuthKeyRecord> =
+                    key_ids.iter().filter_map(|key_id| self.auth_key_record(key_id)).collect();
                 let next_after_seq = if keys.len() > limit {
                     keys.truncate(limit);
                     keys.last().map(|k| k.seq)
@@ -73,12 +83,11 @@ impl KeyStore {
             Query::GetAuthKey { org_id, key_id } => {
                 self.authorize_org(actor, org_id)?;
                 let record = self
-                    .auth_keys
-                    .get(key_id)
+                    .auth_key_record(key_id)
                     .filter(|k| &k.org_id == org_id)
                     .ok_or_else(|| OpError::NotFound(format!("no auth key {key_id:?} in this org")))?;
-                let enrolments = self.enrolments_of(key_id).cloned().collect();
-                Ok(Answer::AuthKey { record: record.clone(), enrolments })
+                let enrolments = self.enrolments_of(key_id);
+                Ok(Answer::AuthKey { record, enrolments })
             }
             Query::ListApiKeys { org_id } => {
                 self.authorize_operator(actor)?;
@@ -108,12 +117,18 @@ impl KeyStore {
 
 impl KeyStore {
     /// An auth key's record, without authorisation: for tools that read a stopped node's store.
-    pub fn auth_key(&self, key_id: &str) -> Option<&AuthKeyRecord> {
-        self.auth_keys.get(key_id)
+    pub fn auth_key(&self, key_id: &str) -> Option<AuthKeyRecord> {
+        self.auth_key_record(key_id)
     }
 
     /// An auth key's enrolments in commit order.
-    pub fn enrolments_of<'a>(&'a self, key_id: &str) -> impl Iterator<Item = &'a Enrolment> + 'a {
-        self.enrolments.range((key_id.to_string(), 0)..=(key_id.to_string(), u64::MAX)).map(|(_, e)| e)
+    pub fn enrolments_of(&self, key_id: &str) -> Vec<Enrolment> {
+        let prefix = rows::enrolment_prefix(key_id);
+        let mut enrolments = Vec::new();
+        self.rows.scan_prefix::<Enrolment>(&prefix, &prefix, |_, enrolment| {
+            enrolments.push(enrolment);
+            true
+        });
+        enrolments
     }
 }

@@ -1,61 +1,125 @@
-//! How the key store is laid out as rows: one row per record, so that applying an entry writes
-//! only what it changed.
+//! How the key store is laid out as rows, and how a store is opened over them.
 //!
 //! A row key is a one-byte table tag followed by the record's id; the value is the record encoded
-//! by [`crate::codec`]. The storage adapter asks for [`KeyStore::row_value`] of each dirty row and
-//! writes it (or deletes the row when the record is gone); on start it feeds every stored row to
-//! [`KeyStore::load_row`] and then calls [`KeyStore::finish_load`].
+//! by [`crate::codec`]. Small tables (the meta row, orgs, API keys, machines) are also held in
+//! memory: they are loaded when the store opens, and the rows of the records an entry changed are
+//! written back by [`KeyStore::take_writes`]. The large tables (auth keys, the org index of auth
+//! keys, enrolments, remembered requests and their expiry order) live only in rows and are read
+//! through [`Rows`].
 //!
 //! This module must not know about RocksDB.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use super::backing::{RowSource, Rows, Writes};
 use super::{KeyStore, Meta, RememberedRequest};
 use crate::codec::{self, CodecError};
 use crate::sm::model::*;
 
-/// A record that changed, named by table and id.
+/// A changed record of an in-memory table, named by table and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Row {
     Meta,
     Org(String),
     ApiKey(String),
-    AuthKey(String),
-    Enrolment(String, u64),
     Machine(String),
-    Request(String),
 }
 
 const TAG_META: u8 = b'M';
+const TAG_LAYOUT: u8 = b'V';
 const TAG_ORG: u8 = b'o';
 const TAG_API_KEY: u8 = b'a';
-const TAG_AUTH_KEY: u8 = b'k';
-const TAG_ENROLMENT: u8 = b'e';
 const TAG_MACHINE: u8 = b'm';
+const TAG_AUTH_KEY: u8 = b'k';
+const TAG_ORG_KEY: u8 = b'K';
+const TAG_ENROLMENT: u8 = b'e';
 const TAG_REQUEST: u8 = b'r';
+const TAG_REQUEST_EXPIRY: u8 = b'R';
+
+/// The row layout this build writes. 1: every table in memory, no index rows. 2: auth keys,
+/// enrolments and requests only in rows, with index rows for listings and request expiry.
+const LAYOUT: u32 = 2;
+
+fn tagged(tag: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len() + 9);
+    key.push(tag);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `tag id 0x00 seq`: rows of one parent in sequence order.
+fn tagged_seq(tag: u8, id: &str, seq: u64) -> Vec<u8> {
+    let mut key = child_prefix(tag, id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn child_prefix(tag: u8, id: &str) -> Vec<u8> {
+    let mut key = tagged(tag, id);
+    key.push(0);
+    key
+}
+
+pub(crate) fn auth_key_row(key_id: &str) -> Vec<u8> {
+    tagged(TAG_AUTH_KEY, key_id)
+}
+
+/// Auth key ids starting with `prefix`.
+pub(crate) fn auth_key_id_prefix(prefix: &str) -> Vec<u8> {
+    tagged(TAG_AUTH_KEY, prefix)
+}
+
+/// The org's listing index: `(org, seq) → key id`.
+pub(crate) fn org_key_row(org_id: &str, seq: u64) -> Vec<u8> {
+    tagged_seq(TAG_ORG_KEY, org_id, seq)
+}
+
+pub(crate) fn org_key_prefix(org_id: &str) -> Vec<u8> {
+    child_prefix(TAG_ORG_KEY, org_id)
+}
+
+pub(crate) fn enrolment_row(key_id: &str, seq: u64) -> Vec<u8> {
+    tagged_seq(TAG_ENROLMENT, key_id, seq)
+}
+
+pub(crate) fn enrolment_prefix(key_id: &str) -> Vec<u8> {
+    child_prefix(TAG_ENROLMENT, key_id)
+}
+
+pub(crate) fn request_row(request_id: &str) -> Vec<u8> {
+    tagged(TAG_REQUEST, request_id)
+}
+
+/// The expiry order of remembered requests: `(time, request id) → ()`.
+pub(crate) fn request_expiry_row(at: Millis, request_id: &str) -> Vec<u8> {
+    let mut key = vec![TAG_REQUEST_EXPIRY];
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+pub(crate) fn request_expiry_prefix() -> Vec<u8> {
+    vec![TAG_REQUEST_EXPIRY]
+}
+
+/// The time and request id of an expiry row.
+pub(crate) fn parse_request_expiry(key: &[u8]) -> Option<(Millis, String)> {
+    let body = key.strip_prefix(&[TAG_REQUEST_EXPIRY])?;
+    let at = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
+    Some((at, String::from_utf8_lossy(&body[8..]).into_owned()))
+}
 
 impl Row {
     /// The row's key in storage.
     pub fn key(&self) -> Vec<u8> {
-        let tagged = |tag: u8, id: &str| {
-            let mut key = Vec::with_capacity(1 + id.len());
-            key.push(tag);
-            key.extend_from_slice(id.as_bytes());
-            key
-        };
         match self {
             Row::Meta => vec![TAG_META],
             Row::Org(id) => tagged(TAG_ORG, id),
             Row::ApiKey(id) => tagged(TAG_API_KEY, id),
-            Row::AuthKey(id) => tagged(TAG_AUTH_KEY, id),
-            Row::Enrolment(key_id, seq) => {
-                let mut key = tagged(TAG_ENROLMENT, key_id);
-                key.push(0);
-                key.extend_from_slice(&seq.to_be_bytes());
-                key
-            }
             Row::Machine(id) => tagged(TAG_MACHINE, id),
-            Row::Request(id) => tagged(TAG_REQUEST, id),
         }
     }
 }
@@ -65,88 +129,121 @@ impl Row {
 pub enum RowError {
     #[error("row {key:?}: {source}")]
     Codec { key: String, source: CodecError },
-    #[error("row {0:?} has an unknown table tag")]
-    UnknownTag(String),
+    #[error("the rows cannot be read: {0}")]
+    Storage(String),
+    #[error(
+        "the rows were written in layout {0}, newer than this build's {LAYOUT}; was the data written by a newer ztna?"
+    )]
+    NewerLayout(u32),
 }
 
 impl KeyStore {
-    /// The encoded value of `row`, or `None` when the record no longer exists.
-    pub fn row_value(&self, row: &Row) -> Result<Option<Vec<u8>>, CodecError> {
-        fn enc<T: Serialize>(value: Option<&T>) -> Result<Option<Vec<u8>>, CodecError> {
-            value.map(codec::encode).transpose()
+    /// Opens the store over committed rows: loads the in-memory tables and rebuilds their
+    /// indexes. Rows of the older layout get their index rows made; those writes wait in
+    /// [`KeyStore::take_writes`] like an entry's.
+    pub fn open(source: Arc<dyn RowSource>) -> Result<Self, RowError> {
+        let mut store = KeyStore {
+            meta: Meta::default(),
+            orgs: Default::default(),
+            api_keys: Default::default(),
+            machines: Default::default(),
+            machine_by_key_and_node: Default::default(),
+            machine_by_node_key: Default::default(),
+            rows: Rows::new(source),
+            expiry_seek: request_expiry_prefix(),
+            dirty: BTreeSet::new(),
+        };
+        store.meta = store.load_one(&Row::Meta.key())?.unwrap_or_default();
+        store.orgs = store.load_table(TAG_ORG)?;
+        store.api_keys = store.load_table(TAG_API_KEY)?;
+        store.machines = store.load_table(TAG_MACHINE)?;
+        for m in store.machines.values() {
+            let node = (m.auth_key_id.clone(), m.node_public_key.clone());
+            store.machine_by_key_and_node.entry(node).or_default().insert(m.enrolment_seq, m.machine_id.clone());
+            store.machine_by_node_key.insert(m.node_key_id.clone(), m.machine_id.clone());
         }
-        match row {
-            Row::Meta => enc(Some(&self.meta)),
-            Row::Org(id) => enc(self.orgs.get(id)),
-            Row::ApiKey(id) => enc(self.api_keys.get(id)),
-            Row::AuthKey(id) => enc(self.auth_keys.get(id)),
-            Row::Enrolment(key_id, seq) => enc(self.enrolments.get(&(key_id.clone(), *seq))),
-            Row::Machine(id) => enc(self.machines.get(id)),
-            Row::Request(id) => enc(self.requests.get(id)),
+        match store.load_one::<u32>(&[TAG_LAYOUT])? {
+            Some(LAYOUT) => {}
+            Some(newer) if newer > LAYOUT => return Err(RowError::NewerLayout(newer)),
+            _ => store.upgrade_layout()?,
         }
+        Ok(store)
     }
 
-    /// Every row of the store, for a snapshot.
-    pub fn all_rows(&self) -> impl Iterator<Item = Row> + '_ {
-        std::iter::once(Row::Meta)
-            .chain(self.orgs.keys().cloned().map(Row::Org))
-            .chain(self.api_keys.keys().cloned().map(Row::ApiKey))
-            .chain(self.auth_keys.keys().cloned().map(Row::AuthKey))
-            .chain(self.enrolments.keys().map(|(k, s)| Row::Enrolment(k.clone(), *s)))
-            .chain(self.machines.keys().cloned().map(Row::Machine))
-            .chain(self.requests.keys().cloned().map(Row::Request))
+    fn check_fault(&self) -> Result<(), RowError> {
+        self.rows.fault().map_or(Ok(()), |fault| Err(RowError::Storage(fault)))
     }
 
-    /// Loads one stored row. Call [`KeyStore::finish_load`] after the last one.
-    pub fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<(), RowError> {
-        let name = || String::from_utf8_lossy(key).into_owned();
-        let codec_err = |source| RowError::Codec { key: name(), source };
-        let (&tag, rest) = key.split_first().ok_or_else(|| RowError::UnknownTag(name()))?;
-        let id = || String::from_utf8_lossy(rest).into_owned();
-        match tag {
-            TAG_META => self.meta = codec::decode::<Meta>(value).map_err(codec_err)?,
-            TAG_ORG => {
-                self.orgs.insert(id(), codec::decode(value).map_err(codec_err)?);
-            }
-            TAG_API_KEY => {
-                self.api_keys.insert(id(), codec::decode(value).map_err(codec_err)?);
-            }
-            TAG_AUTH_KEY => {
-                self.auth_keys.insert(id(), codec::decode(value).map_err(codec_err)?);
-            }
-            TAG_ENROLMENT => {
-                let split = rest.len().checked_sub(9).ok_or_else(|| RowError::UnknownTag(name()))?;
-                let key_id = String::from_utf8_lossy(&rest[..split]).into_owned();
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&rest[split + 1..]);
-                let enrolment: Enrolment = codec::decode(value).map_err(codec_err)?;
-                self.enrolments.insert((key_id, u64::from_be_bytes(seq)), enrolment);
-            }
-            TAG_MACHINE => {
-                self.machines.insert(id(), codec::decode(value).map_err(codec_err)?);
-            }
-            TAG_REQUEST => {
-                let request: RememberedRequest = codec::decode(value).map_err(codec_err)?;
-                self.requests.insert(id(), request);
-            }
-            _ => return Err(RowError::UnknownTag(name())),
+    fn load_one<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, RowError> {
+        let Some(bytes) = self.rows.get_raw(key) else { return self.check_fault().map(|()| None) };
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|source| RowError::Codec { key: key.escape_ascii().to_string(), source })
+    }
+
+    fn load_table<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u8,
+    ) -> Result<std::collections::BTreeMap<String, T>, RowError> {
+        let mut table = std::collections::BTreeMap::new();
+        self.rows.scan_prefix::<T>(&[tag], &[tag], |key, value| {
+            table.insert(String::from_utf8_lossy(&key[1..]).into_owned(), value);
+            true
+        });
+        self.check_fault()?;
+        Ok(table)
+    }
+
+    /// Layout 1 → 2: makes the org index and request expiry rows from the records.
+    fn upgrade_layout(&mut self) -> Result<(), RowError> {
+        let mut index = Vec::new();
+        self.rows.scan_prefix::<AuthKeyRecord>(&[TAG_AUTH_KEY], &[TAG_AUTH_KEY], |_, key| {
+            index.push((org_key_row(&key.org_id, key.seq), key.key_id));
+            true
+        });
+        let mut expiry = Vec::new();
+        self.rows.scan_prefix::<RememberedRequest>(&[TAG_REQUEST], &[TAG_REQUEST], |key, request| {
+            expiry.push(request_expiry_row(request.at, &String::from_utf8_lossy(&key[1..])));
+            true
+        });
+        self.check_fault()?;
+        for (row, key_id) in index {
+            self.rows.put(row, &key_id);
         }
+        for row in expiry {
+            self.rows.put(row, &());
+        }
+        self.rows.put(vec![TAG_LAYOUT], &LAYOUT);
         Ok(())
     }
 
-    /// Rebuilds the derived indexes after loading rows.
-    pub fn finish_load(&mut self) {
-        self.org_keys = self.auth_keys.values().map(|k| ((k.org_id.clone(), k.seq), k.key_id.clone())).collect();
-        self.machine_by_key_and_node.clear();
-        for m in self.machines.values() {
-            let node = (m.auth_key_id.clone(), m.node_public_key.clone());
-            self.machine_by_key_and_node.entry(node).or_default().insert(m.enrolment_seq, m.machine_id.clone());
+    /// Every write since the last call: the in-memory records an entry changed and the rows it
+    /// wrote, for the storage adapter to persist in one batch with the applied id.
+    pub fn take_writes(&mut self) -> Result<Writes, CodecError> {
+        for row in std::mem::take(&mut self.dirty) {
+            let key = row.key();
+            let value = match &row {
+                Row::Meta => Some(codec::encode(&self.meta)?),
+                Row::Org(id) => self.orgs.get(id).map(codec::encode).transpose()?,
+                Row::ApiKey(id) => self.api_keys.get(id).map(codec::encode).transpose()?,
+                Row::Machine(id) => self.machines.get(id).map(codec::encode).transpose()?,
+            };
+            match value {
+                Some(bytes) => self.rows.put_encoded(key, bytes),
+                None => self.rows.delete(key),
+            }
         }
-        self.machine_by_node_key =
-            self.machines.values().map(|m| (m.node_key_id.clone(), m.machine_id.clone())).collect();
-        let mut expiry: Vec<(Millis, String)> = self.requests.iter().map(|(id, r)| (r.at, id.clone())).collect();
-        expiry.sort();
-        self.request_expiry = expiry.into();
-        self.take_dirty();
+        Ok(self.rows.take_writes())
+    }
+
+    /// Drops an entry's writes: a storage fault made its outcomes untrustworthy.
+    pub fn discard_writes(&mut self) {
+        self.dirty.clear();
+        self.rows.discard_writes();
+    }
+
+    /// The first storage fault this store saw, if any; an entry applied after one is refused.
+    pub fn fault(&self) -> Option<String> {
+        self.rows.fault()
     }
 }

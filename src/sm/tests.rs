@@ -11,6 +11,8 @@ const T0: Millis = 1_700_000_000_000;
 
 struct Fixture {
     store: KeyStore,
+    /// The committed rows under `store`, as the storage adapter would keep them.
+    rows: std::sync::Arc<backing::MemRows>,
     admin: Actor,
     operator: Actor,
     index: u64,
@@ -27,8 +29,10 @@ fn actor(id: &str) -> Actor {
 
 impl Fixture {
     fn new() -> Self {
+        let rows = std::sync::Arc::new(backing::MemRows::default());
         let mut f = Fixture {
-            store: KeyStore::new(),
+            store: KeyStore::open(rows.clone()).unwrap(),
+            rows,
             admin: actor("api_admin"),
             operator: actor("api_op"),
             index: 0,
@@ -52,7 +56,10 @@ impl Fixture {
 
     fn run_cmd(&mut self, time: Millis, cmd: Command) -> Outcome {
         self.index += 1;
-        self.store.apply_entry(self.index, time, &[cmd]).remove(0)
+        let outcome = self.store.apply_entry(self.index, time, &[cmd]).remove(0);
+        assert_eq!(self.store.fault(), None);
+        self.rows.write(self.store.take_writes().unwrap());
+        outcome
     }
 
     fn create(&mut self, time: Millis, id: &str, reusable: bool, max_uses: Option<u64>) -> AuthKeyRecord {
@@ -84,8 +91,15 @@ impl Fixture {
         self.run(time, Actor::Anonymous, op)
     }
 
+    /// A store opened over a copy of the committed rows, as after a restart.
+    fn reopen(&self) -> KeyStore {
+        let copy = std::sync::Arc::new(backing::MemRows::default());
+        copy.write(self.rows.all().into_iter().map(|(k, v)| (k, Some(v))).collect());
+        KeyStore::open(copy).unwrap()
+    }
+
     fn key(&self, key_id: &str) -> AuthKeyRecord {
-        self.store.auth_keys[key_id].clone()
+        self.store.auth_key(key_id).unwrap()
     }
 }
 
@@ -254,11 +268,13 @@ fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
     let mut different = cmd;
     different.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_2"), spec };
     assert_eq!(f.run_cmd(T0 + 6, different), Err(OpError::RequestIdReused("same".into())));
-    assert!(!f.store.auth_keys.contains_key("ak_2"));
+    assert!(f.store.auth_key("ak_2").is_none());
     // After the memory window the id is forgotten.
     f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() })
         .unwrap_err();
-    assert!(!f.store.requests.contains_key("same"));
+    assert!(!f.store.rows.contains(&rows::request_row("same")));
+    assert!(!f.rows.all().iter().any(|(key, _)| key.starts_with(&rows::request_expiry_prefix())
+        && rows::parse_request_expiry(key).is_some_and(|(_, id)| id == "same")));
 }
 
 #[test]
@@ -332,18 +348,42 @@ fn specs_are_validated() {
 }
 
 #[test]
-fn rows_round_trip_through_load() {
+fn a_reopened_store_holds_the_same_state() {
     let mut f = Fixture::new();
     f.create(T0, "ak_1", true, Some(3));
     f.enrol(T0 + 1, "ak_1", "n1").unwrap();
-    let mut copy = KeyStore::new();
-    for row in f.store.all_rows().collect::<Vec<_>>() {
-        let value = f.store.row_value(&row).unwrap().unwrap();
-        copy.load_row(&row.key(), &value).unwrap();
-    }
-    copy.finish_load();
-    f.store.take_dirty();
-    assert_eq!(copy, f.store);
+    let mut reopened = f.reopen();
+    assert!(reopened.take_writes().unwrap().is_empty(), "a current layout needs no upgrade");
+    assert_eq!(reopened.meta, f.store.meta);
+    assert_eq!(reopened.orgs, f.store.orgs);
+    assert_eq!(reopened.api_keys, f.store.api_keys);
+    assert_eq!(reopened.machines, f.store.machines);
+    assert_eq!(reopened.machine_by_key_and_node, f.store.machine_by_key_and_node);
+    assert_eq!(reopened.machine_by_node_key, f.store.machine_by_node_key);
+    assert_eq!(reopened.auth_key("ak_1"), f.store.auth_key("ak_1"));
+    assert_eq!(reopened.enrolments_of("ak_1"), f.store.enrolments_of("ak_1"));
+}
+
+#[test]
+fn rows_of_the_first_layout_get_their_index_rows() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_1", false, None);
+    f.create(T0, "ak_2", false, None);
+    // Layout 1 had no index rows and no layout row.
+    let old: Vec<_> = f
+        .rows
+        .all()
+        .into_iter()
+        .filter(|(k, _)| !matches!(k[0], b'K' | b'R' | b'V'))
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    let copy = std::sync::Arc::new(backing::MemRows::default());
+    copy.write(old.into_iter().collect());
+    let mut reopened = KeyStore::open(copy.clone()).unwrap();
+    copy.write(reopened.take_writes().unwrap());
+    assert_eq!(copy.all(), f.rows.all());
+    let list = Query::ListAuthKeys { org_id: "org_a".into(), limit: 10, after_seq: None };
+    assert_eq!(reopened.query(&f.admin, &list), f.store.query(&f.admin, &list));
 }
 
 // ---- Property test: random interleavings never break a key's rules. ----
@@ -416,9 +456,7 @@ proptest! {
         for (time, cmd) in log {
             let _ = replay.run_cmd(time, cmd);
         }
-        f.store.take_dirty();
-        replay.store.take_dirty();
-        prop_assert_eq!(&replay.store, &f.store);
+        prop_assert_eq!(replay.rows.all(), f.rows.all());
     }
 }
 
@@ -447,7 +485,7 @@ fn admin_actions_change_machines_and_deletion_is_recorded_in_the_history() {
     assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.tags == ["tag:x"]));
     admin_op(&mut f, "m_n1", MachineAction::Delete).unwrap();
     assert_eq!(status(&f), Err(OpError::UnknownNodeKey));
-    let history: Vec<_> = f.store.enrolments_of("ak_r").collect();
+    let history: Vec<_> = f.store.enrolments_of("ak_r");
     assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Deleted));
     // The same device may enrol again with a valid key, as a new machine.
     let op = Op::Enrol {
@@ -489,7 +527,7 @@ fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_t
     let sweep = Op::DeregisterInactive { machine_ids: vec!["m_e1".into(), "m_p1".into(), "m_gone".into()] };
     assert_eq!(f.run(T0 + 5, Actor::Anonymous, sweep), Ok(OpOk::Count(1)));
     assert!(!f.store.machines.contains_key("m_e1") && f.store.machines.contains_key("m_p1"));
-    let history: Vec<_> = f.store.enrolments_of("ak_eph").collect();
+    let history: Vec<_> = f.store.enrolments_of("ak_eph");
     assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Inactive));
 
     let set = Op::MachineSelf { action: SelfAction::SetTags(vec!["tag:db".into()]) };
@@ -520,11 +558,8 @@ fn machine_indexes_rebuilt_on_load_match_the_live_ones() {
         node_key: cred("n1b"),
     };
     f.run(T0 + 20, Actor::Anonymous, again).unwrap();
-    let mut copy = KeyStore::new();
-    for row in f.store.all_rows().collect::<Vec<_>>() {
-        copy.load_row(&row.key(), &f.store.row_value(&row).unwrap().unwrap()).unwrap();
-    }
-    copy.finish_load();
-    f.store.take_dirty();
-    assert_eq!(copy, f.store);
+    let copy = f.reopen();
+    assert_eq!(copy.machines, f.store.machines);
+    assert_eq!(copy.machine_by_key_and_node, f.store.machine_by_key_and_node);
+    assert_eq!(copy.machine_by_node_key, f.store.machine_by_node_key);
 }

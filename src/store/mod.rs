@@ -13,12 +13,13 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log;
+pub mod snapshot_file;
 pub mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 
 pub use log::LogStore;
 pub use state_machine::StateMachineStore;
@@ -27,6 +28,11 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_SM_META: &str = "sm_meta";
+
+/// All memtables together (RocksDB flushes the largest when they pass it).
+const MEMTABLE_BUDGET: usize = 64 << 20;
+/// The block cache shared by the log and the state machine.
+const BLOCK_CACHE: usize = 64 << 20;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +67,29 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {
         // The fault keeps unsynced WAL writes in the process, so a kill -9 loses them.
         opts.set_manual_wal_flush(true);
     }
-    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_SM_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    // Memory is bounded, whatever the number of keys: memtables share one budget, and the state
+    // machine's blocks, indexes and filters live in one LRU cache.
+    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE);
+    let mut sm_tables = BlockBasedOptions::default();
+    sm_tables.set_block_cache(&cache);
+    sm_tables.set_bloom_filter(10.0, false);
+    sm_tables.set_cache_index_and_filter_blocks(true);
+    sm_tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut sm_opts = Options::default();
+    sm_opts.set_block_based_table_factory(&sm_tables);
+    sm_opts.set_write_buffer_size(MEMTABLE_BUDGET / 4);
+    let mut log_tables = BlockBasedOptions::default();
+    log_tables.set_block_cache(&cache);
+    let mut log_opts = Options::default();
+    log_opts.set_block_based_table_factory(&log_tables);
+    log_opts.set_write_buffer_size(MEMTABLE_BUDGET / 4);
+    let cfs = [
+        ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+        ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ColumnFamilyDescriptor::new(CF_SM, sm_opts),
+        ColumnFamilyDescriptor::new(CF_SM_META, Options::default()),
+    ];
     let db = DB::open_cf_descriptors(&opts, &path, cfs)
         .map_err(|source| OpenError::Rocks { path: path.display().to_string(), source })?;
     Ok(Arc::new(db))

@@ -1,37 +1,69 @@
 //! The key state machine over RocksDB: openraft's `RaftStateMachine` around [`KeyStore`].
 //!
-//! `apply` runs the pure rules in `sm`, then writes the rows they changed together with the new
-//! last-applied id and membership in one atomic batch. That batch is not fsynced on its own: the
-//! log entries it came from are durable, and any later synced write (a vote, an append's group
-//! fsync, a purge) persists it through the shared WAL. A crash can therefore only roll the state
-//! machine back to an earlier applied id, from which openraft re-applies the log.
+//! The store reads its large tables straight from the `sm` column family ([`DbRows`]); only small
+//! tables are loaded into memory at start, so opening a million-key store is quick and its
+//! memory is RocksDB's bounded caches. `apply` runs the pure rules in `sm`, then writes the rows
+//! they changed together with the new last-applied id and membership in one atomic batch; an
+//! entry during which a read failed is refused whole, and openraft stops the node. That batch is
+//! not fsynced on its own: the log entries it came from are durable, and any later synced write (a
+//! vote, an append's group fsync, a purge) persists it through the shared WAL. A crash can
+//! therefore only roll the state machine back to an earlier applied id, from which openraft
+//! re-applies the log.
 //!
-//! Snapshots are the encoded rows, read from a RocksDB point-in-time view (so building one does
-//! not stop `apply`). A built or received snapshot is written to
-//! `snapshot/current` through a temporary file, fsync and rename; installing one replaces every
-//! row and the applied id in one synced batch, so a crash leaves either the old state or the new
-//! one, never a mix.
+//! Snapshots are files (`store::snapshot_file`) streamed row by row from a RocksDB point-in-time
+//! view, so building one neither stops `apply` nor holds the state in memory. A built or
+//! received snapshot becomes `snapshot/current` by fsync and rename; openraft sends it to
+//! followers in chunks read from that file. Installing one writes its rows in bounded batches
+//! behind a synced marker; a crash in between finishes the install at the next start, so the
+//! state served is the old one or the new one, never a mix.
 //!
 //! This module must not decide anything about keys; it persists what `sm` decided.
 
-use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
-
+use super::snapshot_file::{self, SnapshotFileError, SnapshotReader, SnapshotWriter};
 use super::{cf, OpenError, CF_SM, CF_SM_META};
 use crate::codec;
 use crate::raft_types::*;
+use crate::sm::backing::{RowSource, Writes};
 use crate::sm::KeyStore;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 
 const KEY_APPLIED: &[u8] = b"applied";
+/// Present while a snapshot's rows are being written: the meta of the snapshot in
+/// `snapshot/current` that must be installed again if the node stops before it is done.
+const KEY_INSTALLING: &[u8] = b"installing";
+/// Rows written per batch while installing a snapshot.
+const INSTALL_BATCH_BYTES: usize = 8 << 20;
+
+/// The committed rows of the `sm` column family, as the state machine reads them.
+struct DbRows {
+    db: Arc<DB>,
+}
+
+impl RowSource for DbRows {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.db.get_cf(cf(&self.db, CF_SM), key).map_err(|e| e.to_string())
+    }
+
+    fn scan(&self, from: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), String> {
+        let mut iter = self.db.raw_iterator_cf(cf(&self.db, CF_SM));
+        iter.seek(from);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !visit(key, value) {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| e.to_string())
+    }
+}
 
 /// The state machine and what it has applied, shared with the API for reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppliedState {
     pub store: KeyStore,
     pub last_applied: Option<LogId>,
@@ -47,18 +79,31 @@ pub fn read_state(state: &SharedState) -> RwLockReadGuard<'_, AppliedState> {
     state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a snapshot file holds.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<DB>,
     state: SharedState,
     snapshot_dir: PathBuf,
+    /// Held while `snapshot/current` is replaced, so an older snapshot never replaces a newer.
+    snapshot_lock: Arc<Mutex<()>>,
+    /// True while a received snapshot is being installed.
+    installing: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Marks an install in progress for as long as it lives.
+struct Installing<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl<'a> Installing<'a> {
+    fn start(flag: &'a tokio::sync::watch::Sender<bool>) -> Self {
+        flag.send_replace(true);
+        Installing(flag)
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -70,15 +115,10 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl StateMachineStore {
-    /// Loads the state machine's rows and applied id from `db`.
+    /// Opens the state machine over `db`'s rows and reads its applied id.
     pub(crate) async fn open(db: Arc<DB>, data_dir: &Path) -> Result<Self, OpenError> {
         let corrupt = |message: String| OpenError::Corrupt { path: data_dir.display().to_string(), message };
-        let mut store = KeyStore::new();
-        for item in db.iterator_cf(cf(&db, CF_SM), IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| corrupt(e.to_string()))?;
-            store.load_row(&key, &value).map_err(|e| corrupt(e.to_string()))?;
-        }
-        store.finish_load();
+        let store = open_store(&db).map_err(|e| corrupt(e.to_string()))?;
         let (last_applied, membership) = match db.get_cf(cf(&db, CF_SM_META), KEY_APPLIED) {
             Ok(Some(bytes)) => codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?,
             Ok(None) => (None, StoredMembership::default()),
@@ -88,7 +128,27 @@ impl StateMachineStore {
         std::fs::create_dir_all(&snapshot_dir)
             .map_err(|source| OpenError::Dir { path: snapshot_dir.display().to_string(), source })?;
         let state = Arc::new(RwLock::new(AppliedState { store, last_applied, membership }));
-        Ok(StateMachineStore { db, state, snapshot_dir })
+        let this = StateMachineStore {
+            db,
+            state,
+            snapshot_dir,
+            snapshot_lock: Arc::new(Mutex::new(())),
+            installing: Arc::new(tokio::sync::watch::channel(false).0),
+        };
+        if let Some(bytes) =
+            this.db.get_cf(cf(&this.db, CF_SM_META), KEY_INSTALLING).map_err(|e| corrupt(e.to_string()))?
+        {
+            // A crash cut an install short: the rows are partly the snapshot's. Install it again.
+            let meta: SnapshotMeta = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
+            this.install_current(&meta).map_err(|e| corrupt(e.to_string()))?;
+        }
+        Ok(this)
+    }
+
+    /// Says when a received snapshot is being installed (true) and when that is over.
+    pub fn installing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.installing.subscribe()
     }
 
     /// The applied state, for linearizable reads after `ensure_linearizable`.
@@ -100,14 +160,97 @@ impl StateMachineStore {
         self.snapshot_dir.join("current")
     }
 
-    /// Writes `bytes` as the current snapshot: temporary file, fsync, rename, fsync directory.
-    fn save_snapshot_file(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self.snapshot_dir.join("current.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.current_path())?;
-        std::fs::File::open(&self.snapshot_dir)?.sync_all()
+    fn receiving_path(&self) -> PathBuf {
+        self.snapshot_dir.join("receiving")
+    }
+
+    /// The path of a snapshot handed to `install_snapshot`: normally the file
+    /// `begin_receiving_snapshot` made; any other (openraft may hand over a snapshot it holds) is
+    /// copied to that path first.
+    fn take_received(&self, mut file: std::fs::File) -> std::io::Result<PathBuf> {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::MetadataExt;
+        let received = self.receiving_path();
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        if std::fs::metadata(&received).is_ok_and(|on_disk| file.metadata().is_ok_and(|open| same(&open, &on_disk))) {
+            return Ok(received);
+        }
+        file.seek(std::io::SeekFrom::Start(0))?;
+        let mut copy = std::fs::File::create(&received)?;
+        std::io::copy(&mut file, &mut copy)?;
+        copy.flush()?;
+        copy.sync_all()?;
+        Ok(received)
+    }
+
+    /// Makes the finished snapshot file `from` the current one (rename, fsync the directory),
+    /// unless the current one is newer.
+    fn promote_snapshot_file(&self, from: &Path, meta: &SnapshotMeta) -> Result<(), SnapshotFileError> {
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let io = |source| SnapshotFileError::Io { path: from.display().to_string(), source };
+        if let Ok(current) = SnapshotReader::open(&self.current_path()) {
+            if current.meta.last_log_id > meta.last_log_id {
+                tracing::info!(kept = %current.meta.snapshot_id, dropped = %meta.snapshot_id, "a newer snapshot is current");
+                return std::fs::remove_file(from).map_err(io);
+            }
+        }
+        std::fs::rename(from, self.current_path()).map_err(io)?;
+        std::fs::File::open(&self.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(io)
+    }
+
+    /// Streams a snapshot from a RocksDB point-in-time view of the rows and the applied id, which
+    /// `apply` writes in one batch, into a file: nothing is locked and nothing is held in memory,
+    /// so applying goes on while a large state is written.
+    fn snapshot_from_db(&self) -> Result<(SnapshotMeta, u64, u64), StorageError> {
+        let view = self.db.snapshot();
+        let (last_applied, membership): (Option<LogId>, StoredMembership) =
+            match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(snap_err)? {
+                Some(bytes) => codec::decode(&bytes).map_err(snap_err)?,
+                None => (None, StoredMembership::default()),
+            };
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, crate::clock::wall_ms()),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let tmp = self.snapshot_dir.join("building");
+        let mut writer = SnapshotWriter::create(&tmp, &meta).map_err(snap_err)?;
+        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
+            let (key, value) = item.map_err(snap_err)?;
+            writer.row(&key, &value).map_err(snap_err)?;
+        }
+        let (rows, bytes) = writer.finish().map_err(snap_err)?;
+        self.promote_snapshot_file(&tmp, &meta).map_err(snap_err)?;
+        Ok((meta, rows, bytes))
+    }
+
+    /// Replaces every row and the applied id with those of `snapshot/current` (whose meta is
+    /// `meta`), in batches of bounded size. A marker written first and removed by the last,
+    /// synced batch makes a crash in between finish the install at the next start.
+    fn install_current(&self, meta: &SnapshotMeta) -> Result<KeyStore, String> {
+        let mut reader = SnapshotReader::open(&self.current_path()).map_err(|e| e.to_string())?;
+        if reader.meta.snapshot_id != meta.snapshot_id {
+            return Err(format!("snapshot/current holds {}, not {}", reader.meta.snapshot_id, meta.snapshot_id));
+        }
+        let (sm_cf, meta_cf) = (cf(&self.db, CF_SM), cf(&self.db, CF_SM_META));
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta_cf, KEY_INSTALLING, codec::encode(meta).map_err(|e| e.to_string())?);
+        batch.delete_range_cf(sm_cf, [0x00u8].as_slice(), [0xFFu8; 8].as_slice());
+        self.db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+        let mut batch = WriteBatch::default();
+        while let Some((key, value)) = reader.next_row().map_err(|e| e.to_string())? {
+            batch.put_cf(sm_cf, key, value);
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                self.db.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
+            }
+        }
+        let applied = codec::encode(&(meta.last_log_id, &meta.last_membership)).map_err(|e| e.to_string())?;
+        batch.put_cf(meta_cf, KEY_APPLIED, applied);
+        batch.delete_cf(meta_cf, KEY_INSTALLING);
+        self.db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+        open_store(&self.db)
     }
 }
 
@@ -115,39 +258,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
         let this = self.clone();
-        let (meta, bytes, row_count) =
+        let (meta, rows, bytes) =
             tokio::task::spawn_blocking(move || this.snapshot_from_db()).await.map_err(snap_err)??;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(rows = row_count, bytes = bytes.len(), elapsed_ms, snapshot = %meta.snapshot_id, "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
-    }
-}
-
-impl StateMachineStore {
-    /// Encodes and saves a snapshot from a RocksDB point-in-time view of the rows and the applied
-    /// id, which `apply` writes in one batch: the in-memory state is not locked, so applying goes
-    /// on while a large state is encoded.
-    fn snapshot_from_db(&self) -> Result<(SnapshotMeta, Vec<u8>, usize), StorageError> {
-        let view = self.db.snapshot();
-        let (last_applied, membership): (Option<LogId>, StoredMembership) =
-            match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(snap_err)? {
-                Some(bytes) => codec::decode(&bytes).map_err(snap_err)?,
-                None => (None, StoredMembership::default()),
-            };
-        let mut rows = Vec::new();
-        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
-            let (key, value) = item.map_err(snap_err)?;
-            rows.push((key.into_vec(), value.into_vec()));
+        tracing::info!(rows, bytes, elapsed_ms, snapshot = %meta.snapshot_id, "snapshot built");
+        // The file just built, or a newer one that replaced it: either is complete.
+        match self.get_current_snapshot().await? {
+            Some(snapshot) => Ok(snapshot),
+            None => Err(snap_err("the snapshot just built is gone")),
         }
-        let snapshot_id = match last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, crate::clock::wall_ms()),
-            None => "empty".to_string(),
-        };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let row_count = rows.len();
-        let bytes = codec::encode(&SnapshotFile { meta: meta.clone(), rows }).map_err(snap_err)?;
-        self.save_snapshot_file(&bytes).map_err(snap_err)?;
-        Ok((meta, bytes, row_count))
     }
 }
 
@@ -165,6 +284,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut state = self.state.write().map_err(|_| sm_err("state lock poisoned by an earlier panic"))?;
+        if let Some(fault) = state.store.fault() {
+            return Err(sm_err(format!("an earlier read of the state failed: {fault}")));
+        }
         let mut responses = Vec::new();
         for entry in entries {
             state.last_applied = Some(entry.log_id);
@@ -180,14 +302,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(response);
         }
-        let mut batch = WriteBatch::default();
-        let sm_cf = cf(&self.db, CF_SM);
-        for row in state.store.take_dirty() {
-            match state.store.row_value(&row).map_err(sm_err)? {
-                Some(value) => batch.put_cf(sm_cf, row.key(), value),
-                None => batch.delete_cf(sm_cf, row.key()),
-            }
+        if let Some(fault) = state.store.fault() {
+            // Outcomes decided from a failed read must not be answered or persisted.
+            state.store.discard_writes();
+            return Err(sm_err(format!("reading the state failed while applying: {fault}")));
         }
+        let mut batch = WriteBatch::default();
+        let writes = state.store.take_writes().map_err(sm_err)?;
+        add_writes(&mut batch, cf(&self.db, CF_SM), writes);
         let applied = codec::encode(&(state.last_applied, &state.membership)).map_err(sm_err)?;
         batch.put_cf(cf(&self.db, CF_SM_META), KEY_APPLIED, applied);
         self.db.write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
@@ -198,52 +320,89 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.receiving_path())
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let file: SnapshotFile = codec::decode(&bytes).map_err(snap_err)?;
-        let mut store = KeyStore::new();
-        for (key, value) in &file.rows {
-            store.load_row(key, value).map_err(snap_err)?;
-        }
-        store.finish_load();
-
-        // Replace every row and the applied id in one synced batch.
-        let mut batch = WriteBatch::default();
-        let sm_cf = cf(&self.db, CF_SM);
-        batch.delete_range_cf(sm_cf, [0x00u8].as_slice(), [0xFFu8; 8].as_slice());
-        for (key, value) in &file.rows {
-            batch.put_cf(sm_cf, key, value);
-        }
-        let applied = codec::encode(&(meta.last_log_id, &meta.last_membership)).map_err(snap_err)?;
-        batch.put_cf(cf(&self.db, CF_SM_META), KEY_APPLIED, applied);
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-
+        let _installing = Installing::start(&self.installing);
+        snapshot.sync_all().await.map_err(snap_err)?;
+        let snapshot = snapshot.into_std().await;
+        let started = std::time::Instant::now();
+        let this = self.clone();
+        let want = meta.clone();
+        // Check the whole file, make it the current snapshot, then write its rows: all off the
+        // async threads, so heartbeats go on while a large state is installed.
+        let (rows, store) = tokio::task::spawn_blocking(move || -> Result<(u64, KeyStore), String> {
+            let received = this.take_received(snapshot).map_err(|e| e.to_string())?;
+            let (found, rows) = snapshot_file::verify(&received).map_err(|e| e.to_string())?;
+            if found.snapshot_id != want.snapshot_id {
+                return Err(format!("received snapshot {} while installing {}", found.snapshot_id, want.snapshot_id));
+            }
+            this.promote_snapshot_file(&received, &want).map_err(|e| e.to_string())?;
+            Ok((rows, this.install_current(&want)?))
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
         let mut state = self.state.write().map_err(|_| sm_err("state lock poisoned by an earlier panic"))?;
-        self.db.write_opt(batch, &opts).map_err(snap_err)?;
         *state = AppliedState { store, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         drop(state);
-        self.save_snapshot_file(&bytes).map_err(snap_err)?;
-        tracing::info!(rows = file.rows.len(), bytes = bytes.len(), snapshot = %meta.snapshot_id, "snapshot installed");
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(rows, elapsed_ms, snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let bytes = match std::fs::read(self.current_path()) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
+        let path = self.current_path();
+        let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(None, AnyError::error(e));
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let meta = match SnapshotReader::open(&path) {
+            Ok(reader) => reader.meta,
+            Err(SnapshotFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(read_err(&e).into()),
         };
-        let file: SnapshotFile =
-            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+        let file = std::fs::File::open(&path).map_err(|e| read_err(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
     }
+}
+
+/// Adds the state machine's writes to `batch`.
+fn add_writes(batch: &mut WriteBatch, sm_cf: &rocksdb::ColumnFamily, writes: Writes) {
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.put_cf(sm_cf, key, value),
+            None => batch.delete_cf(sm_cf, key),
+        }
+    }
+}
+
+/// Opens a [`KeyStore`] over `db`'s rows; rows of an older layout are upgraded in place (a synced
+/// write, before anything is served from them).
+fn open_store(db: &Arc<DB>) -> Result<KeyStore, String> {
+    let mut store = KeyStore::open(Arc::new(DbRows { db: db.clone() })).map_err(|e| e.to_string())?;
+    let writes = store.take_writes().map_err(|e| e.to_string())?;
+    if !writes.is_empty() {
+        tracing::info!(rows = writes.len(), "upgrading the state machine's row layout");
+        let mut batch = WriteBatch::default();
+        add_writes(&mut batch, cf(db, CF_SM), writes);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
+    }
+    Ok(store)
 }

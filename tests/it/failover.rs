@@ -15,7 +15,7 @@ async fn stored_key(cluster: &Cluster, id: u64, key_id: &str) -> (u64, Vec<Strin
     let shared = sm.shared();
     let state = ztna_keystore::store::state_machine::read_state(&shared);
     let record = state.store.auth_key(key_id).expect("key on every node");
-    let machines = state.store.enrolments_of(key_id).map(|e| e.machine_id.clone()).collect();
+    let machines = state.store.enrolments_of(key_id).into_iter().map(|e| e.machine_id).collect();
     (record.uses, machines)
 }
 
