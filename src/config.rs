@@ -47,8 +47,10 @@ pub struct Settings {
     pub election_timeout_max_ms: u64,
     /// How long a request may wait for a leader before it answers 503.
     pub request_timeout_ms: u64,
-    /// Build a snapshot (and allow purging the log) after this many applied entries.
-    pub snapshot_every_entries: u64,
+    /// Build a snapshot (and allow purging the log) after this many applied commands (like
+    /// etcd's `--snapshot-count`). Counted in commands, not entries, because an entry holds up
+    /// to `max_batch` of them: this bounds what a follower replays after installing a snapshot.
+    pub snapshot_every_commands: u64,
     /// Most commands the leader puts in one log entry.
     pub max_batch: usize,
     /// Most log entries the leader has in flight at once (also a follower's forwarded batches):
@@ -77,7 +79,7 @@ impl Default for Settings {
             election_timeout_min_ms: 100,
             election_timeout_max_ms: 200,
             request_timeout_ms: 5000,
-            snapshot_every_entries: 10_000,
+            snapshot_every_commands: 100_000,
             max_batch: 1024,
             max_in_flight_entries: 2,
             ephemeral_inactivity_timeout_ms: 10 * 60 * 1000,
@@ -145,6 +147,9 @@ impl ClusterFile {
         }
         if s.ephemeral_inactivity_timeout_ms < 1000 {
             return Err(ConfigError::Invalid("settings: ephemeral_inactivity_timeout_ms must be at least 1000".into()));
+        }
+        if s.snapshot_every_commands == 0 {
+            return Err(ConfigError::Invalid("settings: snapshot_every_commands must be positive".into()));
         }
         if s.max_batch == 0 || s.max_in_flight_entries == 0 {
             return Err(ConfigError::Invalid("settings: max_batch and max_in_flight_entries must be positive".into()));

@@ -26,6 +26,7 @@ pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod election_hold;
 pub mod faults;
 pub mod forwarder;
 pub mod liveness;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::election_hold::ElectionHold;
 use crate::forwarder::Forwarder;
 use crate::liveness::Liveness;
 use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
@@ -66,6 +67,8 @@ pub struct Node {
     peers: PeerClient,
     clock: Clock,
     config: NodeConfig,
+    /// Holds this node's elections while a leader streams it a snapshot.
+    election_hold: ElectionHold,
 }
 
 /// What `GET /api/cluster` reports.
@@ -78,6 +81,10 @@ pub struct ClusterInfo {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
+    /// The last index of this node's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Entries up to this index are purged from this node's log.
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberInfo>,
 }
 
@@ -142,36 +149,43 @@ impl Node {
             heartbeat_interval: settings.heartbeat_interval_ms,
             election_timeout_min: settings.election_timeout_min_ms,
             election_timeout_max: settings.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+            // Snapshots are triggered by the number of commands applied (below), not entries.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 1000,
             // A follower installs a snapshot when it receives the last chunk, and answers that
             // chunk only then: with a million keys that takes seconds, not openraft's default
             // 200 ms, after which the leader would resend the snapshot forever.
             install_snapshot_timeout: 120_000,
-            snapshot_max_chunk_size: 16 * 1024 * 1024,
+            // Each chunk renews the follower's leader lease, and no heartbeat reaches it while
+            // a chunk is in flight: small chunks keep it from calling an election mid-transfer.
+            snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let (log_store, sm_store) = crate::store::open(&config.data_dir).await?;
+        let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
+        let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);
         let state = sm_store.shared();
-        let mut installing = sm_store.installing();
         let peers = PeerClient::new();
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        // A follower installing a large snapshot hears no heartbeat until it answers the last
-        // chunk; it must not call an election meanwhile (openraft 0.9 has no pre-vote, and the
-        // higher term it would bring back makes the leader step down and restart the transfer).
-        let elect = raft.clone();
+        let trigger = raft.clone();
         tokio::spawn(async move {
-            while installing.changed().await.is_ok() {
-                let now_installing = *installing.borrow_and_update();
-                elect.runtime_config().elect(!now_installing);
+            loop {
+                snapshot_due.notified().await;
+                if let Err(e) = trigger.trigger().snapshot().await {
+                    tracing::warn!("cannot start a snapshot: {e}");
+                    return;
+                }
             }
         });
+        let election_hold = ElectionHold::start(
+            raft.clone(),
+            Duration::from_millis(settings.election_timeout_max_ms.saturating_mul(5).max(1000)),
+        );
         let clock = Clock::new(settings.test_only_clock_offset_ms);
         let proposer = Proposer::start(raft.clone(), clock.clone(), settings.max_batch, settings.max_in_flight_entries);
         let forwarder =
@@ -195,6 +209,7 @@ impl Node {
             peers,
             clock,
             config,
+            election_hold,
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
@@ -244,6 +259,11 @@ impl Node {
     /// `stale_read_enrol` fault switch may base a decision on it.
     pub fn local_auth_key(&self, key_id: &str) -> Option<crate::sm::model::AuthKeyRecord> {
         read_state(&self.state).store.auth_key(key_id)
+    }
+
+    /// Marks a snapshot chunk in flight (see `election_hold`).
+    pub fn snapshot_chunk(&self) -> crate::election_hold::ChunkInFlight {
+        self.election_hold.chunk()
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -422,6 +442,8 @@ impl Node {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|l| l.index),
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
             members,
         }
     }

@@ -87,7 +87,7 @@ impl Cluster {
         let mut text = String::from("# Written by jepsen-lite for one node; TEST ONLY settings below.\n[settings]\n");
         text.push_str("cluster_name = \"jepsen-lite\"\n");
         // Keys that expire during the run; snapshots and log purges happen during the run.
-        text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_entries = 2000\n");
+        text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_commands = 3000\n");
         text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
         text.push_str(&self.hosts.settings_for(id));
         for &n in &self.ids {

@@ -58,6 +58,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let _holding_elections = node.snapshot_chunk();
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),
         Err(bad) => bad.into_response(),

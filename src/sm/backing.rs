@@ -38,6 +38,8 @@ pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub struct Rows {
     source: Arc<dyn RowSource>,
     overlay: Writes,
+    /// Bytes of keys and values in `overlay` (roughly: a row written twice counts twice).
+    overlay_bytes: usize,
     /// The first failed read or write since the node started: sticky, the store cannot be
     /// trusted after it.
     fault: Mutex<Option<String>>,
@@ -51,7 +53,7 @@ impl std::fmt::Debug for Rows {
 
 impl Rows {
     pub fn new(source: Arc<dyn RowSource>) -> Self {
-        Rows { source, overlay: Writes::new(), fault: Mutex::new(None) }
+        Rows { source, overlay: Writes::new(), overlay_bytes: 0, fault: Mutex::new(None) }
     }
 
     fn record_fault(&self, message: String) {
@@ -90,20 +92,25 @@ impl Rows {
 
     pub fn put<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
         match codec::encode(value) {
-            Ok(bytes) => {
-                self.overlay.insert(key, Some(bytes));
-            }
+            Ok(bytes) => self.put_encoded(key, bytes),
             Err(e) => self.record_fault(format!("encoding row {}: {e}", show_key(&key))),
         }
     }
 
     /// Stores bytes already encoded by [`codec::encode`].
     pub fn put_encoded(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
+        self.overlay_bytes += key.len() + bytes.len();
         self.overlay.insert(key, Some(bytes));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
+        self.overlay_bytes += key.len();
         self.overlay.insert(key, None);
+    }
+
+    /// Roughly how many bytes of writes wait in the overlay.
+    pub fn pending_bytes(&self) -> usize {
+        self.overlay_bytes
     }
 
     /// Visits the live rows with keys `>= from` in key order, the overlay merged over the
@@ -167,11 +174,13 @@ impl Rows {
 
     /// The writes made since the last call, for the adapter to persist in one batch.
     pub fn take_writes(&mut self) -> Writes {
+        self.overlay_bytes = 0;
         std::mem::take(&mut self.overlay)
     }
 
     /// Forgets the writes made since the last [`Rows::take_writes`] (the entry is refused).
     pub fn discard_writes(&mut self) {
+        self.overlay_bytes = 0;
         self.overlay.clear();
     }
 }

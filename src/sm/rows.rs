@@ -236,6 +236,11 @@ impl KeyStore {
         Ok(self.rows.take_writes())
     }
 
+    /// Roughly how many bytes of row writes wait for [`KeyStore::take_writes`].
+    pub fn pending_bytes(&self) -> usize {
+        self.rows.pending_bytes()
+    }
+
     /// Drops an entry's writes: a storage fault made its outcomes untrustworthy.
     pub fn discard_writes(&mut self) {
         self.dirty.clear();

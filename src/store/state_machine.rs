@@ -20,7 +20,10 @@
 //! This module must not decide anything about keys; it persists what `sm` decided.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use tokio::sync::Notify;
 
 use super::snapshot_file::{self, SnapshotFileError, SnapshotReader, SnapshotWriter};
 use super::{cf, OpenError, CF_SM, CF_SM_META};
@@ -38,6 +41,8 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Rows written per batch while installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 8 << 20;
+/// Changed rows held by one `apply` call before they are written out.
+const APPLY_FLUSH_BYTES: usize = 8 << 20;
 
 /// The committed rows of the `sm` column family, as the state machine reads them.
 struct DbRows {
@@ -86,24 +91,12 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// Held while `snapshot/current` is replaced, so an older snapshot never replaces a newer.
     snapshot_lock: Arc<Mutex<()>>,
-    /// True while a received snapshot is being installed.
-    installing: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-/// Marks an install in progress for as long as it lives.
-struct Installing<'a>(&'a tokio::sync::watch::Sender<bool>);
-
-impl<'a> Installing<'a> {
-    fn start(flag: &'a tokio::sync::watch::Sender<bool>) -> Self {
-        flag.send_replace(true);
-        Installing(flag)
-    }
-}
-
-impl Drop for Installing<'_> {
-    fn drop(&mut self) {
-        self.0.send_replace(false);
-    }
+    /// Commands applied since the last snapshot was started or installed.
+    since_snapshot: Arc<AtomicU64>,
+    /// A snapshot is due after this many commands (0: never).
+    snapshot_every: u64,
+    /// Notified when a snapshot is due; the node asks openraft to build one.
+    snapshot_due: Arc<Notify>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -133,7 +126,9 @@ impl StateMachineStore {
             state,
             snapshot_dir,
             snapshot_lock: Arc::new(Mutex::new(())),
-            installing: Arc::new(tokio::sync::watch::channel(false).0),
+            since_snapshot: Arc::new(AtomicU64::new(0)),
+            snapshot_every: 0,
+            snapshot_due: Arc::new(Notify::new()),
         };
         if let Some(bytes) =
             this.db.get_cf(cf(&this.db, CF_SM_META), KEY_INSTALLING).map_err(|e| corrupt(e.to_string()))?
@@ -146,9 +141,11 @@ impl StateMachineStore {
         Ok(this)
     }
 
-    /// Says when a received snapshot is being installed (true) and when that is over.
-    pub fn installing(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.installing.subscribe()
+    /// Asks for a snapshot after every `commands` applied commands: the returned `Notify` fires
+    /// when one is due.
+    pub fn snapshot_every(&mut self, commands: u64) -> Arc<Notify> {
+        self.snapshot_every = commands;
+        self.snapshot_due.clone()
     }
 
     /// The applied state, for linearizable reads after `ensure_linearizable`.
@@ -254,9 +251,27 @@ impl StateMachineStore {
     }
 }
 
+impl StateMachineStore {
+    /// Writes the rows applied entries changed, with the last applied id and membership, in one
+    /// batch. Outcomes decided from a failed read are neither persisted nor answered.
+    fn persist(&self, state: &mut AppliedState) -> Result<(), StorageError> {
+        if let Some(fault) = state.store.fault() {
+            state.store.discard_writes();
+            return Err(sm_err(format!("reading the state failed while applying: {fault}")));
+        }
+        let mut batch = WriteBatch::default();
+        let writes = state.store.take_writes().map_err(sm_err)?;
+        add_writes(&mut batch, cf(&self.db, CF_SM), writes);
+        let applied = codec::encode(&(state.last_applied, &state.membership)).map_err(sm_err)?;
+        batch.put_cf(cf(&self.db, CF_SM_META), KEY_APPLIED, applied);
+        self.db.write_opt(batch, &WriteOptions::default()).map_err(sm_err)
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
+        self.since_snapshot.store(0, Ordering::Relaxed);
         let this = self.clone();
         let (meta, rows, bytes) =
             tokio::task::spawn_blocking(move || this.snapshot_from_db()).await.map_err(snap_err)??;
@@ -287,12 +302,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(fault) = state.store.fault() {
             return Err(sm_err(format!("an earlier read of the state failed: {fault}")));
         }
+        let state = &mut *state;
         let mut responses = Vec::new();
         for entry in entries {
             state.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(request) => {
+                    let applied = self.since_snapshot.fetch_add(request.commands.len() as u64, Ordering::Relaxed);
+                    if self.snapshot_every > 0 && applied + request.commands.len() as u64 >= self.snapshot_every {
+                        self.snapshot_due.notify_one();
+                    }
                     Response { outcomes: state.store.apply_entry(entry.log_id.index, request.time, &request.commands) }
                 }
                 EntryPayload::Membership(membership) => {
@@ -301,18 +321,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             responses.push(response);
+            // A follower catching up applies thousands of entries in one call: write them out
+            // as they come rather than holding every changed row until the end.
+            if state.store.pending_bytes() >= APPLY_FLUSH_BYTES {
+                self.persist(state)?;
+            }
         }
-        if let Some(fault) = state.store.fault() {
-            // Outcomes decided from a failed read must not be answered or persisted.
-            state.store.discard_writes();
-            return Err(sm_err(format!("reading the state failed while applying: {fault}")));
-        }
-        let mut batch = WriteBatch::default();
-        let writes = state.store.take_writes().map_err(sm_err)?;
-        add_writes(&mut batch, cf(&self.db, CF_SM), writes);
-        let applied = codec::encode(&(state.last_applied, &state.membership)).map_err(sm_err)?;
-        batch.put_cf(cf(&self.db, CF_SM_META), KEY_APPLIED, applied);
-        self.db.write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
+        self.persist(state)?;
         Ok(responses)
     }
 
@@ -337,7 +352,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let _installing = Installing::start(&self.installing);
         snapshot.sync_all().await.map_err(snap_err)?;
         let snapshot = snapshot.into_std().await;
         let started = std::time::Instant::now();
@@ -359,6 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(snap_err)?;
         let mut state = self.state.write().map_err(|_| sm_err("state lock poisoned by an earlier panic"))?;
         *state = AppliedState { store, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        self.since_snapshot.store(0, Ordering::Relaxed);
         drop(state);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(rows, elapsed_ms, snapshot = %meta.snapshot_id, "snapshot installed");
