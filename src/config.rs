@@ -79,7 +79,7 @@ impl Default for Settings {
             election_timeout_min_ms: 100,
             election_timeout_max_ms: 200,
             request_timeout_ms: 5000,
-            snapshot_every_commands: 100_000,
+            snapshot_every_commands: 250_000,
             max_batch: 1024,
             max_in_flight_entries: 2,
             ephemeral_inactivity_timeout_ms: 10 * 60 * 1000,

@@ -30,7 +30,7 @@ pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// All memtables together (RocksDB flushes the largest when they pass it).
-const MEMTABLE_BUDGET: usize = 64 << 20;
+const MEMTABLE_BUDGET: usize = 128 << 20;
 /// The block cache shared by the log and the state machine.
 const BLOCK_CACHE: usize = 64 << 20;
 
