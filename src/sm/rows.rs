@@ -151,6 +151,7 @@ impl KeyStore {
             machine_by_node_key: Default::default(),
             rows: Rows::new(source),
             expiry_seek: request_expiry_prefix(),
+            oldest_request_at: None,
             dirty: BTreeSet::new(),
         };
         store.meta = store.load_one(&Row::Meta.key())?.unwrap_or_default();
