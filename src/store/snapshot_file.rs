@@ -149,11 +149,16 @@ impl SnapshotReader {
         Ok(reader)
     }
 
-    fn take(&mut self, buf: &mut [u8]) -> Result<(), SnapshotFileError> {
+    /// Fills `buf` from the file; an early end means the file was cut short.
+    fn read_frame_bytes(&mut self, buf: &mut [u8]) -> Result<(), SnapshotFileError> {
         self.input.read_exact(buf).map_err(|source| match source.kind() {
             std::io::ErrorKind::UnexpectedEof => corrupt(&self.path, "cut short (no end mark)"),
             _ => SnapshotFileError::Io { path: self.path.clone(), source },
-        })?;
+        })
+    }
+
+    fn take(&mut self, buf: &mut [u8]) -> Result<(), SnapshotFileError> {
+        self.read_frame_bytes(buf)?;
         self.hasher.update(&*buf);
         Ok(())
     }
@@ -167,10 +172,7 @@ impl SnapshotReader {
     /// A frame length, or `None` at the end mark (which is not hashed).
     fn take_len(&mut self) -> Result<Option<usize>, SnapshotFileError> {
         let mut len = [0u8; 4];
-        self.input.read_exact(&mut len).map_err(|source| match source.kind() {
-            std::io::ErrorKind::UnexpectedEof => corrupt(&self.path, "cut short (no end mark)"),
-            _ => SnapshotFileError::Io { path: self.path.clone(), source },
-        })?;
+        self.read_frame_bytes(&mut len)?;
         let len = u32::from_le_bytes(len);
         if len == END {
             return Ok(None);
