@@ -182,6 +182,7 @@ impl Node {
                 }
             }
         });
+        tokio::spawn(count_leader_changes(raft.metrics()));
         let election_hold = ElectionHold::start(
             raft.clone(),
             Duration::from_millis(settings.election_timeout_max_ms.saturating_mul(5).max(1000)),
@@ -296,7 +297,10 @@ impl Node {
         self.via_leader(|route| async move {
             match route {
                 Route::Local => self.propose_as_leader(command.clone()).await,
-                Route::Remote(addr) => self.forwarder.propose(addr, command.clone()).await,
+                Route::Remote(addr) => {
+                    crate::metrics::global().forwarded(true);
+                    self.forwarder.propose(addr, command.clone()).await
+                }
             }
         })
         .await
@@ -308,7 +312,10 @@ impl Node {
         self.via_leader(|route| async move {
             match route {
                 Route::Local => self.query_as_leader(actor, query).await,
-                Route::Remote(addr) => self.peers.query(&addr, forwarded, FORWARD_TIMEOUT).await,
+                Route::Remote(addr) => {
+                    crate::metrics::global().forwarded(false);
+                    self.peers.query(&addr, forwarded, FORWARD_TIMEOUT).await
+                }
             }
         })
         .await
@@ -480,8 +487,10 @@ impl Node {
         let system = |op| Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
         if !expired.is_empty() {
             tracing::info!(count = expired.len(), "deregistering inactive ephemeral machines");
-            if let Err(e) = self.write(system(Op::DeregisterInactive { machine_ids: expired })).await {
-                tracing::warn!("inactive machines not deregistered this sweep: {e}");
+            let count = expired.len();
+            match self.write(system(Op::DeregisterInactive { machine_ids: expired })).await {
+                Ok(_) => crate::metrics::global().ephemeral_deleted(count),
+                Err(e) => tracing::warn!("inactive machines not deregistered this sweep: {e}"),
             }
         }
         if let Some(seen) = seen {
@@ -505,6 +514,23 @@ async fn sweep_inactive_machines(node: std::sync::Weak<Node>, mut stop: tokio::s
         }
         let Some(node) = node.upgrade() else { return };
         node.sweep_once().await;
+    }
+}
+
+/// Counts every change of the known leader to a new one (for `ztna_raft_leader_changes_total`).
+async fn count_leader_changes(mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>) {
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            if last.is_some() {
+                crate::metrics::global().leader_changed();
+            }
+            last = leader;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

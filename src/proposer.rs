@@ -64,6 +64,7 @@ async fn run(
                 Err(_) => break,
             }
         }
+        crate::metrics::global().proposed(commands.len());
         let request = Request { time: clock.now_ms(), commands };
         let raft = raft.clone();
         tokio::spawn(async move {

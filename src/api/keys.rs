@@ -17,7 +17,7 @@ use crate::secret::{new_credential, parse_credential, random_base62, CredentialK
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query, DEFAULT_PAGE, MAX_PAGE};
 
-const ACTIONS: &str = "create_auth_key, list_auth_keys, get_auth_key, revoke_auth_key";
+pub(crate) const ACTIONS: &str = "create_auth_key, list_auth_keys, get_auth_key, revoke_auth_key";
 
 pub async fn handle(
     State(node): State<Arc<Node>>,

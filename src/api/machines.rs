@@ -21,7 +21,7 @@ use crate::secret::{parse_credential, CredentialKind};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
-const ACTIONS: &str = "list_machines, quarantine, unquarantine, delete, set_tags, revoke_node_key";
+pub(crate) const ACTIONS: &str = "list_machines, quarantine, unquarantine, delete, set_tags, revoke_node_key";
 
 /// Tags from a request, checked like an auth key's.
 fn tags(fields: &mut Fields) -> Result<Vec<String>, ApiError> {

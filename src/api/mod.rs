@@ -14,6 +14,7 @@ mod fields;
 mod install;
 mod keys;
 mod machines;
+mod metrics;
 mod org;
 mod views;
 
@@ -51,8 +52,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
+        .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::record))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }

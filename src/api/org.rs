@@ -18,7 +18,7 @@ use crate::secret::{new_credential, random_base62, CredentialKind, Secret, ID_LE
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
-const ACTIONS: &str = "create_org, list_orgs, create_api_key, revoke_api_key, list_api_keys";
+pub(crate) const ACTIONS: &str = "create_org, list_orgs, create_api_key, revoke_api_key, list_api_keys";
 const MAX_NAME: usize = 128;
 
 fn new_api_key() -> (Secret, NewCredential) {

@@ -65,7 +65,9 @@ fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = waiting.recv() {
         let mut group = vec![first];
         group.extend(waiting.try_iter());
+        let started = std::time::Instant::now();
         let result = db.flush_wal(true);
+        crate::metrics::global().fsync(started.elapsed());
         if let Err(e) = &result {
             tracing::error!("fsync of the Raft log failed: {e}");
         }
@@ -162,6 +164,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        crate::metrics::global().committed(committed.map(|c| c.index));
         // A hint for faster restarts: losing it only means re-learning the commit index.
         let mut batch = WriteBatch::default();
         let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;

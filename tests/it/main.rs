@@ -4,6 +4,7 @@
 mod errors;
 mod failover;
 mod machines;
+mod ops;
 mod races;
 mod support;
 mod walkthrough;

@@ -1,0 +1,125 @@
+//! Operating the cluster: `/metrics`.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::support::Cluster;
+
+/// Parses Prometheus text format strictly enough to catch a malformed exposition: every sample
+/// line is `name{label="value",…} number`, every metric has `# TYPE` before its samples, and
+/// histogram buckets are cumulative. Answers each series (name plus labels) with its value.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut series = BTreeMap::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(valid_name(name), "bad metric name {name:?}");
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "bad type {kind:?}");
+            assert!(typed.insert(name.to_string(), kind.to_string()).is_none(), "{name} typed twice");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line:?}");
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample without value: {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = key.split('{').next().unwrap_or_default();
+        assert!(valid_name(name), "bad sample name in {line:?}");
+        if let Some(labels) = key.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).expect("labels in braces");
+            for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                let (label, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(valid_name(label) && quoted.starts_with('"'), "bad label {pair:?} in {line:?}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "histogram")))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "{name} has samples before its # TYPE");
+        assert!(series.insert(key.to_string(), value).is_none(), "series {key} twice");
+    }
+    // Buckets are cumulative: each `le` bucket holds at least the one before it.
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.contains("_bucket{")) {
+        let (key, value) = line.rsplit_once(' ').expect("bucket value");
+        let series_of = key.split(",le=").next().unwrap_or(key).replace("{le=", "{").to_string();
+        let value: f64 = value.parse().expect("bucket count");
+        let before = last.insert(series_of, value).unwrap_or(0.0);
+        assert!(value >= before, "bucket {key} is below the one before it");
+    }
+    series
+}
+
+async fn scrape(cluster: &Cluster, id: u64) -> BTreeMap<String, f64> {
+    let response = cluster.http.get(format!("{}/metrics", cluster.url(id))).send().await.expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap_or_default().to_string();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "content type {content_type}");
+    parse_prometheus(&response.text().await.expect("metrics body"))
+}
+
+fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
+    metrics.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.wait_ready().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let before_leader = scrape(&cluster, leader).await;
+    let before = scrape(&cluster, follower).await;
+    assert_eq!(value(&before_leader, "ztna_raft_role{role=\"leader\"}"), 1.0);
+    assert_eq!(value(&before, "ztna_raft_role{role=\"follower\"}"), 1.0);
+    assert_eq!(value(&before, "ztna_raft_leader_id"), leader as f64);
+
+    // Through the follower: one key, an enrolment, a second enrolment the one-shot key refuses.
+    let mut body = json!({"action": "create_auth_key", "org_id": cluster.org_id, "expires_in": 3600});
+    let (status, key) = cluster.post(follower, "/api/key-management", &body, Some(&cluster.api_key)).await;
+    assert_eq!(status, 200, "{key}");
+    let secret = key["key"].as_str().expect("secret");
+    assert_eq!(cluster.enrol(follower, secret, 1).await.0, 200);
+    assert_eq!(cluster.enrol(follower, secret, 2).await.0, 403);
+    body["action"] = json!("no_such_action");
+    assert_eq!(cluster.post(follower, "/api/key-management", &body, Some(&cluster.api_key)).await.0, 400);
+
+    let after = scrape(&cluster, follower).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(moved("ztna_enrolments_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(moved("ztna_enrolments_total{outcome=\"key_used\"}"), 1.0);
+    let created = "route=\"/api/key-management\",action=\"create_auth_key\"";
+    assert_eq!(moved(&format!("ztna_api_requests_total{{{created},outcome=\"ok\"}}")), 1.0);
+    assert_eq!(moved(&format!("ztna_api_request_seconds_count{{{created}}}")), 1.0);
+    assert_eq!(moved("ztna_api_requests_total{route=\"/api/enrol\",action=\"-\",outcome=\"key_used\"}"), 1.0);
+    assert_eq!(
+        moved("ztna_api_requests_total{route=\"/api/key-management\",action=\"unknown\",outcome=\"invalid_request\"}"),
+        1.0,
+        "an unknown action is counted under `unknown`, not under its own name"
+    );
+    assert!(moved("ztna_forwarded_requests_total{kind=\"write\"}") >= 3.0);
+
+    let after_leader = scrape(&cluster, leader).await;
+    let leader_moved = |series: &str| value(&after_leader, series) - value(&before_leader, series);
+    assert!(leader_moved("ztna_proposals_total") >= 1.0);
+    assert!(leader_moved("ztna_proposal_commands_count") >= 1.0);
+    assert!(leader_moved("ztna_log_fsync_seconds_count") >= 1.0);
+    assert!(leader_moved("ztna_raft_applied_index") >= 3.0);
+    assert!(value(&after_leader, "ztna_raft_commit_index") >= value(&before_leader, "ztna_raft_applied_index") + 3.0);
+    assert_eq!(value(&after_leader, "ztna_raft_members{kind=\"voter\"}"), 3.0);
+    for id in (1..=3).filter(|id| *id != leader) {
+        let lag = format!("ztna_raft_replication_lag_entries{{follower=\"{id}\"}}");
+        assert!(after_leader.contains_key(&lag), "no {lag}");
+    }
+}
