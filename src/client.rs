@@ -65,6 +65,16 @@ impl Client {
         Ok(Client { servers, bearer, http })
     }
 
+    /// The same client with a longer (or shorter) limit on each request.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .build()
+            .unwrap_or(self.http);
+        Client { http, ..self }
+    }
+
     pub fn servers(&self) -> &[String] {
         &self.servers
     }

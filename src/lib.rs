@@ -16,6 +16,7 @@
 //! - [`api`]: the public HTTP API (the only module that knows HTTP status codes).
 //! - [`client`] and [`cli`]: the `ztna` command line, talking to any node of `ZTNA_SERVER`.
 //! - [`sm::model`] machines, [`liveness`] (the leader's heartbeat table) and [`agent`] (`ztna up`).
+//! - [`membership`]: adding and removing nodes; [`identity`]: a data directory's owner.
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 //! - [`config`]: cluster files; [`secret`]: credentials; [`private_file`]: 0600 files;
 //!   [`faults`]: test-only fault switches.
@@ -30,7 +31,9 @@ pub mod config;
 pub mod election_hold;
 pub mod faults;
 pub mod forwarder;
+pub mod identity;
 pub mod liveness;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

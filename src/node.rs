@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -22,7 +22,9 @@ use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::election_hold::ElectionHold;
 use crate::forwarder::Forwarder;
+use crate::identity::DataDir;
 use crate::liveness::Liveness;
+use crate::membership::{ChangeLock, PeerView};
 use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
 use crate::proposer::Proposer;
 use crate::raft_types::{NodeId, NodeInfo, Raft};
@@ -41,6 +43,10 @@ pub enum StartError {
     Raft(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("refusing to start: {0}")]
+    Refused(String),
 }
 
 /// A request that could not reach a leader in time. The outcome of a write is then unknown:
@@ -69,6 +75,10 @@ pub struct Node {
     config: NodeConfig,
     /// Holds this node's elections while a leader streams it a snapshot.
     election_hold: ElectionHold,
+    /// One membership change at a time (on the leader).
+    membership_changes: ChangeLock,
+    /// Set when the node must stop on its own (e.g. it was removed from the cluster).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// What `GET /api/cluster` reports.
@@ -88,7 +98,7 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub id: NodeId,
     pub api_addr: String,
@@ -116,6 +126,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// Resolves with the reason when the node must stop on its own (see [`Node::fatal`]).
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.node.fatal.subscribe();
+        let reason = fatal.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Stops serving and stops Raft; everything acknowledged is already durable.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -164,10 +184,23 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        // Ports first: a port in use stops the node before it touches its data.
+        let me = config.me().clone();
+        let api_listener = bind(&me.api_addr).await?;
+        let raft_listener = bind(&me.raft_addr).await?;
+        let peers = PeerClient::new();
+        let (identity, peer_view) =
+            match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)? {
+                DataDir::Existing(identity) => (identity, None),
+                DataDir::Fresh => {
+                    let view = crate::membership::ask_peers(&config, &peers, Some(&raft_listener)).await?;
+                    (crate::identity::create(&config.data_dir, &settings.cluster_name, config.id)?, Some(view))
+                }
+            };
+
         let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
         let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);
         let state = sm_store.shared();
-        let peers = PeerClient::new();
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
@@ -192,9 +225,6 @@ impl Node {
         let forwarder =
             Forwarder::start(peers.clone(), FORWARD_TIMEOUT, settings.max_batch, settings.max_in_flight_entries);
 
-        let me = config.me().clone();
-        let api_listener = bind(&me.api_addr).await?;
-        let raft_listener = bind(&me.raft_addr).await?;
         let liveness = std::sync::Mutex::new(Liveness::new(
             settings.ephemeral_inactivity_timeout_ms,
             settings.last_seen_persist_interval_ms,
@@ -211,6 +241,8 @@ impl Node {
             clock,
             config,
             election_hold,
+            membership_changes: ChangeLock::default(),
+            fatal: tokio::sync::watch::channel(None).0,
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
@@ -219,20 +251,37 @@ impl Node {
             serve(raft_listener, crate::network::server::router(node.clone()), stop.clone()),
             serve(api_listener, crate::api::router(node.clone()), stop),
         ];
-        node.bootstrap_if_first().await;
+        node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper));
+        tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
         tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started (plain HTTP: for loopback and trusted networks only)");
         Ok(Running { node, servers, shutdown })
     }
 
-    /// The lowest-id node of the cluster file initialises the membership on a fresh cluster.
-    async fn bootstrap_if_first(&self) {
+    /// The lowest-id node of the cluster file initialises the membership on a fresh cluster,
+    /// unless another node says a cluster already exists (`view`: what the other nodes said
+    /// when this node started without data; asked now if it did not).
+    async fn bootstrap_if_first(&self, view: Option<PeerView>) {
         let lowest = self.config.cluster.nodes.iter().map(|n| n.id).min();
         if lowest != Some(self.id) {
             return;
         }
         match self.raft.is_initialized().await {
             Ok(false) => {
+                let view = match view {
+                    Some(view) => view,
+                    None => match crate::membership::ask_peers(&self.config, &self.peers, None).await {
+                        Ok(view) => view,
+                        Err(e) => return tracing::error!("{e}"),
+                    },
+                };
+                if view.cluster_exists {
+                    tracing::warn!(
+                        "the cluster already exists: not initialising a new one; this node joins when added \
+                         with `ztna cluster add-node`"
+                    );
+                    return;
+                }
                 let members: BTreeMap<NodeId, NodeInfo> = self.config.cluster.members();
                 match self.raft.initialize(members).await {
                     Ok(()) => tracing::info!("initialised a new cluster"),
@@ -269,6 +318,41 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    pub(crate) fn membership_changes(&self) -> &ChangeLock {
+        &self.membership_changes
+    }
+
+    /// What the replicated registry (as applied here) knows of node `id`.
+    pub fn node_record(&self, id: NodeId) -> Option<crate::sm::nodes::NodeRecord> {
+        read_state(&self.state).store.node_record(id).cloned()
+    }
+
+    /// Whether `actor` is the operator, by this node's applied state (used on the leader before a
+    /// membership change; the operator key cannot be revoked, so this cannot be stale in a way
+    /// that matters).
+    pub fn authorize_operator(&self, actor: &Actor) -> Result<(), OpError> {
+        read_state(&self.state).store.authorize_operator(actor)
+    }
+
+    /// Stops the node on its own, with `reason` in its log (see [`Running::failed`]).
+    pub fn fatal(&self, reason: String) {
+        tracing::error!("stopping: {reason}");
+        self.fatal.send_replace(Some(reason));
+    }
+
+    /// Where the leader is: `None` if unknown, `Some(None)` if here, else its internal address.
+    pub(crate) fn leader_route(&self) -> Option<Option<String>> {
+        match self.leader()? {
+            (leader, _) if leader == self.id => Some(None),
+            (leader, Some(info)) => Some(Some(self.config.settings().dial_addr(leader, &info.raft_addr))),
+            (_, None) => None,
+        }
     }
 
     fn leader(&self) -> Option<(NodeId, Option<NodeInfo>)> {

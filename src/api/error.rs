@@ -78,6 +78,8 @@ impl From<OpError> for ApiError {
             OpError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_prefix"),
             OpError::AlreadyInitialized => (StatusCode::CONFLICT, "already_initialized"),
             OpError::RequestIdReused(_) => (StatusCode::CONFLICT, "request_id_reused"),
+            OpError::NodeIdUsed(_) => (StatusCode::CONFLICT, "node_id_used"),
+            OpError::NodeRemoved(_) => (StatusCode::CONFLICT, "node_removed"),
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
             OpError::Storage(_) => return ApiError::internal(message),
         };

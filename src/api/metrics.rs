@@ -30,6 +30,7 @@ const ROUTES: &[&str] = &[
     "/api/machine/logout",
     "/api/cluster/init",
     "/api/cluster",
+    "/api/cluster/membership",
     "/install.sh",
     "/download/ztna-linux-x86_64",
     "/download/ztna-linux-x86_64.sha256",
@@ -44,6 +45,7 @@ fn actions_of(route: &str) -> Option<&'static str> {
         "/api/key-management" => Some(super::keys::ACTIONS),
         "/api/org-admin" => Some(super::org::ACTIONS),
         "/api/machine-admin" => Some(super::machines::ACTIONS),
+        "/api/cluster/membership" => Some(super::membership::ACTIONS),
         _ => None,
     }
 }

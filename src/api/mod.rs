@@ -14,6 +14,7 @@ mod fields;
 mod install;
 mod keys;
 mod machines;
+mod membership;
 mod metrics;
 mod org;
 mod views;
@@ -47,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/machine/logout", post(machines::logout))
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
+        .route("/api/cluster/membership", post(membership::handle))
         .route("/install.sh", get(install::script))
         .route("/download/ztna-linux-x86_64", get(install::binary))
         .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))

@@ -50,6 +50,20 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
                 .collect();
             println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
         }
+        ClusterCommand::AddNode { id, raft_addr, api_addr, operator } => {
+            let members = change_membership(conn, operator, add_node(id, &raft_addr, &api_addr)).await?;
+            report_members(conn, &format!("node {id} added and voting"), &members);
+        }
+        ClusterCommand::RemoveNode { id, operator } => {
+            let members = change_membership(conn, operator, remove_node(id)).await?;
+            report_members(conn, &format!("node {id} removed; its id is retired"), &members);
+        }
+        ClusterCommand::ReplaceNode { old_id, id, raft_addr, api_addr, operator } => {
+            change_membership(conn, operator.clone(), add_node(id, &raft_addr, &api_addr)).await?;
+            println!("✓ node {id} added and voting; removing node {old_id}");
+            let members = change_membership(conn, operator, remove_node(old_id)).await?;
+            report_members(conn, &format!("node {old_id} replaced by node {id}"), &members);
+        }
         ClusterCommand::Init { org_name, env_file, operator_key_file } => {
             let answer = client.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
             let org_id = answer["org_id"].as_str().unwrap_or_default();
@@ -78,6 +92,45 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
         }
     }
     Ok(())
+}
+
+fn add_node(id: u64, raft_addr: &str, api_addr: &str) -> Value {
+    json!({ "action": "add_node", "node_id": id, "raft_addr": raft_addr, "api_addr": api_addr })
+}
+
+fn remove_node(id: u64) -> Value {
+    json!({ "action": "remove_node", "node_id": id })
+}
+
+/// One membership change; a new node may take minutes to catch up, so the wait is long.
+async fn change_membership(conn: &Conn, operator: OperatorKey, body: Value) -> Result<Value, CliError> {
+    let client = client(conn, Some(operator.resolve()?))?.with_timeout(std::time::Duration::from_secs(1800));
+    Ok(client.post("/api/cluster/membership", &body).await?)
+}
+
+fn report_members(conn: &Conn, done: &str, answer: &Value) {
+    if conn.output == Output::Json {
+        print_json(answer);
+        return;
+    }
+    println!("✓ {done}");
+    let rows: Vec<Vec<String>> = answer["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m["id"].as_u64().map_or("?".into(), |id| id.to_string()),
+                        if m["voter"] == true { "voter" } else { "learner" }.to_string(),
+                        m["raft_addr"].as_str().unwrap_or_default().to_string(),
+                        m["api_addr"].as_str().unwrap_or_default().to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("{}", table(&["NODE", "KIND", "RAFT", "API"], &rows));
 }
 
 pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: String) -> Result<(), CliError> {

@@ -139,15 +139,37 @@ enum Command {
     OrgAdmin {
         #[command(subcommand)]
         command: OrgCommand,
-        /// The operator API key.
-        #[arg(long, env = "ZTNA_OPERATOR_KEY", hide_env_values = true, global = true)]
-        operator_key: Option<String>,
-        /// A file holding the operator API key (e.g. data/operator.key).
-        #[arg(long, global = true)]
-        operator_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        operator: OperatorKey,
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// The operator API key, for org administration and membership changes.
+#[derive(Args, Clone)]
+struct OperatorKey {
+    /// The operator API key.
+    #[arg(long, env = "ZTNA_OPERATOR_KEY", hide_env_values = true, global = true)]
+    operator_key: Option<String>,
+    /// A file holding the operator API key (e.g. data/operator.key).
+    #[arg(long, global = true)]
+    operator_key_file: Option<PathBuf>,
+}
+
+impl OperatorKey {
+    fn resolve(self) -> Result<String, CliError> {
+        match (self.operator_key, self.operator_key_file) {
+            (Some(key), _) => Ok(key),
+            (None, Some(path)) => Ok(std::fs::read_to_string(&path)
+                .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_string()),
+            (None, None) => Err(CliError::Usage(
+                "give the operator key: --operator-key-file data/operator.key or ZTNA_OPERATOR_KEY".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -266,6 +288,45 @@ enum ClusterCommand {
         #[arg(long)]
         operator_key_file: Option<PathBuf>,
     },
+    /// Add a node (operator key): it joins as a learner, catches up, then votes. Start the new
+    /// node first, with a cluster file that lists it.
+    #[command(name = "add-node")]
+    AddNode {
+        /// The new node's id; ids are never reused.
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+        #[command(flatten)]
+        operator: OperatorKey,
+    },
+    /// Remove a node (operator key); its id is retired for good.
+    #[command(name = "remove-node")]
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        operator: OperatorKey,
+    },
+    /// Replace a node that is gone for good (operator key): adds the new node (new id), then
+    /// removes the old one.
+    #[command(name = "replace-node")]
+    ReplaceNode {
+        /// The id of the node being replaced.
+        #[arg(long)]
+        old_id: u64,
+        /// The replacement's new id.
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+        #[command(flatten)]
+        operator: OperatorKey,
+    },
 }
 
 #[derive(Subcommand)]
@@ -301,6 +362,8 @@ enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    #[error("the node stopped: {0}")]
+    Stopped(String),
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -369,21 +432,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::MachineAdmin { action, machine, tags, conn } => {
             machines::machine_admin(&conn, action, machine, tags).await
         }
-        Command::OrgAdmin { command, operator_key, operator_key_file, conn } => {
-            let key = match (operator_key, operator_key_file) {
-                (Some(key), _) => key,
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?
-                    .trim()
-                    .to_string(),
-                (None, None) => {
-                    return Err(CliError::Usage(
-                        "give the operator key: --operator-key-file data/operator.key or ZTNA_OPERATOR_KEY".into(),
-                    ))
-                }
-            };
-            admin::org_admin(command, &conn, key).await
-        }
+        Command::OrgAdmin { command, operator, conn } => admin::org_admin(command, &conn, operator.resolve()?).await,
     }
 }
 
@@ -408,11 +457,17 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;
     tokio::spawn(reload_clock_offset_on_sighup(args.cluster.clone(), running.node.clone()));
-    wait_for_stop_signal().await;
+    let failed = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        reason = running.failed() => Some(reason),
+    };
     tracing::info!("stopping");
     running.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(reason) => Err(CliError::Stopped(reason)),
+        None => Ok(()),
+    }
 }
 
 /// On SIGHUP, re-reads `test_only_clock_offset_ms` from the cluster file: the clock jump of

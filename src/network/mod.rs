@@ -129,6 +129,35 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Asks the node at `addr` what it knows of a node id.
+    pub async fn whois(
+        &self,
+        addr: &str,
+        request: &crate::membership::WhoisRequest,
+        timeout: Duration,
+    ) -> Result<crate::membership::WhoisAnswer, String> {
+        self.call(addr, crate::membership::PATH_WHOIS, request, timeout).await.map_err(|e| e.to_string())
+    }
+
+    /// Forwards a membership change to the leader at `addr`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        actor: &Actor,
+        change: &crate::membership::Change,
+        timeout: Duration,
+    ) -> Result<Vec<crate::node::MemberInfo>, crate::membership::MembershipError> {
+        use crate::membership::MembershipError;
+        let request = (actor, change);
+        match self.call(addr, crate::membership::PATH_MEMBERSHIP, &request, timeout).await {
+            Ok(answer) => answer,
+            Err(CallError::Unreachable(_)) => Err(MembershipError::NotLeader(None)),
+            Err(e) => Err(MembershipError::Unavailable(format!("the leader did not answer: {e}"))),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum CallError {
     #[error("unreachable: {0}")]

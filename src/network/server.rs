@@ -28,11 +28,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_SNAPSHOT, post(snapshot))
         .route(PATH_PROPOSE, post(propose))
         .route(PATH_QUERY, post(query))
+        .route(crate::membership::PATH_WHOIS, post(whois))
+        .route(crate::membership::PATH_MEMBERSHIP, post(membership))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(node)
 }
 
-fn reply<T: Serialize>(value: &T) -> Response {
+pub(crate) fn reply<T: Serialize>(value: &T) -> Response {
     match codec::encode(value) {
         Ok(bytes) => bytes.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -51,8 +53,31 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    match decode(&body) {
+    match decode::<openraft::raft::VoteRequest<crate::raft_types::NodeId>>(&body) {
+        Ok(rpc) if !crate::membership::vote_allowed(&node, rpc.vote.leader_id().voted_for()) => {
+            let refused: Result<(), String> = Err(format!(
+                "node {} refuses to vote for {:?}: not a member of its configuration (removed?)",
+                node.id(),
+                rpc.vote.leader_id().voted_for()
+            ));
+            reply(&refused)
+        }
         Ok(rpc) => reply(&node.raft().vote(rpc).await.map_err(|e| e.to_string())),
+        Err(bad) => bad.into_response(),
+    }
+}
+
+async fn whois(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode::<crate::membership::WhoisRequest>(&body) {
+        Ok(request) => reply(&node.whois(request.node_id)),
+        Err(bad) => bad.into_response(),
+    }
+}
+
+/// A membership change forwarded to this node as leader.
+async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode::<(crate::sm::model::Actor, crate::membership::Change)>(&body) {
+        Ok((actor, change)) => reply(&node.change_as_leader(&actor, &change).await),
         Err(bad) => bad.into_response(),
     }
 }

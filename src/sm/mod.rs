@@ -13,6 +13,7 @@
 pub mod backing;
 mod machines;
 pub mod model;
+pub mod nodes;
 pub mod query;
 pub mod rows;
 #[cfg(test)]
@@ -58,6 +59,8 @@ pub struct KeyStore {
     pub(crate) orgs: BTreeMap<String, Org>,
     pub(crate) api_keys: BTreeMap<String, ApiKeyRecord>,
     pub(crate) machines: BTreeMap<String, Machine>,
+    /// Node ids ever admitted or registered, by [`nodes::node_key`].
+    pub(crate) nodes: BTreeMap<String, nodes::NodeRecord>,
     /// Auth keys, the org index, enrolments and remembered requests, plus this entry's writes.
     pub(crate) rows: backing::Rows,
     /// Where the scan for expired requests starts: every expiry row before it is already gone.
@@ -209,6 +212,9 @@ impl KeyStore {
             Op::MachineSelf { action } => self.machine_self(now, actor, action),
             Op::DeregisterInactive { machine_ids } => self.deregister_inactive(now, machine_ids),
             Op::RecordLastSeen { seen } => self.record_last_seen(seen),
+            Op::AdmitNode { node_id } => self.admit_node(now, actor, *node_id),
+            Op::RegisterNode { node_id, incarnation } => self.register_node(now, *node_id, incarnation),
+            Op::RetireNode { node_id } => self.retire_node(now, actor, *node_id),
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
                 let enrol =
                     EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };

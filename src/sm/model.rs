@@ -425,6 +425,19 @@ pub enum Op {
         /// The machine's new node key (made before proposing), also on a repeated enrolment.
         node_key: NewCredential,
     },
+    /// `add-node` (operator): reserves a node id that was never used.
+    AdmitNode {
+        node_id: u64,
+    },
+    /// Proposed by a member itself: the incarnation (identity) of its data directory.
+    RegisterNode {
+        node_id: u64,
+        incarnation: String,
+    },
+    /// `remove-node` (operator): the id is retired and never used again.
+    RetireNode {
+        node_id: u64,
+    },
 }
 
 /// A command as proposed: the op, who asked, and a request id that makes retries apply once.
@@ -466,6 +479,7 @@ pub enum OpOk {
     },
     /// A system op's count of machines changed.
     Count(usize),
+    Node(super::nodes::NodeRecord),
 }
 
 /// A command's refusal. Each maps to one HTTP status and error code in `api::error`.
@@ -504,6 +518,10 @@ pub enum OpError {
     /// A generated id collided with an existing one; the proposing node retries with a new id.
     #[error("generated id collided with an existing one")]
     IdCollision,
+    #[error("node id {0} was used before (node ids are never reused): start the node with a new id")]
+    NodeIdUsed(u64),
+    #[error("node id {0} was removed from the cluster and cannot come back: start a node with a new id")]
+    NodeRemoved(u64),
 }
 
 /// The outcome of one command.

@@ -1,7 +1,7 @@
 //! How the key store is laid out as rows, and how a store is opened over them.
 //!
 //! A row key is a one-byte table tag followed by the record's id; the value is the record encoded
-//! by [`crate::codec`]. Small tables (the meta row, orgs, API keys, machines) are also held in
+//! by [`crate::codec`]. Small tables (the meta row, orgs, API keys, machines, node ids) are also held in
 //! memory: they are loaded when the store opens, and the rows of the records an entry changed are
 //! written back by [`KeyStore::take_writes`]. The large tables (auth keys, the org index of auth
 //! keys, enrolments, remembered requests and their expiry order) live only in rows and are read
@@ -26,6 +26,7 @@ pub enum Row {
     Org(String),
     ApiKey(String),
     Machine(String),
+    Node(String),
 }
 
 const TAG_META: u8 = b'M';
@@ -33,6 +34,7 @@ const TAG_LAYOUT: u8 = b'V';
 const TAG_ORG: u8 = b'o';
 const TAG_API_KEY: u8 = b'a';
 const TAG_MACHINE: u8 = b'm';
+const TAG_NODE: u8 = b'n';
 const TAG_AUTH_KEY: u8 = b'k';
 const TAG_ORG_KEY: u8 = b'K';
 const TAG_ENROLMENT: u8 = b'e';
@@ -120,6 +122,7 @@ impl Row {
             Row::Org(id) => tagged(TAG_ORG, id),
             Row::ApiKey(id) => tagged(TAG_API_KEY, id),
             Row::Machine(id) => tagged(TAG_MACHINE, id),
+            Row::Node(id) => tagged(TAG_NODE, id),
         }
     }
 }
@@ -147,6 +150,7 @@ impl KeyStore {
             orgs: Default::default(),
             api_keys: Default::default(),
             machines: Default::default(),
+            nodes: Default::default(),
             machine_by_key_and_node: Default::default(),
             machine_by_node_key: Default::default(),
             rows: Rows::new(source),
@@ -158,6 +162,7 @@ impl KeyStore {
         store.orgs = store.load_table(TAG_ORG)?;
         store.api_keys = store.load_table(TAG_API_KEY)?;
         store.machines = store.load_table(TAG_MACHINE)?;
+        store.nodes = store.load_table(TAG_NODE)?;
         for m in store.machines.values() {
             let node = (m.auth_key_id.clone(), m.node_public_key.clone());
             store.machine_by_key_and_node.entry(node).or_default().insert(m.enrolment_seq, m.machine_id.clone());
@@ -228,6 +233,7 @@ impl KeyStore {
                 Row::Org(id) => self.orgs.get(id).map(codec::encode).transpose()?,
                 Row::ApiKey(id) => self.api_keys.get(id).map(codec::encode).transpose()?,
                 Row::Machine(id) => self.machines.get(id).map(codec::encode).transpose()?,
+                Row::Node(id) => self.nodes.get(id).map(codec::encode).transpose()?,
             };
             match value {
                 Some(bytes) => self.rows.put_encoded(key, bytes),
