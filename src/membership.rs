@@ -161,10 +161,7 @@ impl Node {
                 }
                 let info = NodeInfo { raft_addr: raft_addr.clone(), api_addr: api_addr.clone() };
                 tracing::info!(node = node_id, "adding node as a learner");
-                self.raft()
-                    .add_learner(*node_id, info, false)
-                    .await
-                    .map_err(|e| raft_error(e, "add the learner"))?;
+                self.raft().add_learner(*node_id, info, false).await.map_err(|e| raft_error(e, "add the learner"))?;
                 self.wait_caught_up(*node_id).await?;
                 tracing::info!(node = node_id, "learner caught up; making it a voter");
                 self.raft()
@@ -212,7 +209,9 @@ impl Node {
             .map(|m| m.map(|m| m.state == openraft::ServerState::Leader).unwrap_or(false));
         match leading {
             Ok(true) => Ok(()),
-            Ok(false) => Err(MembershipError::Unavailable("this node stopped leading while the learner caught up".into())),
+            Ok(false) => {
+                Err(MembershipError::Unavailable("this node stopped leading while the learner caught up".into()))
+            }
             Err(_) => Err(MembershipError::CatchUpTimeout(format!(
                 "node {node_id} did not catch up within {} s; it stays a learner: check that it runs and reaches \
                  this node's raft_addr, then run add-node again",

@@ -189,14 +189,14 @@ impl Node {
         let api_listener = bind(&me.api_addr).await?;
         let raft_listener = bind(&me.raft_addr).await?;
         let peers = PeerClient::new();
-        let (identity, peer_view) =
-            match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)? {
-                DataDir::Existing(identity) => (identity, None),
-                DataDir::Fresh => {
-                    let view = crate::membership::ask_peers(&config, &peers, Some(&raft_listener)).await?;
-                    (crate::identity::create(&config.data_dir, &settings.cluster_name, config.id)?, Some(view))
-                }
-            };
+        let (identity, peer_view) = match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)?
+        {
+            DataDir::Existing(identity) => (identity, None),
+            DataDir::Fresh => {
+                let view = crate::membership::ask_peers(&config, &peers, Some(&raft_listener)).await?;
+                (crate::identity::create(&config.data_dir, &settings.cluster_name, config.id)?, Some(view))
+            }
+        };
 
         let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
         let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);

@@ -75,12 +75,9 @@ impl KeyStore {
                 Some(_) => return Err(OpError::NodeIdUsed(node_id)),
                 None => NodeRecord { incarnation: Some(incarnation.to_string()), ..record.clone() },
             },
-            None => NodeRecord {
-                node_id,
-                incarnation: Some(incarnation.to_string()),
-                admitted_at: now,
-                removed_at: None,
-            },
+            None => {
+                NodeRecord { node_id, incarnation: Some(incarnation.to_string()), admitted_at: now, removed_at: None }
+            }
         };
         self.put_node(record.clone());
         Ok(OpOk::Node(record))

@@ -563,3 +563,31 @@ fn machine_indexes_rebuilt_on_load_match_the_live_ones() {
     assert_eq!(copy.machine_by_key_and_node, f.store.machine_by_key_and_node);
     assert_eq!(copy.machine_by_node_key, f.store.machine_by_node_key);
 }
+
+#[test]
+fn node_ids_are_never_reused_and_survive_a_reopen() {
+    let mut f = Fixture::new();
+    let register = |id: u64, incarnation: &str| Op::RegisterNode { node_id: id, incarnation: incarnation.into() };
+    // Founders register without being admitted; registering again is a no-op.
+    assert!(f.run(T0, Actor::Anonymous, register(1, "inc-a")).is_ok());
+    assert!(f.run(T0, Actor::Anonymous, register(1, "inc-a")).is_ok());
+    // The same id from another data directory is refused.
+    assert_eq!(f.run(T0, Actor::Anonymous, register(1, "inc-b")), Err(OpError::NodeIdUsed(1)));
+
+    // Admitting needs the operator; a re-admit of an id that never started is allowed.
+    assert!(matches!(f.run(T0, f.admin.clone(), Op::AdmitNode { node_id: 4 }), Err(OpError::Forbidden(_))));
+    assert!(f.run(T0, f.operator.clone(), Op::AdmitNode { node_id: 4 }).is_ok());
+    assert!(f.run(T0, f.operator.clone(), Op::AdmitNode { node_id: 4 }).is_ok());
+    assert!(f.run(T0, Actor::Anonymous, register(4, "inc-c")).is_ok());
+    assert_eq!(f.run(T0, f.operator.clone(), Op::AdmitNode { node_id: 4 }), Err(OpError::NodeIdUsed(4)));
+    assert_eq!(f.run(T0, f.operator.clone(), Op::AdmitNode { node_id: 1 }), Err(OpError::NodeIdUsed(1)));
+
+    // A retired id stays retired: not admitted, not registered, even by its own directory.
+    assert!(f.run(T0 + 5, f.operator.clone(), Op::RetireNode { node_id: 1 }).is_ok());
+    assert_eq!(f.run(T0, Actor::Anonymous, register(1, "inc-a")), Err(OpError::NodeRemoved(1)));
+    assert_eq!(f.run(T0, f.operator.clone(), Op::AdmitNode { node_id: 1 }), Err(OpError::NodeIdUsed(1)));
+
+    let reopened = KeyStore::open(f.rows.clone()).unwrap();
+    assert_eq!(reopened.node_record(1).and_then(|r| r.removed_at), Some(T0 + 5));
+    assert_eq!(reopened.node_record(4).and_then(|r| r.incarnation.clone()).as_deref(), Some("inc-c"));
+}

@@ -4,6 +4,7 @@
 mod errors;
 mod failover;
 mod machines;
+mod membership;
 mod ops;
 mod races;
 mod support;

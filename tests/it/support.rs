@@ -246,9 +246,11 @@ impl Cluster {
 
     /// Every node's log, for failure messages.
     pub fn logs(&self) -> String {
-        (1..=3)
-            .map(|id| {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let id = n.id;
+                let text = self.log(id);
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 format!("--- node {id} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })
@@ -259,9 +261,47 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for id in 1..=3 {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
             self.kill(id);
         }
+    }
+}
+
+impl Cluster {
+    /// Lists a new node `id` in the cluster file (as an operator would on every host), with an
+    /// empty data directory; [`Cluster::spawn`] starts it. Answers its raft and API addresses.
+    pub fn list_node(&mut self, id: u64) -> (String, String) {
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let raft_addr = format!("127.0.0.1:{}", free_port());
+        let mut text = std::fs::read_to_string(&self.cluster_file).expect("cluster file");
+        text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
+        std::fs::write(&self.cluster_file, text).expect("write cluster file");
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        self.nodes.push(NodeProc { id, api_addr: api_addr.clone(), data_dir, child: None });
+        (raft_addr, api_addr)
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit on its own; answers whether it did
+    /// and whether it exited with success.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Option<bool> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let node = self.node_mut(id);
+            if let Some(child) = node.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    node.child = None;
+                    return Some(status.success());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Node `id`'s whole log.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
 }
 
