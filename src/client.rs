@@ -117,6 +117,14 @@ fn describe(e: &reqwest::Error) -> &'static str {
     }
 }
 
+/// The API error in a non-success answer.
+pub async fn error_of(response: reqwest::Response) -> ClientError {
+    match answer(response).await {
+        Err(e) => e,
+        Ok(_) => ClientError::Unreachable("the answer was a success, not an error".into()),
+    }
+}
+
 async fn answer(response: reqwest::Response) -> Result<Value, ClientError> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -75,6 +75,8 @@ pub struct Node {
     config: NodeConfig,
     /// Holds this node's elections while a leader streams it a snapshot.
     election_hold: ElectionHold,
+    /// The state machine's store, for backups (a clone: it shares the database).
+    backups: crate::store::StateMachineStore,
     /// One membership change at a time (on the leader).
     membership_changes: ChangeLock,
     /// Set when the node must stop on its own (e.g. it was removed from the cluster).
@@ -117,6 +119,20 @@ enum Route {
 
 /// Upper bound on one forwarded request; the request deadline usually cuts it shorter.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a backup was not taken here.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupRefusal {
+    #[error(transparent)]
+    Refused(#[from] OpError),
+    /// Backups are taken on the leader; this is its public API address.
+    #[error("backups are taken on the leader (node {leader}, {api_addr})")]
+    NotLeader { leader: NodeId, api_addr: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Failed(#[from] crate::store::backup::BackupError),
+}
 
 /// A started node: wait on it, or shut it down.
 pub struct Running {
@@ -201,6 +217,7 @@ impl Node {
         let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
         let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);
         let state = sm_store.shared();
+        let backups = sm_store.clone();
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
@@ -241,6 +258,7 @@ impl Node {
             clock,
             config,
             election_hold,
+            backups,
             membership_changes: ChangeLock::default(),
             fatal: tokio::sync::watch::channel(None).0,
         });
@@ -338,6 +356,36 @@ impl Node {
     /// that matters).
     pub fn authorize_operator(&self, actor: &Actor) -> Result<(), OpError> {
         read_state(&self.state).store.authorize_operator(actor)
+    }
+
+    /// A consistent backup of the state on this node, which must be the leader: after a
+    /// linearizable barrier, so it holds every write acknowledged before the call. Answers the
+    /// open file (already unlinked: it vanishes when dropped) and what it holds.
+    pub async fn backup(
+        &self,
+        actor: &Actor,
+    ) -> Result<(std::fs::File, crate::store::backup::BackupInfo), BackupRefusal> {
+        self.authorize_operator(actor)?;
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => {}
+            Some((leader, Some(info))) => return Err(BackupRefusal::NotLeader { leader, api_addr: info.api_addr }),
+            _ => return Err(BackupRefusal::Unavailable("no leader is known".into())),
+        }
+        self.raft.ensure_linearizable().await.map_err(|e| BackupRefusal::Unavailable(e.to_string()))?;
+        let path = self.config.data_dir.join(format!("backup-{}.tmp", crate::clock::wall_ms()));
+        let store = self.backups.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let info = store.write_backup(&path);
+            let file = std::fs::File::open(&path);
+            let _ = std::fs::remove_file(&path);
+            (info, file)
+        })
+        .await
+        .map_err(|e| BackupRefusal::Unavailable(format!("the backup task failed: {e}")))?;
+        let info = written.0?;
+        let file = written.1.map_err(|e| BackupRefusal::Unavailable(format!("cannot reopen the backup: {e}")))?;
+        tracing::info!(index = info.index, rows = info.rows, bytes = info.bytes, "backup taken");
+        Ok((file, info))
     }
 
     /// Stops the node on its own, with `reason` in its log (see [`Running::failed`]).

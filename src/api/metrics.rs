@@ -31,6 +31,7 @@ const ROUTES: &[&str] = &[
     "/api/cluster/init",
     "/api/cluster",
     "/api/cluster/membership",
+    "/api/cluster/backup",
     "/install.sh",
     "/download/ztna-linux-x86_64",
     "/download/ztna-linux-x86_64.sha256",

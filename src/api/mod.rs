@@ -7,6 +7,7 @@
 //!
 //! Only this module knows HTTP status codes and JSON shapes.
 
+pub mod backup;
 mod cluster;
 mod enrol;
 pub mod error;
@@ -49,6 +50,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
         .route("/api/cluster/membership", post(membership::handle))
+        .route("/api/cluster/backup", post(backup::handle))
         .route("/install.sh", get(install::script))
         .route("/download/ztna-linux-x86_64", get(install::binary))
         .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))

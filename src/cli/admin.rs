@@ -8,7 +8,10 @@ use super::*;
 pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
     let client = client(conn, None)?;
     match command {
-        ClusterCommand::Up { .. } => return Err(CliError::Usage("cluster up runs on its own".into())),
+        ClusterCommand::Up { .. } | ClusterCommand::Restore { .. } => {
+            return Err(CliError::Usage("this command runs on its own".into()))
+        }
+        ClusterCommand::Backup { out, operator } => backup(conn, operator, &out).await?,
         ClusterCommand::Status => {
             let mut views = Vec::new();
             for server in client.servers() {
@@ -91,6 +94,101 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
             }
         }
     }
+    Ok(())
+}
+
+/// Downloads a backup from the leader (following a follower's redirect with the same key),
+/// checks its SHA-256 and writes FILE and FILE.sha256.
+async fn backup(conn: &Conn, operator: OperatorKey, out: &std::path::Path) -> Result<(), CliError> {
+    use crate::api::backup::{HEADER_INDEX, HEADER_ROWS, HEADER_SHA256};
+    let key = operator.resolve()?;
+    let client = client(conn, None)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(3600))
+        .build()
+        .map_err(|e| CliError::Io(e.to_string()))?;
+    let mut tried = Vec::new();
+    let mut targets: Vec<String> = client.servers().iter().map(|s| format!("{s}/api/cluster/backup")).collect();
+    let mut response = None;
+    while let Some(url) = (!targets.is_empty()).then(|| targets.remove(0)) {
+        match http.post(&url).bearer_auth(&key).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::TEMPORARY_REDIRECT && tried.len() < 6 => {
+                let location = r.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+                tried.push(format!("{url} (redirected to the leader)"));
+                targets.insert(0, location.to_string());
+            }
+            Ok(r) if r.status().is_success() => {
+                response = Some(r);
+                break;
+            }
+            Ok(r) if r.status().as_u16() != 503 => {
+                return Err(crate::client::error_of(r).await.into());
+            }
+            Ok(r) => tried.push(format!("{url} ({})", r.status())),
+            Err(e) => tried.push(format!("{url} ({e})")),
+        }
+    }
+    let response =
+        response.ok_or_else(|| CliError::Client(crate::client::ClientError::Unreachable(tried.join(", "))))?;
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+    let (index, rows, sha256) = (header(HEADER_INDEX), header(HEADER_ROWS), header(HEADER_SHA256));
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let cannot_write =
+        |path: &std::path::Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", path.display()));
+    // Streamed to disk and hashed on the way: a backup can be larger than memory.
+    let mut file = std::fs::File::create(&tmp).map_err(|e| cannot_write(&tmp, e))?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut bytes = 0usize;
+    let mut response = response;
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| CliError::Io(format!("the backup was cut short: {e}")))?
+    {
+        sha2::Digest::update(&mut hasher, &chunk);
+        std::io::Write::write_all(&mut file, &chunk).map_err(|e| cannot_write(&tmp, e))?;
+        bytes += chunk.len();
+    }
+    file.sync_all().map_err(|e| cannot_write(&tmp, e))?;
+    let got = hex::encode(sha2::Digest::finalize(hasher));
+    if got != sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CliError::Io(format!("the backup arrived damaged: SHA-256 {got}, the leader said {sha256}")));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| cannot_write(out, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut sums = out.as_os_str().to_owned();
+    sums.push(".sha256");
+    let sums = std::path::PathBuf::from(sums);
+    std::fs::write(&sums, format!("{sha256}  {name}\n")).map_err(|e| cannot_write(&sums, e))?;
+    if conn.output == Output::Json {
+        print_json(&json!({ "file": out, "index": index, "rows": rows, "bytes": bytes, "sha256": sha256 }));
+    } else {
+        println!("✓ Backup at log index {index} ({rows} rows, {bytes} bytes) written to {}", out.display());
+        println!("  SHA-256: {sha256}");
+    }
+    Ok(())
+}
+
+/// `ztna cluster restore`: seeds a new node's data directory from a backup.
+pub(super) async fn restore(
+    from: &std::path::Path,
+    data_dir: &std::path::Path,
+    cluster: &std::path::Path,
+    id: u64,
+) -> Result<(), CliError> {
+    let file = crate::config::ClusterFile::load(cluster)?;
+    let info = crate::store::backup::restore(from, data_dir, &file.settings.cluster_name, id, file.members()).await?;
+    println!(
+        "✓ Restored the backup at log index {} ({} rows) into {} as node {id} of cluster {:?}",
+        info.index,
+        info.rows,
+        data_dir.display(),
+        file.settings.cluster_name
+    );
+    println!("  Start it: ztna server --cluster {} --id {id} --data-dir {}", cluster.display(), data_dir.display());
     Ok(())
 }
 

@@ -302,6 +302,30 @@ enum ClusterCommand {
         #[command(flatten)]
         operator: OperatorKey,
     },
+    /// Save a consistent backup of the whole state, taken on the leader (operator key).
+    Backup {
+        /// Where to write it; FILE.sha256 gets its checksum.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        operator: OperatorKey,
+    },
+    /// Seed a node of a new cluster from a backup (offline; run it for each node, or for the
+    /// lowest id only and start the others empty).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node's data directory (must be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new cluster's file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// This node's id in it.
+        #[arg(long)]
+        id: u64,
+    },
     /// Remove a node (operator key); its id is retired for good.
     #[command(name = "remove-node")]
     RemoveNode {
@@ -364,6 +388,8 @@ enum CliError {
     Agent(#[from] crate::agent::AgentError),
     #[error("the node stopped: {0}")]
     Stopped(String),
+    #[error(transparent)]
+    Backup(#[from] crate::store::backup::BackupError),
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -399,6 +425,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let cluster = cluster.unwrap_or(default_cluster);
             let data_dir = data_dir.unwrap_or(default_data);
             local_cluster::up(&cluster, &data_dir, ephemeral_inactivity_timeout).await
+        }
+        Command::Cluster { command: ClusterCommand::Restore { from, data_dir, cluster, id }, .. } => {
+            admin::restore(&from, &data_dir, &cluster, id).await
         }
         Command::Cluster { command, conn } => admin::cluster(command, &conn).await,
         Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval } => {

@@ -91,6 +91,12 @@ pub(crate) fn enrolment_prefix(key_id: &str) -> Vec<u8> {
     child_prefix(TAG_ENROLMENT, key_id)
 }
 
+/// Every row of the node-id registry (a restore leaves them behind: the new cluster's nodes
+/// register afresh).
+pub(crate) fn node_registry_prefix() -> Vec<u8> {
+    vec![TAG_NODE]
+}
+
 pub(crate) fn request_row(request_id: &str) -> Vec<u8> {
     tagged(TAG_REQUEST, request_id)
 }

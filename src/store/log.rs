@@ -24,7 +24,7 @@ use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 /// The log store. Clones share the database and the syncer.
 #[derive(Clone)]

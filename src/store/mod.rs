@@ -12,6 +12,7 @@
 // our helpers would only add conversions at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod log;
 pub mod snapshot_file;
 pub mod state_machine;

@@ -35,7 +35,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 
-const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
 /// Present while a snapshot's rows are being written: the meta of the snapshot in
 /// `snapshot/current` that must be installed again if the node stops before it is done.
 const KEY_INSTALLING: &[u8] = b"installing";
@@ -101,6 +101,10 @@ pub struct StateMachineStore {
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(AnyError::error(e)).into()
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
@@ -199,10 +203,19 @@ impl StateMachineStore {
     /// `apply` writes in one batch, into a file: nothing is locked and nothing is held in memory,
     /// so applying goes on while a large state is written.
     fn snapshot_from_db(&self) -> Result<(SnapshotMeta, u64, u64), StorageError> {
+        let tmp = self.snapshot_dir.join("building");
+        let (meta, rows, bytes) = self.write_snapshot_file(&tmp).map_err(snap_err)?;
+        self.promote_snapshot_file(&tmp, &meta).map_err(snap_err)?;
+        Ok((meta, rows, bytes))
+    }
+
+    /// Writes the rows and applied id, as of one RocksDB point-in-time view, to a snapshot file
+    /// at `path` (a snapshot, or a backup); answers its meta, row count and size.
+    pub(crate) fn write_snapshot_file(&self, path: &Path) -> Result<(SnapshotMeta, u64, u64), String> {
         let view = self.db.snapshot();
         let (last_applied, membership): (Option<LogId>, StoredMembership) =
-            match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(snap_err)? {
-                Some(bytes) => codec::decode(&bytes).map_err(snap_err)?,
+            match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(text)? {
+                Some(bytes) => codec::decode(&bytes).map_err(text)?,
                 None => (None, StoredMembership::default()),
             };
         let snapshot_id = match last_applied {
@@ -210,15 +223,18 @@ impl StateMachineStore {
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let tmp = self.snapshot_dir.join("building");
-        let mut writer = SnapshotWriter::create(&tmp, &meta).map_err(snap_err)?;
+        let mut writer = SnapshotWriter::create(path, &meta).map_err(text)?;
         for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
-            let (key, value) = item.map_err(snap_err)?;
-            writer.row(&key, &value).map_err(snap_err)?;
+            let (key, value) = item.map_err(text)?;
+            writer.row(&key, &value).map_err(text)?;
         }
-        let (rows, bytes) = writer.finish().map_err(snap_err)?;
-        self.promote_snapshot_file(&tmp, &meta).map_err(snap_err)?;
+        let (rows, bytes) = writer.finish().map_err(text)?;
         Ok((meta, rows, bytes))
+    }
+
+    /// Makes a snapshot of the state as it stands `snapshot/current` (after a restore).
+    pub(crate) fn snapshot_now(&self) -> Result<(), String> {
+        self.snapshot_from_db().map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Replaces every row and the applied id with those of `snapshot/current` (whose meta is

@@ -40,6 +40,51 @@ impl Cluster {
 
     /// Starts three nodes with extra `[settings]` lines.
     pub async fn start_with(settings: &str) -> Cluster {
+        let mut cluster = Self::unstarted(settings);
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready().await;
+        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
+        assert_eq!(init.0, 200, "init: {}", init.1);
+        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
+        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
+        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
+        cluster
+    }
+
+    /// A new cluster seeded from `backup` (made by `old`) with `ztna cluster restore` into the
+    /// data directories of `restored` nodes; the others start empty. Keeps `old`'s credentials,
+    /// which the backup holds.
+    pub async fn restore_from(backup: &std::path::Path, old: &Cluster, restored: &[u64]) -> Cluster {
+        let mut cluster = Self::unstarted("");
+        for id in restored {
+            let out = Command::new(ZTNA)
+                .args(["cluster", "restore", "--from"])
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&cluster.node(*id).data_dir)
+                .arg("--cluster")
+                .arg(&cluster.cluster_file)
+                .args(["--id", &id.to_string()])
+                .output()
+                .expect("ztna cluster restore");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "restore node {id}: {text}");
+            assert!(text.contains("Restored the backup at log index"), "{text}");
+        }
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready().await;
+        cluster.org_id = old.org_id.clone();
+        cluster.api_key = old.api_key.clone();
+        cluster.operator_key = old.operator_key.clone();
+        cluster
+    }
+
+    /// Three nodes listed in a new cluster file, none started.
+    fn unstarted(settings: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut text = format!("[settings]\ncluster_name = \"test\"\n{settings}\n");
         let mut nodes = Vec::new();
@@ -52,7 +97,7 @@ impl Cluster {
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, text).expect("write cluster file");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             nodes,
             cluster_file,
@@ -60,17 +105,7 @@ impl Cluster {
             api_key: String::new(),
             operator_key: String::new(),
             http,
-        };
-        for id in 1..=3 {
-            cluster.spawn(id);
         }
-        cluster.wait_ready().await;
-        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
-        assert_eq!(init.0, 200, "init: {}", init.1);
-        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
-        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
-        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
-        cluster
     }
 
     fn node_mut(&mut self, id: u64) -> &mut NodeProc {
