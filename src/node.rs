@@ -195,6 +195,8 @@ impl Node {
             // Each chunk renews the follower's leader lease, and no heartbeat reaches it while
             // a chunk is in flight: small chunks keep it from calling an election mid-transfer.
             snapshot_max_chunk_size: 1024 * 1024,
+            // Heartbeats only while no entry is being replicated (see `drive_heartbeats`).
+            enable_heartbeat: false,
             ..Default::default()
         }
         .validate()
@@ -270,7 +272,8 @@ impl Node {
             serve(api_listener, crate::api::router(node.clone()), stop),
         ];
         node.bootstrap_if_first(peer_view).await;
-        tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper));
+        tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
+        tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper));
         tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
         tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started (plain HTTP: for loopback and trusted networks only)");
         Ok(Running { node, servers, shutdown })
@@ -646,6 +649,37 @@ async fn sweep_inactive_machines(node: std::sync::Weak<Node>, mut stop: tokio::s
         }
         let Some(node) = node.upgrade() else { return };
         node.sweep_once().await;
+    }
+}
+
+/// The leader's heartbeats, sent only when nothing was proposed for a heartbeat interval.
+///
+/// openraft 0.9 keeps one AppendEntries in flight per follower and sends its heartbeats through
+/// the same stream, every interval, busy or not: across regions a new entry then often waits a
+/// whole round trip behind a heartbeat. Appends (and the commit notices that follow them)
+/// already reset the followers' election timers, so heartbeats are only needed when idle.
+/// Checked five times per interval, the longest silence a follower sees stays near one
+/// interval, as with openraft's own timer.
+async fn drive_heartbeats(node: std::sync::Weak<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = match node.upgrade() {
+        Some(node) => Duration::from_millis(node.config.settings().heartbeat_interval_ms),
+        None => return,
+    };
+    let mut last_heartbeat = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval / 5) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        let leading = node.raft.metrics().borrow().state == ServerState::Leader;
+        if !leading || node.proposer.idle_for() < interval || last_heartbeat.elapsed() < interval {
+            continue;
+        }
+        last_heartbeat = Instant::now();
+        if node.raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
     }
 }
 

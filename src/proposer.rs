@@ -7,7 +7,9 @@
 //!
 //! This module must not decide anything about keys; it only batches and stamps.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -23,13 +25,29 @@ type Reply = oneshot::Sender<Result<Outcome, ForwardError>>;
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<(Command, Reply)>,
+    /// When the last entry was proposed, as ms since `epoch` (see [`Proposer::idle_for`]).
+    last_proposal: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Proposer {
     pub fn start(raft: Raft, clock: Clock, max_batch: usize, max_in_flight: usize) -> Self {
         let (queue, waiting) = mpsc::channel(max_batch * 4);
-        tokio::spawn(run(raft, clock, waiting, max_batch, Arc::new(Semaphore::new(max_in_flight))));
-        Proposer { queue }
+        let (last_proposal, epoch) = (Arc::new(AtomicU64::new(0)), Instant::now());
+        let batching = Batching {
+            max_batch,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            last_proposal: last_proposal.clone(),
+            epoch,
+        };
+        tokio::spawn(run(raft, clock, waiting, batching));
+        Proposer { queue, last_proposal, epoch }
+    }
+
+    /// How long since this node last proposed an entry (as leader).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_proposal.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
     }
 
     /// Proposes `command` and waits for its outcome.
@@ -43,13 +61,16 @@ impl Proposer {
     }
 }
 
-async fn run(
-    raft: Raft,
-    clock: Clock,
-    mut waiting: mpsc::Receiver<(Command, Reply)>,
+/// How the proposer's task batches.
+struct Batching {
     max_batch: usize,
     in_flight: Arc<Semaphore>,
-) {
+    last_proposal: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+async fn run(raft: Raft, clock: Clock, mut waiting: mpsc::Receiver<(Command, Reply)>, batching: Batching) {
+    let Batching { max_batch, in_flight, last_proposal, epoch } = batching;
     while let Some(first) = waiting.recv().await {
         // Wait for room first, so that commands arriving meanwhile join this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -65,6 +86,7 @@ async fn run(
             }
         }
         crate::metrics::global().proposed(commands.len());
+        last_proposal.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let request = Request { time: clock.now_ms(), commands };
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -32,6 +32,8 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     procs: Mutex<BTreeMap<u64, Proc>>,
     offsets: std::sync::Mutex<BTreeMap<u64, i64>>,
+    /// `[settings]` lines replacing the defaults (the WAN test's timing profile).
+    timing: String,
 }
 
 #[derive(Default)]
@@ -51,6 +53,17 @@ pub struct View {
 
 impl Cluster {
     pub async fn new(hosts: Hosts, dir: &Path, ztna: &Path, env: Vec<(String, String)>) -> anyhow::Result<Cluster> {
+        Self::with_timing(hosts, dir, ztna, env, String::new()).await
+    }
+
+    /// A cluster whose nodes get `timing` (`key = value` lines of `[settings]`) as well.
+    pub async fn with_timing(
+        hosts: Hosts,
+        dir: &Path,
+        ztna: &Path,
+        env: Vec<(String, String)>,
+        timing: String,
+    ) -> anyhow::Result<Cluster> {
         let ids: Vec<u64> = vec![1, 2, 3];
         let urls = ids.iter().map(|&id| format!("http://{}", hosts.addrs(id).api_addr)).collect();
         let api = Api::new(urls, CLIENT_TIMEOUT)?;
@@ -63,6 +76,7 @@ impl Cluster {
             env,
             procs: Mutex::new(ids.iter().map(|&id| (id, Proc::default())).collect()),
             offsets: std::sync::Mutex::new(BTreeMap::new()),
+            timing,
         };
         for &id in &ids {
             cluster.write_config(id)?;
@@ -89,6 +103,7 @@ impl Cluster {
         // Keys that expire during the run; snapshots and log purges happen during the run.
         text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_commands = 3000\n");
         text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
+        text.push_str(&self.timing);
         text.push_str(&self.hosts.settings_for(id));
         for &n in &self.ids {
             let a = self.hosts.addrs(n);

@@ -6,7 +6,8 @@
 //! - [`history`]: invocations and completions, with Jepsen's field names;
 //! - [`workload`]: the clients racing over keys; [`nemesis`]: the fault schedule;
 //! - [`checker`]: one file per promise; [`report`] and [`plot`]: the run folder;
-//! - [`run`] wires one run together; [`selftest`] proves the checkers catch real bugs.
+//! - [`run`] wires one run together; [`selftest`] proves the checkers catch real bugs;
+//! - [`wan`]: the multi-region timing test (latency bound, quiet minute).
 
 pub mod api;
 pub mod checker;
@@ -19,4 +20,5 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod selftest;
+pub mod wan;
 pub mod workload;

@@ -19,6 +19,7 @@ async fn main() {
 async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Run(options) => Ok(jepsen_lite::run::run(options).await?.verdict.exit_code()),
+        Command::Wan(options) => Ok(if jepsen_lite::wan::run(options).await? { 0 } else { 1 }),
         Command::SelfTest(options) => Ok(if jepsen_lite::selftest::run(options).await? { 0 } else { 1 }),
         Command::Check { history, skew_ms } => {
             let (header, ops) = jepsen_lite::history::read_jsonl(&history)?;

@@ -21,6 +21,9 @@ pub enum Command {
     /// Runs with each test-only fault switch on (expecting `invalid`) and with all off
     /// (expecting `valid`), using a server built with `--features fault-injection`.
     SelfTest(SelfTestOptions),
+    /// Nodes a fixed round trip apart with a cluster file's timing profile: enrolment latency
+    /// through each node, and a quiet minute without leader changes.
+    Wan(crate::wan::WanOptions),
     /// Re-checks a stored history.jsonl and rewrites its run folder's report.
     Check {
         history: PathBuf,

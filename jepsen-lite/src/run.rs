@@ -40,8 +40,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     if !ztna.exists() {
         bail!("no ztna binary at {}; build it (cargo build --release) or pass --ztna", ztna.display());
     }
-    let stamp = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]"))?;
+    let stamp = stamp()?;
     let dir = options.store.join(format!("{stamp}-{seed}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -70,6 +69,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     let results = check_in_thread(ops.clone(), config).await?;
     report::write(&dir, &header, &ops, &results, mode)?;
     Ok(RunResult { verdict: results.verdict(), dir, results })
+}
+
+/// The current UTC time as a run folder's prefix.
+pub fn stamp() -> anyhow::Result<String> {
+    Ok(time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]"))?)
 }
 
 /// The checkers can recurse deeply; give them their own thread and stack.

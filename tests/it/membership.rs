@@ -1,88 +1,12 @@
 //! Membership changes against real processes: a fourth node joins and a voter leaves while
 //! machines enrol, one change at a time, and node ids are never reused.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::Cluster;
-
-/// Machines enrolling continuously with one reusable key, each retried (same device, so the
-/// same enrolment) on another node after a 503 or a transport error, as the README documents.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<Mutex<Vec<u64>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(targets: Arc<Mutex<Vec<String>>>, auth_key: &str, clients: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acknowledged = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        let tasks = (0..clients)
-            .map(|client| {
-                let (stop, acknowledged, failures) = (stop.clone(), acknowledged.clone(), failures.clone());
-                let (targets, http, auth_key) = (targets.clone(), http.clone(), auth_key.to_string());
-                tokio::spawn(async move {
-                    let mut device = client * 1_000_000;
-                    let mut turn = client as usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        device += 1;
-                        let body = json!({
-                            "auth_key": auth_key,
-                            "hostname": format!("load-{device}"),
-                            "node_public_key": format!("{device:064x}"),
-                        });
-                        let deadline = Instant::now() + Duration::from_secs(30);
-                        loop {
-                            turn += 1;
-                            let url = {
-                                let targets = targets.lock().unwrap();
-                                format!("{}/api/enrol", targets[turn % targets.len()])
-                            };
-                            let answer = http.post(&url).json(&body).send().await;
-                            let retry = match answer {
-                                Ok(r) if r.status() == 200 => {
-                                    acknowledged.lock().unwrap().push(device);
-                                    break;
-                                }
-                                Ok(r) if r.status() == 503 => format!("503 from {url}"),
-                                Ok(r) => {
-                                    let status = r.status();
-                                    let text = r.text().await.unwrap_or_default();
-                                    failures.lock().unwrap().push(format!("{status} from {url}: {text}"));
-                                    break;
-                                }
-                                Err(e) => format!("{url}: {e}"),
-                            };
-                            if Instant::now() > deadline {
-                                failures.lock().unwrap().push(format!("device {device} never enrolled: {retry}"));
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, acknowledged, failures, tasks }
-    }
-
-    async fn finish(self) -> (Vec<u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let acknowledged = self.acknowledged.lock().unwrap().clone();
-        let failures = self.failures.lock().unwrap().clone();
-        (acknowledged, failures)
-    }
-}
+use crate::support::{Cluster, Load};
 
 async fn membership(cluster: &Cluster, via: u64, body: Value) -> (u16, Value) {
     cluster.post(via, "/api/cluster/membership", &body, Some(&cluster.operator_key.clone())).await

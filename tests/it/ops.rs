@@ -1,10 +1,12 @@
-//! Operating the cluster: `/metrics`.
+//! Operating the cluster: `/metrics`, backup and restore, rolling restarts.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::Cluster;
+use crate::support::{Cluster, Load};
 
 /// Parses Prometheus text format strictly enough to catch a malformed exposition: every sample
 /// line is `name{label="value",…} number`, every metric has `# TYPE` before its samples, and
@@ -179,4 +181,29 @@ async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
     assert_eq!((status, again["error"]["code"].as_str()), (403, Some("key_used")), "{again}");
     assert_eq!(new.enrol(2, reusable["key"].as_str().unwrap(), 9).await.0, 200);
     new.create_key(3, json!({"expires_in": 3600})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_acknowledged_enrolment() {
+    let mut cluster = Cluster::start().await;
+    let key = cluster.create_key(1, json!({"reusable": true, "expires_in": 3600})).await;
+    let targets = Arc::new(Mutex::new((1..=3).map(|id| cluster.url(id)).collect::<Vec<_>>()));
+    let load = Load::start(targets, key["key"].as_str().expect("secret"), 4);
+    // One node at a time, as an upgrade would: stop, start, wait until it has caught up.
+    for id in [1, 2, 3] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        cluster.stop(id);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.spawn(id);
+        cluster.wait_ready().await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (acknowledged, failures) = load.finish().await;
+    assert!(failures.is_empty(), "enrolments failed beyond the documented retry: {failures:?}");
+    assert!(acknowledged.len() > 20, "too little load to mean anything: {}", acknowledged.len());
+    cluster.wait_caught_up().await;
+    for id in 1..=3 {
+        let record = cluster.get_key(id, key["key_id"].as_str().expect("key id")).await;
+        assert_eq!(record["uses"].as_u64(), Some(acknowledged.len() as u64), "node {id}: {record}");
+    }
 }

@@ -91,8 +91,20 @@ impl Hosts {
         match self {
             Hosts::Netns(n) => n.netem(on),
             Hosts::Proxy(p) => {
-                p.set_delay(on);
+                p.delay().set_fault(on);
                 Ok(())
+            }
+        }
+    }
+
+    /// A fixed one-way delay on every link between nodes (0: none), for the WAN test. Answers
+    /// whether answers to clients are delayed too (netem on the nodes' interfaces).
+    pub fn set_latency(&self, one_way_ms: u64) -> anyhow::Result<bool> {
+        match self {
+            Hosts::Netns(n) => n.set_latency(one_way_ms).map(|()| n.has_netem()),
+            Hosts::Proxy(p) => {
+                p.delay().set(one_way_ms, one_way_ms);
+                Ok(false)
             }
         }
     }

@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -27,8 +26,8 @@ const RAFT_PORT: u16 = 7200;
 
 pub struct Netns {
     nodes: u64,
-    /// Set when the kernel has no netem: the in-namespace relays' delay switch.
-    relays: Option<Arc<AtomicBool>>,
+    /// Set when the kernel has no netem: the in-namespace relays' delay.
+    relays: Option<Arc<super::proxy::Delay>>,
     /// Dropping these stops the relay threads.
     relay_stops: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// An exclusive lock on `/run/jepsen-lite.lock`: the namespaces and addresses are fixed, so
@@ -108,7 +107,7 @@ impl Netns {
         }
         if !netem_available() {
             eprintln!("jepsen-lite: this kernel has no tc netem; latency comes from relays inside the namespaces and loss from nftables");
-            let delay = Arc::new(AtomicBool::new(false));
+            let delay = Arc::new(super::proxy::Delay::default());
             for id in 1..=nodes {
                 let targets: Vec<(u64, String)> =
                     (1..=nodes).filter(|&j| j != id).map(|j| (j, hosts.addrs(j).raft_addr)).collect();
@@ -169,7 +168,7 @@ impl Netns {
 
     pub fn netem(&self, on: bool) -> anyhow::Result<()> {
         if let Some(delay) = &self.relays {
-            delay.store(on, Ordering::Relaxed);
+            delay.set_fault(on);
             let rules = if on {
                 "table inet jepsen-loss\ndelete table inet jepsen-loss\ntable inet jepsen-loss {\n  chain output { type filter hook output priority 0; policy accept;\n    oifname \"eth0\" numgen random mod 100 < 3 drop\n  }\n}\n"
             } else {
@@ -188,6 +187,31 @@ impl Netns {
                     &[
                         "netns", "exec", &name, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
                         "40ms", "30ms", "reorder", "20%", "50%", "loss", "3%",
+                    ],
+                )?;
+            } else {
+                run_quiet("ip", &["netns", "exec", &name, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fixed one-way delay of `one_way_ms` on every link between nodes (0: none): netem on
+    /// every `eth0` (which also delays answers to clients), or the relays' delay.
+    pub fn set_latency(&self, one_way_ms: u64) -> anyhow::Result<()> {
+        if let Some(delay) = &self.relays {
+            delay.set(one_way_ms, one_way_ms);
+            return Ok(());
+        }
+        for id in 1..=self.nodes {
+            let name = ns(id);
+            if one_way_ms > 0 {
+                let delay = format!("{one_way_ms}ms");
+                run(
+                    "ip",
+                    &[
+                        "netns", "exec", &name, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
+                        &delay,
                     ],
                 )?;
             } else {
@@ -222,7 +246,7 @@ fn netem_available() -> bool {
 fn start_relays(
     name: &str,
     targets: Vec<(u64, String)>,
-    delay: Arc<AtomicBool>,
+    delay: Arc<super::proxy::Delay>,
 ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let netns = std::fs::File::open(format!("/var/run/netns/{name}")).with_context(|| format!("open netns {name}"))?;
