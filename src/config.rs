@@ -235,4 +235,14 @@ mod tests {
         assert!(ok.validate().is_ok());
         assert!(NodeConfig::new(2, "x".into(), ok).is_err());
     }
+
+    #[test]
+    fn every_cluster_file_the_project_ships_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        let files = ["local.toml", "three-hosts.example.toml", "three-regions.example.toml", "container/compose-cluster.toml"];
+        for file in files {
+            let loaded = ClusterFile::load(&dir.join(file));
+            assert!(loaded.is_ok(), "{file}: {:?}", loaded.err());
+        }
+    }
 }

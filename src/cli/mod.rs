@@ -406,7 +406,23 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            e.exit_code()
+        }
+    }
+}
+
+/// Exit status of a node that refuses to run with its data directory or id: restarting it
+/// cannot help (systemd's unit does not restart on it).
+pub const EXIT_REFUSED: u8 = 3;
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        use crate::node::StartError;
+        match self {
+            CliError::Stopped(_) | CliError::Start(StartError::Refused(_) | StartError::Identity(_)) => {
+                ExitCode::from(EXIT_REFUSED)
+            }
+            _ => ExitCode::FAILURE,
         }
     }
 }

@@ -94,7 +94,10 @@ impl PeerClient {
                 }
             })?;
         if !response.status().is_success() {
-            return Err(CallError::Sent(format!("{addr}{path} answered {}", response.status())));
+            // The peer's reason, e.g. a format version it does not know (a node of a newer build).
+            let status = response.status();
+            let reason = response.text().await.unwrap_or_default();
+            return Err(CallError::Sent(format!("{addr}{path} answered {status}: {}", reason.trim())));
         }
         let bytes = response.bytes().await.map_err(|e| CallError::Sent(e.to_string()))?;
         codec::decode(&bytes).map_err(|e| CallError::Sent(format!("bad answer from {addr}: {e}")))
