@@ -40,13 +40,35 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// `127.0.0.1:7101` → `http://127.0.0.1:7101`; trailing slashes dropped.
+/// The environment variable naming the PEM file of the cluster CA an HTTPS API is trusted by
+/// (`--ca-cert` sets it for the command).
+pub const CA_CERT_ENV: &str = "ZTNA_CA_CERT";
+
+/// `127.0.0.1:7101` → `http://127.0.0.1:7101` (`https://` when a CA is given); trailing
+/// slashes dropped.
 pub fn normalize_url(server: &str) -> String {
     let server = server.trim().trim_end_matches('/');
     if server.contains("://") {
         server.to_string()
+    } else if std::env::var_os(CA_CERT_ENV).is_some() {
+        format!("https://{server}")
     } else {
         format!("http://{server}")
+    }
+}
+
+/// An HTTP client builder that trusts the CA named by `ZTNA_CA_CERT`, if set (and, with no CA,
+/// trusts no HTTPS server at all).
+pub fn http_builder() -> Result<reqwest::ClientBuilder, ClientError> {
+    crate::tls::ensure_provider();
+    let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+    match std::env::var_os(CA_CERT_ENV) {
+        Some(path) => {
+            let config = crate::tls::client_trusting(std::path::Path::new(&path))
+                .map_err(|e| ClientError::Setup(format!("{CA_CERT_ENV}: {e}")))?;
+            Ok(builder.use_preconfigured_tls(config))
+        }
+        None => Ok(builder),
     }
 }
 
@@ -57,21 +79,16 @@ impl Client {
         if servers.is_empty() {
             return Err(ClientError::NoServer);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let http =
+            http_builder()?.timeout(Duration::from_secs(15)).build().map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(Client { servers, bearer, http })
     }
 
     /// The same client with a longer (or shorter) limit on each request.
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .build()
-            .unwrap_or(self.http);
+        let http =
+            http_builder().and_then(|b| b.timeout(timeout).build().map_err(|e| ClientError::Setup(e.to_string())));
+        let http = http.unwrap_or(self.http);
         Client { http, ..self }
     }
 

@@ -108,6 +108,16 @@ impl Settings {
     }
 }
 
+/// The cluster file's `[tls]` table: PEM files, `{id}` standing for the node's id; relative
+/// paths are relative to the cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca_cert: String,
+    pub cert: String,
+    pub key: String,
+}
+
 /// The cluster file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,14 +125,21 @@ pub struct ClusterFile {
     #[serde(default)]
     pub settings: Settings,
     pub nodes: Vec<NodeEntry>,
+    /// Mutual TLS between nodes and HTTPS for the API; plain HTTP without it.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// The directory the file was read from (relative TLS paths start there).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let file: ClusterFile = toml::from_str(&text)
+        let mut file: ClusterFile = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        file.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         file.validate()?;
         Ok(file)
     }
@@ -215,6 +232,29 @@ impl NodeConfig {
     pub fn settings(&self) -> &Settings {
         &self.cluster.settings
     }
+
+    /// This node's TLS files, when the cluster file has `[tls]`.
+    pub fn tls_paths(&self) -> Option<crate::tls::TlsPaths> {
+        let tls = self.cluster.tls.as_ref()?;
+        let path = |template: &str| {
+            let path = PathBuf::from(template.replace("{id}", &self.id.to_string()));
+            if path.is_relative() {
+                self.cluster.base_dir.join(path)
+            } else {
+                path
+            }
+        };
+        Some(crate::tls::TlsPaths { ca_cert: path(&tls.ca_cert), cert: path(&tls.cert), key: path(&tls.key) })
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.cluster.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,7 +279,8 @@ mod tests {
     #[test]
     fn every_cluster_file_the_project_ships_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
-        let files = ["local.toml", "three-hosts.example.toml", "three-regions.example.toml", "container/compose-cluster.toml"];
+        let files =
+            ["local.toml", "three-hosts.example.toml", "three-regions.example.toml", "container/compose-cluster.toml"];
         for file in files {
             let loaded = ClusterFile::load(&dir.join(file));
             assert!(loaded.is_ok(), "{file}: {:?}", loaded.err());

@@ -17,6 +17,7 @@
 //! - [`client`] and [`cli`]: the `ztna` command line, talking to any node of `ZTNA_SERVER`.
 //! - [`sm::model`] machines, [`liveness`] (the leader's heartbeat table) and [`agent`] (`ztna up`).
 //! - [`membership`]: adding and removing nodes; [`identity`]: a data directory's owner.
+//! - [`tls`]: mutual TLS between nodes, HTTPS for the API, `ztna cluster certs`.
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 //! - [`config`]: cluster files; [`secret`]: credentials; [`private_file`]: 0600 files;
 //!   [`faults`]: test-only fault switches.
@@ -43,3 +44,4 @@ pub mod raft_types;
 pub mod secret;
 pub mod sm;
 pub mod store;
+pub mod tls;

@@ -297,7 +297,7 @@ fn refusal(config: &NodeConfig, answer: &WhoisAnswer) -> Option<String> {
 pub async fn ask_peers(
     config: &NodeConfig,
     peers: &PeerClient,
-    listener: Option<&TcpListener>,
+    listener: Option<(&TcpListener, Option<Arc<rustls::ServerConfig>>)>,
 ) -> Result<PeerView, StartError> {
     let others: Vec<(NodeId, String)> = config
         .cluster
@@ -308,7 +308,7 @@ pub async fn ask_peers(
         .collect();
     let needed = config.cluster.nodes.len() / 2;
     let stop_answering = match listener {
-        Some(listener) => Some(answer_as_fresh(listener, config)?),
+        Some((listener, tls)) => Some(answer_as_fresh(listener, tls, config)?),
         None => None,
     };
     let mut answered: BTreeMap<NodeId, WhoisAnswer> = BTreeMap::new();
@@ -360,6 +360,7 @@ pub async fn ask_peers(
 /// Answers [`WhoisRequest`]s with "nothing known" on a copy of `listener` until told to stop.
 fn answer_as_fresh(
     listener: &TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     config: &NodeConfig,
 ) -> Result<tokio::sync::watch::Sender<bool>, StartError> {
     use std::os::fd::AsFd;
@@ -379,15 +380,8 @@ fn answer_as_fresh(
             async move { crate::network::server::reply(&answer) }
         }),
     );
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(copy, router).with_graceful_shutdown(stopped).await {
-            tracing::warn!("answering other starting nodes stopped: {e}");
-        }
-    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    crate::node::serve(copy, tls, router, stopped);
     Ok(stop)
 }
 

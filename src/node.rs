@@ -45,6 +45,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("refusing to start: {0}")]
     Refused(String),
 }
@@ -202,16 +204,19 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        // Ports first: a port in use stops the node before it touches its data.
+        // Certificates and ports first: either stops the node before it touches its data.
+        let tls = config.tls_paths().map(|paths| crate::tls::NodeTls::load(&paths)).transpose()?;
         let me = config.me().clone();
         let api_listener = bind(&me.api_addr).await?;
         let raft_listener = bind(&me.raft_addr).await?;
-        let peers = PeerClient::new();
+        let peers = PeerClient::new(tls.as_ref().map(|t| t.peer.clone()));
+        let internal_tls = tls.as_ref().map(|t| t.internal.clone());
         let (identity, peer_view) = match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)?
         {
             DataDir::Existing(identity) => (identity, None),
             DataDir::Fresh => {
-                let view = crate::membership::ask_peers(&config, &peers, Some(&raft_listener)).await?;
+                let answering = Some((&raft_listener, internal_tls.clone()));
+                let view = crate::membership::ask_peers(&config, &peers, answering).await?;
                 (crate::identity::create(&config.data_dir, &settings.cluster_name, config.id)?, Some(view))
             }
         };
@@ -268,14 +273,18 @@ impl Node {
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let stop_sweeper = stop.clone();
         let servers = vec![
-            serve(raft_listener, crate::network::server::router(node.clone()), stop.clone()),
-            serve(api_listener, crate::api::router(node.clone()), stop),
+            serve(raft_listener, internal_tls, crate::network::server::router(node.clone()), stop.clone()),
+            serve(api_listener, tls.as_ref().map(|t| t.api.clone()), crate::api::router(node.clone()), stop),
         ];
         node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
         tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper));
         tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
-        tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started (plain HTTP: for loopback and trusted networks only)");
+        if tls.is_some() {
+            tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started: HTTPS API, mutual TLS between nodes");
+        } else {
+            tracing::warn!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started with plain HTTP (no [tls] in the cluster file): for loopback development and trusted networks only");
+        }
         Ok(Running { node, servers, shutdown })
     }
 
@@ -704,8 +713,10 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr: addr.to_string(), source })
 }
 
-fn serve(
+/// Serves `router` on `listener` (TLS-handshaken first with `tls`) until `stop`.
+pub(crate) fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -713,7 +724,14 @@ fn serve(
         let shutdown = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        let served = match tls {
+            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+            Some(config) => match crate::tls::TlsListener::new(listener, config) {
+                Ok(listener) => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = served {
             tracing::error!("server stopped: {e}");
         }
     })

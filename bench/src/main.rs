@@ -75,6 +75,8 @@ struct Systems {
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built with rustls in this workspace: its clients need a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let code = match run(Cli::parse().command).await {
         Ok(()) => 0,
         Err(e) => {

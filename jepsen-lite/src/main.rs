@@ -5,6 +5,8 @@ use jepsen_lite::options::{Cli, Command};
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built with rustls in this workspace: its clients need a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let code = match run(cli.command).await {
         Ok(code) => code,

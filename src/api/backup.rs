@@ -26,7 +26,7 @@ pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result
         Ok(taken) => taken,
         Err(BackupRefusal::Refused(e)) => return Err(e.into()),
         Err(BackupRefusal::NotLeader { api_addr, .. }) => {
-            let location = format!("http://{api_addr}/api/cluster/backup");
+            let location = format!("{}://{api_addr}/api/cluster/backup", node.config().scheme());
             let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
             let value = HeaderValue::from_str(&location).map_err(ApiError::internal)?;
             response.headers_mut().insert(header::LOCATION, value);

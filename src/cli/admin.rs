@@ -8,7 +8,7 @@ use super::*;
 pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
     let client = client(conn, None)?;
     match command {
-        ClusterCommand::Up { .. } | ClusterCommand::Restore { .. } => {
+        ClusterCommand::Up { .. } | ClusterCommand::Restore { .. } | ClusterCommand::Certs { .. } => {
             return Err(CliError::Usage("this command runs on its own".into()))
         }
         ClusterCommand::Backup { out, operator } => backup(conn, operator, &out).await?,
@@ -103,9 +103,8 @@ async fn backup(conn: &Conn, operator: OperatorKey, out: &std::path::Path) -> Re
     use crate::api::backup::{HEADER_INDEX, HEADER_ROWS, HEADER_SHA256};
     let key = operator.resolve()?;
     let client = client(conn, None)?;
-    let http = reqwest::Client::builder()
+    let http = crate::client::http_builder()?
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(3600))
         .build()
         .map_err(|e| CliError::Io(e.to_string()))?;

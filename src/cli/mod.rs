@@ -26,6 +26,9 @@ use crate::node::Node;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The cluster CA (PEM) that an HTTPS API is trusted by.
+    #[arg(long, global = true, env = "ZTNA_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -326,6 +329,21 @@ enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Make a CA and a certificate per node for mutual TLS (a test or small deployment).
+    Certs {
+        /// Directory for ca.crt, ca.key and node<i>.crt / node<i>.key (keys mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host name or address of each node, comma-separated, added to its certificate
+        /// (each already names localhost, 127.0.0.1, ::1 and node<i>).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
     /// Remove a node (operator key); its id is retired for good.
     #[command(name = "remove-node")]
     RemoveNode {
@@ -390,11 +408,18 @@ enum CliError {
     Stopped(String),
     #[error(transparent)]
     Backup(#[from] crate::store::backup::BackupError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
+    crate::tls::ensure_provider();
     let cli = Cli::parse();
+    if let Some(ca) = &cli.ca_cert {
+        // Before any thread starts: every client this process makes reads it.
+        std::env::set_var(crate::client::CA_CERT_ENV, ca);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -441,6 +466,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let cluster = cluster.unwrap_or(default_cluster);
             let data_dir = data_dir.unwrap_or(default_data);
             local_cluster::up(&cluster, &data_dir, ephemeral_inactivity_timeout).await
+        }
+        Command::Cluster { command: ClusterCommand::Certs { out, nodes, hosts, days }, .. } => {
+            let written = crate::tls::make_certs(&out, nodes, &hosts, days)?;
+            for path in written {
+                println!("✓ {}", path.display());
+            }
+            println!("Point [tls] in the cluster file at them; give clients ZTNA_CA_CERT={}/ca.crt", out.display());
+            Ok(())
         }
         Command::Cluster { command: ClusterCommand::Restore { from, data_dir, cluster, id }, .. } => {
             admin::restore(&from, &data_dir, &cluster, id).await

@@ -56,24 +56,27 @@ pub struct ForwardedQuery {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-}
-
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// `http`, or `https` with mutual TLS.
+    scheme: &'static str,
 }
 
 impl PeerClient {
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+    /// A client for plain HTTP, or for mutual TLS with `tls` (the node's certificate and the
+    /// cluster CA).
+    pub fn new(tls: Option<rustls::ClientConfig>) -> Self {
+        crate::tls::ensure_provider();
+        let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        PeerClient { http }
+            .connect_timeout(Duration::from_millis(500));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let builder = match tls {
+            Some(config) => builder.use_preconfigured_tls(config),
+            None => builder,
+        };
+        let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
+        PeerClient { http, scheme }
     }
 
     /// Posts an encoded body and decodes the answer.
@@ -85,8 +88,14 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let bytes = codec::encode(body).map_err(|e| CallError::Encode(e.to_string()))?;
-        let response =
-            self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(bytes).send().await.map_err(|e| {
+        let response = self
+            .http
+            .post(format!("{}://{addr}{path}", self.scheme))
+            .timeout(timeout)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| {
                 if e.is_connect() {
                     CallError::Unreachable(e.to_string())
                 } else {

@@ -8,4 +8,5 @@ mod membership;
 mod ops;
 mod races;
 mod support;
+mod tls;
 mod walkthrough;

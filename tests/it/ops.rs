@@ -207,3 +207,62 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_enrolment() {
         assert_eq!(record["uses"].as_u64(), Some(acknowledged.len() as u64), "node {id}: {record}");
     }
 }
+
+/// Runs `ztna server` with `cluster_file` as node 1 and answers its exit status and stderr;
+/// it must stop on its own.
+fn start_refused(dir: &std::path::Path, cluster_file: &str) -> (Option<i32>, String) {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, cluster_file).expect("write");
+    let mut child = std::process::Command::new(crate::support::ZTNA)
+        .args(["server", "--id", "1", "--cluster"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ztna server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("output");
+            return (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the node did not stop on its own for:\n{cluster_file}");
+}
+
+#[test]
+fn a_misconfigured_node_stops_at_start_with_one_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy_addr = busy.local_addr().expect("addr");
+    let node = |api: &str| format!("[[nodes]]\nid = 1\napi_addr = \"{api}\"\nraft_addr = \"127.0.0.1:0\"\n");
+
+    let (code, err) = start_refused(dir.path(), &format!("[settings]\nheartbeat_ms = 5\n{}", node("127.0.0.1:0")));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown field `heartbeat_ms`"), "{err}");
+
+    let (code, err) = start_refused(dir.path(), &node(&busy_addr.to_string()));
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("cannot listen on {busy_addr}")), "{err}");
+
+    let tls =
+        "\n[tls]\nca_cert = \"missing/ca.crt\"\ncert = \"missing/node{id}.crt\"\nkey = \"missing/node{id}.key\"\n";
+    let (code, err) = start_refused(dir.path(), &format!("{}{tls}", node("127.0.0.1:0")));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("missing/ca.crt"), "the message names the file: {err}");
+
+    // Another cluster's data directory: exit status 3 (restarting cannot help).
+    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+    let other = r#"{"format": 1, "cluster_name": "staging", "node_id": 1, "incarnation": "x"}"#;
+    std::fs::write(dir.path().join("data/identity.json"), other).expect("identity");
+    let (code, err) =
+        start_refused(dir.path(), &format!("[settings]\ncluster_name = \"prod\"\n{}", node("127.0.0.1:0")));
+    assert_eq!(code, Some(3));
+    assert!(err.contains("belongs to cluster \"staging\", not \"prod\""), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "one message: {err}");
+    drop(busy);
+}

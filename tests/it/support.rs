@@ -16,6 +16,7 @@ pub const ZTNA: &str = env!("CARGO_BIN_EXE_ztna");
 pub struct NodeProc {
     pub id: u64,
     pub api_addr: String,
+    pub raft_addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
 }
@@ -28,6 +29,10 @@ pub struct Cluster {
     pub api_key: String,
     pub operator_key: String,
     pub http: reqwest::Client,
+    /// `http`, or `https` with TLS.
+    pub scheme: &'static str,
+    /// The cluster CA with TLS (the CLI gets it as ZTNA_CA_CERT).
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -85,8 +90,48 @@ impl Cluster {
         cluster
     }
 
+    /// Three nodes with TLS: certificates from `ztna cluster certs` under `tls/`, mutual TLS
+    /// between nodes, HTTPS for the API; the test client and the CLI trust the cluster CA.
+    pub async fn start_tls() -> Cluster {
+        let mut cluster = Self::unstarted("");
+        let tls = cluster.dir.path().join("tls");
+        let made = Command::new(ZTNA)
+            .args(["cluster", "certs", "--nodes", "3", "--out"])
+            .arg(&tls)
+            .output()
+            .expect("ztna cluster certs");
+        assert!(made.status.success(), "certs: {}", String::from_utf8_lossy(&made.stderr));
+        let mut text = std::fs::read_to_string(&cluster.cluster_file).expect("cluster file");
+        text.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
+        std::fs::write(&cluster.cluster_file, text).expect("write cluster file");
+        let ca = ztna_keystore::tls::client_trusting(&tls.join("ca.crt")).expect("CA");
+        cluster.http = reqwest::Client::builder()
+            .use_preconfigured_tls(ca)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
+        cluster.scheme = "https";
+        cluster.ca_cert = Some(tls.join("ca.crt"));
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready().await;
+        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
+        assert_eq!(init.0, 200, "init: {}", init.1);
+        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
+        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
+        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
+        cluster
+    }
+
+    /// Node `id`'s internal (Raft) address.
+    pub fn raft_addr(&self, id: u64) -> String {
+        self.node(id).raft_addr.clone()
+    }
+
     /// Three nodes listed in a new cluster file, none started.
     fn unstarted(settings: &str) -> Cluster {
+        ztna_keystore::tls::ensure_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut text = format!("[settings]\ncluster_name = \"test\"\n{settings}\n");
         let mut nodes = Vec::new();
@@ -94,7 +139,13 @@ impl Cluster {
             let api_addr = format!("127.0.0.1:{}", free_port());
             let raft_addr = format!("127.0.0.1:{}", free_port());
             text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
-            nodes.push(NodeProc { id, api_addr, data_dir: dir.path().join(format!("node{id}")), child: None });
+            nodes.push(NodeProc {
+                id,
+                api_addr,
+                raft_addr,
+                data_dir: dir.path().join(format!("node{id}")),
+                child: None,
+            });
         }
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, text).expect("write cluster file");
@@ -107,6 +158,8 @@ impl Cluster {
             api_key: String::new(),
             operator_key: String::new(),
             http,
+            scheme: "http",
+            ca_cert: None,
         }
     }
 
@@ -166,11 +219,11 @@ impl Cluster {
     }
 
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).api_addr)
+        format!("{}://{}", self.scheme, self.node(id).api_addr)
     }
 
     pub fn servers(&self) -> String {
-        self.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect::<Vec<_>>().join(",")
+        self.nodes.iter().map(|n| format!("{}://{}", self.scheme, n.api_addr)).collect::<Vec<_>>().join(",")
     }
 
     pub fn running(&self) -> Vec<u64> {
@@ -268,6 +321,9 @@ impl Cluster {
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(ZTNA);
         cmd.env("ZTNA_SERVER", self.servers()).env("QZ_API_KEY", &self.api_key).env("ZTNA_ORG", &self.org_id);
+        if let Some(ca) = &self.ca_cert {
+            cmd.env("ZTNA_CA_CERT", ca);
+        }
         cmd
     }
 
@@ -315,7 +371,13 @@ impl Cluster {
         text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
         std::fs::write(&self.cluster_file, text).expect("write cluster file");
         let data_dir = self.dir.path().join(format!("node{id}"));
-        self.nodes.push(NodeProc { id, api_addr: api_addr.clone(), data_dir, child: None });
+        self.nodes.push(NodeProc {
+            id,
+            api_addr: api_addr.clone(),
+            raft_addr: raft_addr.clone(),
+            data_dir,
+            child: None,
+        });
         (raft_addr, api_addr)
     }
 
