@@ -60,6 +60,9 @@ pub struct Settings {
     pub ephemeral_inactivity_timeout_ms: u64,
     /// How often the leader persists last-seen times (one Raft entry for all machines).
     pub last_seen_persist_interval_ms: u64,
+    /// Below this much free space on its data directory's filesystem a node stops taking part
+    /// in Raft and refuses requests (507 `disk_full`) instead of failing a write half-way.
+    pub min_free_disk_mb: u64,
     /// TEST ONLY: shortest accepted `expires_in`, so fault tests can watch keys expire. Never set
     /// this below 300 in production; the node logs a warning when it is.
     pub test_only_min_expiry_secs: u64,
@@ -84,6 +87,7 @@ impl Default for Settings {
             max_in_flight_entries: 2,
             ephemeral_inactivity_timeout_ms: 10 * 60 * 1000,
             last_seen_persist_interval_ms: 60 * 1000,
+            min_free_disk_mb: 256,
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,
             test_only_clock_offset_ms: 0,
             test_only_dial: Default::default(),

@@ -18,6 +18,7 @@
 //! - [`sm::model`] machines, [`liveness`] (the leader's heartbeat table) and [`agent`] (`ztna up`).
 //! - [`membership`]: adding and removing nodes; [`identity`]: a data directory's owner.
 //! - [`tls`]: mutual TLS between nodes, HTTPS for the API, `ztna cluster certs`.
+//! - [`disk`]: the free-space watchdog.
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 //! - [`config`]: cluster files; [`secret`]: credentials; [`private_file`]: 0600 files;
 //!   [`faults`]: test-only fault switches.
@@ -29,6 +30,7 @@ pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod disk;
 pub mod election_hold;
 pub mod faults;
 pub mod forwarder;

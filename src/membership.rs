@@ -116,6 +116,9 @@ impl Drop for ChangeGuard<'_> {
 impl Node {
     /// Makes `change` on the leader, wherever it is; answers the members afterwards.
     pub async fn change_membership(&self, actor: &Actor, change: &Change) -> Result<Vec<MemberInfo>, MembershipError> {
+        if self.disk_full() {
+            return Err(MembershipError::Unavailable("this node's disk is full; ask another node".into()));
+        }
         let deadline = Instant::now() + self.config().settings().request_timeout();
         loop {
             let result = match self.leader_route() {

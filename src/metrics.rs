@@ -162,8 +162,12 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of everything, with Raft's state read from
     /// `raft`.
-    pub fn render(&self, raft: &openraft::RaftMetrics<NodeId, NodeInfo>) -> String {
+    pub fn render(&self, raft: &openraft::RaftMetrics<NodeId, NodeInfo>, disk: (u64, bool)) -> String {
         let mut out = String::with_capacity(8192);
+        header(&mut out, "ztna_disk_free_bytes", "gauge", "Free space on the data directory's filesystem.");
+        sample(&mut out, "ztna_disk_free_bytes", "", disk.0);
+        header(&mut out, "ztna_disk_full", "gauge", "1 when the node stopped taking part in Raft for want of space.");
+        sample(&mut out, "ztna_disk_full", "", u64::from(disk.1));
         render_raft(&mut out, raft, self.committed.load(Ordering::Relaxed).checked_sub(1));
         header(&mut out, "ztna_raft_leader_changes_total", "counter", "Leader changes this node has seen.");
         sample(&mut out, "ztna_raft_leader_changes_total", "", self.leader_changes.load(Ordering::Relaxed));

@@ -58,6 +58,8 @@ pub enum StartError {
 pub struct Unavailable {
     pub waited_ms: u64,
     pub last_error: String,
+    /// This node refuses requests because its disk is full (see `disk`).
+    pub disk_full: bool,
 }
 
 /// A running node's shared parts.
@@ -81,6 +83,8 @@ pub struct Node {
     backups: crate::store::StateMachineStore,
     /// One membership change at a time (on the leader).
     membership_changes: ChangeLock,
+    /// The free-space watchdog's view of the data directory.
+    disk: crate::disk::DiskState,
     /// Set when the node must stop on its own (e.g. it was removed from the cluster).
     fatal: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -99,6 +103,8 @@ pub struct ClusterInfo {
     pub snapshot_index: Option<u64>,
     /// Entries up to this index are purged from this node's log.
     pub purged_index: Option<u64>,
+    /// This node stopped taking part in Raft because its disk is full.
+    pub disk_full: bool,
     pub members: Vec<MemberInfo>,
 }
 
@@ -267,6 +273,7 @@ impl Node {
             election_hold,
             backups,
             membership_changes: ChangeLock::default(),
+            disk: crate::disk::DiskState::default(),
             fatal: tokio::sync::watch::channel(None).0,
         });
 
@@ -278,7 +285,8 @@ impl Node {
         ];
         node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
-        tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper));
+        tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper.clone()));
+        tokio::spawn(watch_free_space(Arc::downgrade(&node), stop_sweeper));
         tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
         if tls.is_some() {
             tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started: HTTPS API, mutual TLS between nodes");
@@ -378,6 +386,9 @@ impl Node {
         actor: &Actor,
     ) -> Result<(std::fs::File, crate::store::backup::BackupInfo), BackupRefusal> {
         self.authorize_operator(actor)?;
+        if self.disk.is_full() {
+            return Err(BackupRefusal::Unavailable(self.disk_full_message()));
+        }
         match self.leader() {
             Some((leader, _)) if leader == self.id => {}
             Some((leader, Some(info))) => return Err(BackupRefusal::NotLeader { leader, api_addr: info.api_addr }),
@@ -398,6 +409,21 @@ impl Node {
         let file = written.1.map_err(|e| BackupRefusal::Unavailable(format!("cannot reopen the backup: {e}")))?;
         tracing::info!(index = info.index, rows = info.rows, bytes = info.bytes, "backup taken");
         Ok((file, info))
+    }
+
+    /// What a full disk makes every answer say.
+    fn disk_full_message(&self) -> String {
+        let minimum = self.config.settings().min_free_disk_mb << 20;
+        crate::disk::full_message(&self.config.data_dir, self.disk.free_bytes(), minimum)
+    }
+
+    pub fn disk_full(&self) -> bool {
+        self.disk.is_full()
+    }
+
+    /// The watchdog's last reading: free bytes, and whether the node stopped for want of space.
+    pub fn disk_state(&self) -> (u64, bool) {
+        (self.disk.free_bytes(), self.disk.is_full())
     }
 
     /// Stops the node on its own, with `reason` in its log (see [`Running::failed`]).
@@ -474,6 +500,10 @@ impl Node {
         Fut: std::future::Future<Output = Result<T, ForwardError>>,
     {
         let started = Instant::now();
+        if self.disk.is_full() {
+            let last_error = self.disk_full_message();
+            return Err(Unavailable { waited_ms: 0, last_error, disk_full: true });
+        }
         let deadline = started + self.config.settings().request_timeout();
         loop {
             let route = match self.leader() {
@@ -503,7 +533,11 @@ impl Node {
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
-                return Err(Unavailable { waited_ms: started.elapsed().as_millis() as u64, last_error });
+                return Err(Unavailable {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    last_error,
+                    disk_full: false,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.wait_for_leader(deadline).await;
@@ -595,6 +629,7 @@ impl Node {
             last_applied_index: metrics.last_applied.map(|l| l.index),
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
+            disk_full: self.disk.is_full(),
             members,
         }
     }
@@ -658,6 +693,35 @@ async fn sweep_inactive_machines(node: std::sync::Weak<Node>, mut stop: tokio::s
         }
         let Some(node) = node.upgrade() else { return };
         node.sweep_once().await;
+    }
+}
+
+/// The free-space watchdog (see `disk`): once a second, and once short of space, for good.
+async fn watch_free_space(node: std::sync::Weak<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut told_space_is_back = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        let minimum = node.config.settings().min_free_disk_mb << 20;
+        let free = match crate::disk::free_bytes(&node.config.data_dir) {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!("cannot read the free space of {}: {e}", node.config.data_dir.display());
+                continue;
+            }
+        };
+        if node.disk.observe(free, minimum) {
+            tracing::error!("{}", node.disk_full_message());
+            if let Err(e) = node.raft.shutdown().await {
+                tracing::warn!("raft shutdown: {e}");
+            }
+        } else if node.disk.is_full() && free >= minimum && !told_space_is_back {
+            told_space_is_back = true;
+            tracing::warn!(free_mib = free >> 20, "space is back on the data directory: restart this node to rejoin");
+        }
     }
 }
 

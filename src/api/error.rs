@@ -89,6 +89,9 @@ impl From<OpError> for ApiError {
 
 impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
+        if e.disk_full {
+            return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.last_error);
+        }
         tracing::warn!("request unavailable: {e}");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -98,7 +98,7 @@ fn action_in(body: &[u8], actions: &'static str) -> &'static str {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn scrape(State(node): State<Arc<Node>>) -> Response {
-    let text = crate::metrics::global().render(&node.raft().metrics().borrow());
+    let text = crate::metrics::global().render(&node.raft().metrics().borrow(), node.disk_state());
     let mut response = text.into_response();
     response
         .headers_mut()

@@ -226,6 +226,9 @@ struct ServerArgs {
     /// Overrides the cluster file's ephemeral_inactivity_timeout_ms, e.g. 20s or 10m.
     #[arg(long)]
     ephemeral_inactivity_timeout: Option<String>,
+    /// Overrides the cluster file's min_free_disk_mb for this node (its disk may differ).
+    #[arg(long)]
+    min_free_disk_mb: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -531,6 +534,9 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     if let Some(timeout) = &args.ephemeral_inactivity_timeout {
         cluster.settings.ephemeral_inactivity_timeout_ms = crate::config::parse_duration_ms(timeout)?;
         cluster.validate()?;
+    }
+    if let Some(minimum) = args.min_free_disk_mb {
+        cluster.settings.min_free_disk_mb = minimum;
     }
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;

@@ -266,3 +266,94 @@ fn a_misconfigured_node_stops_at_start_with_one_clear_message() {
     assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "one message: {err}");
     drop(busy);
 }
+
+/// Waits until nodes `ids` agree on a leader among themselves; answers it.
+async fn wait_leader_among(cluster: &Cluster, ids: &[u64]) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        for id in ids {
+            leaders.push(cluster.cluster_info(*id).await.and_then(|i| i["leader"].as_u64()));
+        }
+        if let Some(Some(leader)) = leaders.first().copied() {
+            if ids.contains(&leader) && leaders.iter().all(|l| *l == Some(leader)) {
+                return leader;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader among {ids:?}: {leaders:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_refuses_requests_and_rejoins_with_everything_once_space_is_back() {
+    let mut cluster = Cluster::start().await;
+    let key = cluster.create_key(1, json!({"reusable": true, "expires_in": 3600})).await;
+    let secret = key["key"].as_str().expect("secret").to_string();
+    let key_id = key["key_id"].as_str().expect("key id").to_string();
+    // The leader's disk fills: it must give way to the others.
+    let full = cluster.wait_ready().await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != full).collect();
+
+    // All nodes share one filesystem here, so node `full` gets a threshold just under today's
+    // free space and a ballast file takes 400 MiB: only it falls below its threshold.
+    let free_mib = ztna_keystore::disk::free_bytes(cluster.dir.path()).expect("free space") >> 20;
+    assert!(free_mib > 2048, "the test needs 2 GiB free, has {free_mib} MiB");
+    cluster.stop(full);
+    cluster.spawn_with(full, &["--min-free-disk-mb", &(free_mib - 150).to_string()]);
+    cluster.wait_ready().await;
+    let mut device = 0;
+    let mut enrolled = 0;
+    for id in 1..=3 {
+        device += 1;
+        assert_eq!(cluster.enrol(id, &secret, device).await.0, 200);
+        enrolled += 1;
+    }
+
+    let ballast = cluster.dir.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&ballast).expect("ballast");
+        let chunk = vec![0x5a_u8; 1 << 20];
+        for _ in 0..400 {
+            file.write_all(&chunk).expect("write ballast");
+        }
+        file.sync_all().expect("sync ballast");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.cluster_info(full).await.is_none_or(|i| i["disk_full"] != true) {
+        assert!(std::time::Instant::now() < deadline, "node {full} never noticed:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its answers and its log say why; the other two elect a leader and keep serving.
+    device += 1;
+    let (status, refused) = cluster.enrol(full, &secret, device).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (507, Some("disk_full")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("disk is full"), "{refused}");
+    assert!(cluster.log(full).contains("disk is full"), "{}", cluster.log(full));
+    wait_leader_among(&cluster, &others).await;
+    for id in &others {
+        for _ in 0..3 {
+            device += 1;
+            let (status, answer) = cluster.enrol(*id, &secret, device).await;
+            assert_eq!(status, 200, "node {id}: {answer}");
+            enrolled += 1;
+        }
+    }
+
+    // Space is back: the node says so; restarted, it rejoins with everything.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cluster.log(full).contains("space is back") {
+        assert!(std::time::Instant::now() < deadline, "node {full} never saw the space come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop(full);
+    cluster.spawn(full);
+    cluster.wait_ready().await;
+    cluster.wait_caught_up().await;
+    let record = cluster.get_key(full, &key_id).await;
+    assert_eq!(record["uses"], enrolled, "{record}");
+    device += 1;
+    assert_eq!(cluster.enrol(full, &secret, device).await.0, 200);
+}

@@ -173,6 +173,11 @@ impl Cluster {
 
     /// Starts (or restarts, with its data) node `id`.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra `ztna server` arguments.
+    pub fn spawn_with(&mut self, id: u64, extra: &[&str]) {
         let cluster_file = self.cluster_file.clone();
         let log = self.dir.path().join(format!("node{id}.log"));
         let node = self.node_mut(id);
@@ -186,6 +191,7 @@ impl Cluster {
             .arg(id.to_string())
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
