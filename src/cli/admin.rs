@@ -53,19 +53,19 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
                 .collect();
             println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
         }
-        ClusterCommand::AddNode { id, raft_addr, api_addr, operator } => {
-            let members = change_membership(conn, operator, add_node(id, &raft_addr, &api_addr)).await?;
-            report_members(conn, &format!("node {id} added and voting"), &members);
+        ClusterCommand::AddNode { node, operator } => {
+            let members = change_membership(conn, operator, add_node(&node)).await?;
+            report_members(conn, &format!("node {} added and voting", node.id), &members);
         }
         ClusterCommand::RemoveNode { id, operator } => {
             let members = change_membership(conn, operator, remove_node(id)).await?;
             report_members(conn, &format!("node {id} removed; its id is retired"), &members);
         }
-        ClusterCommand::ReplaceNode { old_id, id, raft_addr, api_addr, operator } => {
-            change_membership(conn, operator.clone(), add_node(id, &raft_addr, &api_addr)).await?;
-            println!("✓ node {id} added and voting; removing node {old_id}");
+        ClusterCommand::ReplaceNode { old_id, node, operator } => {
+            change_membership(conn, operator.clone(), add_node(&node)).await?;
+            println!("✓ node {} added and voting; removing node {old_id}", node.id);
             let members = change_membership(conn, operator, remove_node(old_id)).await?;
-            report_members(conn, &format!("node {old_id} replaced by node {id}"), &members);
+            report_members(conn, &format!("node {old_id} replaced by node {}", node.id), &members);
         }
         ClusterCommand::Init { org_name, env_file, operator_key_file } => {
             let answer = client.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
@@ -191,8 +191,8 @@ pub(super) async fn restore(
     Ok(())
 }
 
-fn add_node(id: u64, raft_addr: &str, api_addr: &str) -> Value {
-    json!({ "action": "add_node", "node_id": id, "raft_addr": raft_addr, "api_addr": api_addr })
+fn add_node(node: &NewNode) -> Value {
+    json!({ "action": "add_node", "node_id": node.id, "raft_addr": node.raft_addr, "api_addr": node.api_addr })
 }
 
 fn remove_node(id: u64) -> Value {

@@ -149,6 +149,20 @@ enum Command {
     },
 }
 
+/// A node joining the cluster.
+#[derive(Args, Clone)]
+struct NewNode {
+    /// Its id; ids are never reused.
+    #[arg(long)]
+    id: u64,
+    /// Its internal (Raft) address, host:port.
+    #[arg(long)]
+    raft_addr: String,
+    /// Its public API address, host:port.
+    #[arg(long)]
+    api_addr: String,
+}
+
 /// The operator API key, for org administration and membership changes.
 #[derive(Args, Clone)]
 struct OperatorKey {
@@ -298,13 +312,8 @@ enum ClusterCommand {
     /// node first, with a cluster file that lists it.
     #[command(name = "add-node")]
     AddNode {
-        /// The new node's id; ids are never reused.
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        raft_addr: String,
-        #[arg(long)]
-        api_addr: String,
+        #[command(flatten)]
+        node: NewNode,
         #[command(flatten)]
         operator: OperatorKey,
     },
@@ -362,13 +371,9 @@ enum ClusterCommand {
         /// The id of the node being replaced.
         #[arg(long)]
         old_id: u64,
-        /// The replacement's new id.
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        raft_addr: String,
-        #[arg(long)]
-        api_addr: String,
+        /// The replacement.
+        #[command(flatten)]
+        node: NewNode,
         #[command(flatten)]
         operator: OperatorKey,
     },

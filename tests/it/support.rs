@@ -47,17 +47,21 @@ impl Cluster {
 
     /// Starts three nodes with extra `[settings]` lines.
     pub async fn start_with(settings: &str) -> Cluster {
-        let mut cluster = Self::unstarted(settings);
+        Self::unstarted(settings).start_and_init().await
+    }
+
+    /// Starts every listed node, waits for a leader and initialises the cluster.
+    async fn start_and_init(mut self) -> Cluster {
         for id in 1..=3 {
-            cluster.spawn(id);
+            self.spawn(id);
         }
-        cluster.wait_ready().await;
-        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
+        self.wait_ready().await;
+        let init = self.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
         assert_eq!(init.0, 200, "init: {}", init.1);
-        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
-        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
-        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
-        cluster
+        self.org_id = init.1["org_id"].as_str().unwrap().to_string();
+        self.api_key = init.1["api_key"].as_str().unwrap().to_string();
+        self.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
+        self
     }
 
     /// A new cluster seeded from `backup` (made by `old`) with `ztna cluster restore` into the
@@ -112,16 +116,7 @@ impl Cluster {
             .expect("client");
         cluster.scheme = "https";
         cluster.ca_cert = Some(tls.join("ca.crt"));
-        for id in 1..=3 {
-            cluster.spawn(id);
-        }
-        cluster.wait_ready().await;
-        let init = cluster.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
-        assert_eq!(init.0, 200, "init: {}", init.1);
-        cluster.org_id = init.1["org_id"].as_str().unwrap().to_string();
-        cluster.api_key = init.1["api_key"].as_str().unwrap().to_string();
-        cluster.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
-        cluster
+        cluster.start_and_init().await
     }
 
     /// Node `id`'s internal (Raft) address.
