@@ -26,6 +26,20 @@ async fn a_fourth_node_joins_and_the_leader_leaves_under_enrolment_load() {
     let load = Load::start(targets.clone(), &auth_key, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Bad input names the field and changes nothing.
+    for (body, field) in [
+        (json!({"action": "add_node", "node_id": 4, "raft_addr": "nowhere", "api_addr": "127.0.0.1:1"}), "raft_addr"),
+        (json!({"action": "add_node", "node_id": 0, "raft_addr": "127.0.0.1:1", "api_addr": "127.0.0.1:2"}), "node_id"),
+        (json!({"action": "promote_node", "node_id": 4}), "action"),
+        (json!({"action": "remove_node", "node_id": 3, "force": true}), "force"),
+    ] {
+        let (status, refused) = membership(&cluster, 1, body).await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(refused["error"]["message"].as_str().unwrap_or_default().contains(field), "{refused}");
+    }
+    let (status, refused) = membership(&cluster, 1, json!({"action": "remove_node", "node_id": 9})).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (404, Some("not_a_member")), "{refused}");
+
     // Only the operator changes membership.
     let (status, _) = cluster
         .post(2, "/api/cluster/membership", &json!({"action": "remove_node", "node_id": 3}), Some(&cluster.api_key))
