@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::network::PeerClient;
-use crate::node::{MemberInfo, Node, StartError};
+use crate::node::{MemberInfo, Node, Route, StartError};
 use crate::raft_types::{NodeId, NodeInfo};
 use crate::sm::model::{Actor, Command, Op, OpError};
 use crate::sm::nodes::NodeRecord;
@@ -121,10 +121,12 @@ impl Node {
         }
         let deadline = Instant::now() + self.config().settings().request_timeout();
         loop {
-            let result = match self.leader_route() {
-                Some(None) => self.change_as_leader(actor, change).await,
-                Some(Some(addr)) => self.peers().change_membership(&addr, actor, change, CATCH_UP_TIMEOUT * 2).await,
-                None => Err(MembershipError::NotLeader(None)),
+            let result = match self.route_to_leader() {
+                Ok((_, Route::Local)) => self.change_as_leader(actor, change).await,
+                Ok((_, Route::Remote(addr))) => {
+                    self.peers().change_membership(&addr, actor, change, CATCH_UP_TIMEOUT * 2).await
+                }
+                Err(_) => Err(MembershipError::NotLeader(None)),
             };
             match result {
                 Err(MembershipError::NotLeader(_)) if Instant::now() < deadline => {

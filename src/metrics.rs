@@ -84,7 +84,6 @@ type RequestKey = (&'static str, &'static str, &'static str);
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, u64>>,
     request_seconds: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
-    enrolments: Vec<AtomicU64>,
     forwarded_writes: AtomicU64,
     forwarded_reads: AtomicU64,
     ephemeral_deletions: AtomicU64,
@@ -108,7 +107,6 @@ impl Metrics {
         Metrics {
             requests: Mutex::default(),
             request_seconds: Mutex::default(),
-            enrolments: ENROLMENT_OUTCOMES.iter().map(|_| AtomicU64::new(0)).collect(),
             forwarded_writes: AtomicU64::new(0),
             forwarded_reads: AtomicU64::new(0),
             ephemeral_deletions: AtomicU64::new(0),
@@ -127,10 +125,18 @@ impl Metrics {
             .entry((route, action))
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe_duration(elapsed);
-        if route == "/api/enrol" {
-            let i = ENROLMENT_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(ENROLMENT_OUTCOMES.len() - 1);
-            self.enrolments[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Enrolments by [`ENROLMENT_OUTCOMES`], from the requests to `/api/enrol`.
+    fn enrolments(&self) -> Vec<u64> {
+        let mut counts = vec![0; ENROLMENT_OUTCOMES.len()];
+        let other = ENROLMENT_OUTCOMES.len() - 1;
+        for ((route, _, outcome), n) in lock(&self.requests).iter() {
+            if *route == "/api/enrol" {
+                counts[ENROLMENT_OUTCOMES.iter().position(|o| o == outcome).unwrap_or(other)] += n;
+            }
         }
+        counts
     }
 
     pub fn forwarded(&self, write: bool) {
@@ -188,8 +194,8 @@ impl Metrics {
             histogram.render(&mut out, "ztna_api_request_seconds", &format!("route=\"{route}\",action=\"{action}\""));
         }
         header(&mut out, "ztna_enrolments_total", "counter", "Enrolments answered by this node, by outcome.");
-        for (outcome, n) in ENROLMENT_OUTCOMES.iter().zip(&self.enrolments) {
-            sample(&mut out, "ztna_enrolments_total", &format!("outcome=\"{outcome}\""), n.load(Ordering::Relaxed));
+        for (outcome, n) in ENROLMENT_OUTCOMES.iter().zip(self.enrolments()) {
+            sample(&mut out, "ztna_enrolments_total", &format!("outcome=\"{outcome}\""), n);
         }
         header(&mut out, "ztna_forwarded_requests_total", "counter", "Requests this node forwarded to the leader.");
         let writes = self.forwarded_writes.load(Ordering::Relaxed);
@@ -294,7 +300,7 @@ mod tests {
         m.request("/api/enrol", "-", "key_used", Duration::from_millis(1));
         m.request("/api/enrol", "-", "invalid_request", Duration::from_millis(1));
         let used = ENROLMENT_OUTCOMES.iter().position(|o| *o == "key_used").unwrap();
-        assert_eq!(m.enrolments[used].load(Ordering::Relaxed), 1);
-        assert_eq!(m.enrolments[ENROLMENT_OUTCOMES.len() - 1].load(Ordering::Relaxed), 1);
+        assert_eq!(m.enrolments()[used], 1);
+        assert_eq!(m.enrolments()[ENROLMENT_OUTCOMES.len() - 1], 1);
     }
 }

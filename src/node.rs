@@ -120,7 +120,7 @@ pub struct MemberInfo {
 type LivenessDue = (Vec<String>, Option<Vec<(String, crate::sm::model::Millis)>>);
 
 /// Where a request goes: this node is the leader, or the leader's internal address.
-enum Route {
+pub(crate) enum Route {
     Local,
     Remote(String),
 }
@@ -432,12 +432,15 @@ impl Node {
         self.fatal.send_replace(Some(reason));
     }
 
-    /// Where the leader is: `None` if unknown, `Some(None)` if here, else its internal address.
-    pub(crate) fn leader_route(&self) -> Option<Option<String>> {
-        match self.leader()? {
-            (leader, _) if leader == self.id => Some(None),
-            (leader, Some(info)) => Some(Some(self.config.settings().dial_addr(leader, &info.raft_addr))),
-            (_, None) => None,
+    /// The leader's id and where to reach it: here, or its internal address.
+    pub(crate) fn route_to_leader(&self) -> Result<(NodeId, Route), ForwardError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => Ok((leader, Route::Local)),
+            Some((leader, Some(info))) => {
+                Ok((leader, Route::Remote(self.config.settings().dial_addr(leader, &info.raft_addr))))
+            }
+            Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
+            None => Err(ForwardError::NotLeader { leader: None }),
         }
     }
 
@@ -506,15 +509,7 @@ impl Node {
         }
         let deadline = started + self.config.settings().request_timeout();
         loop {
-            let route = match self.leader() {
-                Some((leader, _)) if leader == self.id => Ok((leader, Route::Local)),
-                Some((leader, Some(info))) => {
-                    Ok((leader, Route::Remote(self.config.settings().dial_addr(leader, &info.raft_addr))))
-                }
-                Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
-                None => Err(ForwardError::NotLeader { leader: None }),
-            };
-            let result = match route {
+            let result = match self.route_to_leader() {
                 Ok((leader, route)) => {
                     // Give up on this leader as soon as another one is known: a deposed or cut-off
                     // leader may never answer. A write retried elsewhere keeps its request id, so

@@ -267,24 +267,6 @@ fn a_misconfigured_node_stops_at_start_with_one_clear_message() {
     drop(busy);
 }
 
-/// Waits until nodes `ids` agree on a leader among themselves; answers it.
-async fn wait_leader_among(cluster: &Cluster, ids: &[u64]) -> u64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = Vec::new();
-        for id in ids {
-            leaders.push(cluster.cluster_info(*id).await.and_then(|i| i["leader"].as_u64()));
-        }
-        if let Some(Some(leader)) = leaders.first().copied() {
-            if ids.contains(&leader) && leaders.iter().all(|l| *l == Some(leader)) {
-                return leader;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no leader among {ids:?}: {leaders:?}\n{}", cluster.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_refuses_requests_and_rejoins_with_everything_once_space_is_back() {
     let mut cluster = Cluster::start().await;
@@ -331,7 +313,7 @@ async fn a_node_whose_disk_fills_refuses_requests_and_rejoins_with_everything_on
     assert_eq!((status, refused["error"]["code"].as_str()), (507, Some("disk_full")), "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("disk is full"), "{refused}");
     assert!(cluster.log(full).contains("disk is full"), "{}", cluster.log(full));
-    wait_leader_among(&cluster, &others).await;
+    cluster.wait_leader_among(&others).await;
     for id in &others {
         for _ in 0..3 {
             device += 1;

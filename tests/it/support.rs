@@ -283,21 +283,23 @@ impl Cluster {
 
     /// Waits until every running node is ready and they agree on one leader; returns it.
     pub async fn wait_ready(&self) -> u64 {
+        self.wait_leader_among(&self.running()).await
+    }
+
+    /// Waits until nodes `ids` agree on a leader among themselves; returns it.
+    pub async fn wait_leader_among(&self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut leaders = Vec::new();
-            for id in self.running() {
-                match self.cluster_info(id).await {
-                    Some(info) => leaders.push(info["leader"].as_u64()),
-                    None => leaders.push(None),
-                }
+            for id in ids {
+                leaders.push(self.cluster_info(*id).await.and_then(|info| info["leader"].as_u64()));
             }
             if let Some(Some(leader)) = leaders.first().copied() {
-                if leaders.iter().all(|l| *l == Some(leader)) && self.running().contains(&leader) {
+                if leaders.iter().all(|l| *l == Some(leader)) && ids.contains(&leader) {
                     return leader;
                 }
             }
-            assert!(Instant::now() < deadline, "cluster not ready: leaders {leaders:?}\n{}", self.logs());
+            assert!(Instant::now() < deadline, "no leader among {ids:?}: {leaders:?}\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
