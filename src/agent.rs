@@ -117,6 +117,8 @@ pub struct UpOptions {
     pub hostname: Option<String>,
     pub state_dir: PathBuf,
     pub heartbeat_interval: Duration,
+    /// Enrol if needed, then return instead of heartbeating.
+    pub enrol_only: bool,
 }
 
 /// Enrols with `auth_key` and saves the node key.
@@ -203,7 +205,16 @@ pub async fn up(options: UpOptions, stop: impl std::future::Future<Output = ()>)
         }
     }
     let node_key = state.node_key.clone().ok_or_else(|| AgentError::NotEnrolled(dir.display().to_string()))?;
-    let machine = machine_client(&options.servers, &node_key)?;
+    if options.enrol_only {
+        return Ok(());
+    }
+    // A heartbeat takes about its interval at most: a node that does not answer (frozen,
+    // overloaded, half cut off) gets its share of it (at least 250 ms), then the next node is
+    // tried, so every node is tried within one heartbeat.
+    let nodes = options.servers.split(',').filter(|s| !s.trim().is_empty()).count().max(1) as u32;
+    let interval = options.heartbeat_interval.max(Duration::from_millis(500));
+    let per_node = (interval / nodes).clamp(Duration::from_millis(250), crate::client::PER_NODE_WAIT);
+    let machine = machine_client(&options.servers, &node_key)?.with_waits(per_node, interval.max(per_node * nodes));
     println!("ztna up: heartbeat every {:?}; stop with Ctrl-C or SIGTERM", options.heartbeat_interval);
     tokio::pin!(stop);
     let mut last_state = String::new();

@@ -1,14 +1,26 @@
 //! The HTTP client the `ztna` command line uses: JSON to any node of `ZTNA_SERVER`.
 //!
-//! Nodes are tried in order; when one does not answer (refused, timed out, or 503 without a
-//! leader) the next one is tried with the same body. Every mutating body carries a request id,
-//! so a write that reached a node before its answer was lost applies once.
+//! Nodes are tried in turn, starting with the one that answered last; when one does not answer
+//! (refused, no answer within the per-node wait, 503 without a leader, 507 with a full disk) the
+//! next one is tried at once with the same body, round after round, until the total budget is
+//! spent. A node that accepts connections but never answers (frozen, overloaded) therefore
+//! costs one per-node wait, not the whole request. Every mutating body carries a request id, so
+//! a write that reached a node before its answer was lost applies once.
 //!
 //! This module must not print; the CLI decides what the user sees.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
+
+/// How long one node gets to answer: a little more than the server's own request timeout
+/// (5 s by default, after which it answers 503), so a healthy node's answer is never cut off.
+pub const PER_NODE_WAIT: Duration = Duration::from_secs(6);
+/// How long a request may take in all, over every node and round.
+pub const TOTAL_BUDGET: Duration = Duration::from_secs(20);
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +50,11 @@ pub struct Client {
     servers: Vec<String>,
     bearer: Option<String>,
     http: reqwest::Client,
+    /// The wait for one node, and for the whole request.
+    per_node: Duration,
+    total: Duration,
+    /// The index of the node that answered last: tried first next time.
+    preferred: Arc<AtomicUsize>,
 }
 
 /// The environment variable naming the PEM file of the cluster CA an HTTPS API is trusted by
@@ -79,37 +96,73 @@ impl Client {
         if servers.is_empty() {
             return Err(ClientError::NoServer);
         }
-        let http =
-            http_builder()?.timeout(Duration::from_secs(15)).build().map_err(|e| ClientError::Setup(e.to_string()))?;
-        Ok(Client { servers, bearer, http })
+        let http = http_builder()?.build().map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(Client {
+            servers,
+            bearer,
+            http,
+            per_node: PER_NODE_WAIT,
+            total: TOTAL_BUDGET,
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
-    /// The same client with a longer (or shorter) limit on each request.
+    /// The same client with other waits: `per_node` for one node, `total` for the request.
+    pub fn with_waits(self, per_node: Duration, total: Duration) -> Self {
+        Client { per_node, total: total.max(per_node), ..self }
+    }
+
+    /// The same client for long operations (a backup): one node, `timeout` to answer.
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        let http =
-            http_builder().and_then(|b| b.timeout(timeout).build().map_err(|e| ClientError::Setup(e.to_string())));
-        let http = http.unwrap_or(self.http);
-        Client { http, ..self }
+        self.with_waits(timeout, timeout)
     }
 
     pub fn servers(&self) -> &[String] {
         &self.servers
     }
 
-    /// POSTs `body` to `path` on the first node that answers.
+    /// POSTs `body` to `path` on the first node that answers, starting with the one that
+    /// answered last, each node bounded by the per-node wait and all by the total budget.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + self.total;
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut tried = Vec::new();
-        for server in &self.servers {
-            let mut request = self.http.post(format!("{server}{path}")).json(body);
+        for n in 0.. {
+            let index = (first + n) % self.servers.len();
+            let server = &self.servers[index];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut request = self.http.post(format!("{server}{path}")).json(body).timeout(self.per_node.min(left));
             if let Some(bearer) = &self.bearer {
                 request = request.bearer_auth(bearer);
             }
-            match request.send().await {
+            let failed = match request.send().await {
                 Ok(response) => match answer(response).await {
-                    Err(ClientError::Api { status: 503, message, .. }) => tried.push(format!("{server} ({message})")),
-                    other => return other,
+                    // No leader there, or its disk is full: another node may do better.
+                    Err(ClientError::Api { status: 503 | 507, message, .. }) => format!("{server} ({message})"),
+                    other => {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return other;
+                    }
                 },
-                Err(e) => tried.push(format!("{server} ({})", describe(&e))),
+                Err(e) => format!("{server} ({})", describe(&e)),
+            };
+            // The next request starts past a node that did not answer.
+            let _ = self.preferred.compare_exchange(
+                index,
+                (index + 1) % self.servers.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if tried.len() < self.servers.len() * 2 {
+                tried.push(failed);
+            }
+            // After a full round of quick refusals, pause before the next round.
+            if (n + 1) % self.servers.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
             }
         }
         Err(ClientError::Unreachable(tried.join(", ")))

@@ -32,6 +32,31 @@ pub struct NodeEntry {
     pub id: NodeId,
     pub api_addr: String,
     pub raft_addr: String,
+    /// The URL machines reach this node's API at (e.g. `https://ztna1.example.com:7100`), for
+    /// the installer it serves; default: the API address with this node's scheme.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+/// Checks a `public_url`: `http://` or `https://`, then a host (name, IPv4 or `[IPv6]`) with an
+/// optional port, nothing else. It goes into the installer script verbatim (quoted), so only
+/// these characters are allowed.
+pub fn check_public_url(url: &str) -> Result<(), ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "public_url {url:?} must be http:// or https:// followed by a host and an optional port, e.g. https://ztna1.example.com:7100"
+        ))
+    };
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(bad)?;
+    let ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        && !rest.starts_with(['.', '-', ':']);
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// Settings shared by every node. Defaults suit a LAN.
@@ -158,6 +183,11 @@ impl ClusterFile {
         if ids.len() != self.nodes.len() {
             return Err(ConfigError::Invalid("node ids in the cluster file must be unique".into()));
         }
+        for node in &self.nodes {
+            if let Some(url) = &node.public_url {
+                check_public_url(url)?;
+            }
+        }
         let s = &self.settings;
         if s.election_timeout_min_ms <= s.heartbeat_interval_ms
             || s.election_timeout_max_ms <= s.election_timeout_min_ms
@@ -258,6 +288,27 @@ impl NodeConfig {
         } else {
             "http"
         }
+    }
+
+    /// The URL machines reach node `id`'s API at: its `public_url`, else its API address.
+    pub fn public_url(&self, id: NodeId) -> String {
+        match self.cluster.node(id) {
+            Some(node) => self.member_url(id, &node.api_addr),
+            None => format!("{}://{}", self.scheme(), self.me().api_addr),
+        }
+    }
+
+    /// The URL of member `id` whose membership record says `api_addr`.
+    pub fn member_url(&self, id: NodeId, api_addr: &str) -> String {
+        match self.cluster.node(id).and_then(|n| n.public_url.clone()) {
+            Some(url) => url,
+            None => format!("{}://{}", self.scheme(), api_addr),
+        }
+    }
+
+    /// The CA that clients of an HTTPS API must trust, if the API is HTTPS.
+    pub fn api_ca_cert(&self) -> Option<PathBuf> {
+        self.tls_paths().map(|paths| paths.ca_cert)
     }
 }
 

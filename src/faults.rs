@@ -63,3 +63,25 @@ fault_switch!(
 pub fn state_machine_skips_limit() -> bool {
     skip_limit_check() || stale_read_enrol()
 }
+
+/// `ZTNA_TEST_ONLY_CRASH_AT=<point>`: the process aborts when it reaches `point`, as a crash
+/// would (nothing is flushed or cleaned up). Unlike the switches above this is in every build:
+/// it breaks no guarantee (a node may crash anywhere; surviving that is the point), and the
+/// crash tests run the same binary users run. Points: `purge` (before the log purge's write),
+/// `install:received` (a snapshot fully received, before it is checked), `install:promoted`
+/// (it is `snapshot/current`, no row written), `install:rows` (after the first batch of its
+/// rows), `install:applied` (all rows and the applied id written, before the node uses them).
+pub fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let at = std::env::var("ZTNA_TEST_ONLY_CRASH_AT").ok().filter(|v| !v.is_empty());
+        if let Some(at) = &at {
+            tracing::warn!("TEST ONLY: ZTNA_TEST_ONLY_CRASH_AT={at}: this process aborts when it gets there");
+        }
+        at
+    });
+    if at.as_deref() == Some(point) {
+        eprintln!("ZTNA_TEST_ONLY_CRASH_AT: aborting at {point}");
+        std::process::abort();
+    }
+}

@@ -10,7 +10,13 @@
 //! A new leader trusts no last-seen time it did not observe: when the term changes, every
 //! ephemeral machine starts its full timeout again. So a live machine is never deleted because
 //! of a failover or a full-cluster restart; the cost is that a dead ephemeral machine lingers up
-//! to one more timeout after a leader change.
+//! to one more timeout after a leader change. Likewise, when sweeps stop for much longer than
+//! their interval (the leader was frozen, or the whole cluster paused), the leader cannot tell
+//! a silent machine from its own blackout, and every timer starts again.
+//!
+//! A sweep's decision carries the term it was made in; the state machine ignores it under any
+//! other term, and the node never forwards it, so a deposed or frozen leader's view of silence
+//! cannot take effect under its successor.
 //!
 //! Times here are milliseconds on a monotonic clock the caller supplies, so the rules are
 //! testable without waiting. This module must not propose anything itself.
@@ -32,6 +38,10 @@ struct Seen {
 pub struct Liveness {
     timeout_ms: u64,
     persist_every_ms: u64,
+    /// Sweeps further apart than this restart every timer (see the module header).
+    max_gap_ms: u64,
+    /// When the last sweep ran.
+    last_sweep_mono: Option<u64>,
     /// The term this view was built in; `None` when not leading.
     term: Option<u64>,
     seen: HashMap<String, Seen>,
@@ -41,10 +51,13 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(timeout_ms: u64, persist_every_ms: u64) -> Self {
+    /// `max_gap_ms`: the longest normal pause between two sweeps (a few sweep intervals).
+    pub fn new(timeout_ms: u64, persist_every_ms: u64, max_gap_ms: u64) -> Self {
         Liveness {
             timeout_ms,
             persist_every_ms,
+            max_gap_ms,
+            last_sweep_mono: None,
             term: None,
             seen: HashMap::new(),
             unpersisted: HashSet::new(),
@@ -66,6 +79,7 @@ impl Liveness {
     /// This node is not the leader (any more): forget everything.
     pub fn step_down(&mut self) {
         self.term = None;
+        self.last_sweep_mono = None;
         self.seen.clear();
         self.unpersisted.clear();
     }
@@ -78,12 +92,20 @@ impl Liveness {
         mono: u64,
         machines: impl IntoIterator<Item = (&'a str, bool)>,
     ) -> Vec<String> {
+        let blackout = self.last_sweep_mono.is_some_and(|last| mono.saturating_sub(last) > self.max_gap_ms);
         if self.term != Some(term) {
             // New leadership: restart every timer rather than trust times we did not observe.
             self.step_down();
             self.term = Some(term);
             self.last_persist_mono = mono;
+        } else if blackout {
+            // This leader was not running (frozen, or the host paused): silence it could not
+            // hear is not silence. Every timer starts again; real heartbeats keep their times.
+            for seen in self.seen.values_mut() {
+                seen.mono = mono;
+            }
         }
+        self.last_sweep_mono = Some(mono);
         let mut expired = Vec::new();
         let mut present = HashSet::new();
         for (id, ephemeral) in machines {
@@ -100,6 +122,14 @@ impl Liveness {
         self.seen.retain(|id, _| present.contains(id.as_str()));
         self.unpersisted.retain(|id| present.contains(id.as_str()));
         expired
+    }
+
+    /// The sweep that began with [`Liveness::sweep`] has finished proposing at `mono`: the next
+    /// sweep's gap is measured from here, so a slow commit is not taken for a blackout.
+    pub fn swept(&mut self, mono: u64) {
+        if self.term.is_some() {
+            self.last_sweep_mono = Some(mono);
+        }
     }
 
     /// The last-seen times to persist, at most once per persist interval.
@@ -125,7 +155,7 @@ mod tests {
 
     #[test]
     fn heartbeats_from_ten_thousand_machines_cost_one_write_a_minute() {
-        let mut live = Liveness::new(10 * MIN, MIN);
+        let mut live = Liveness::new(10 * MIN, MIN, 30_000);
         let machines: Vec<String> = (0..10_000).map(|n| format!("m_{n}")).collect();
         let ids = || machines.iter().map(|m| (m.as_str(), true));
         let mut proposals = 0;
@@ -151,16 +181,34 @@ mod tests {
 
     #[test]
     fn silent_machines_expire_and_a_new_term_restarts_every_timer() {
-        let mut live = Liveness::new(10_000, MIN);
+        let mut live = Liveness::new(10_000, MIN, 5_000);
         let both = [("a", true), ("b", true), ("p", false)];
         assert!(live.sweep(1, 0, both).is_empty());
+        assert!(live.sweep(1, 5_000, both).is_empty());
         live.observe("a", 8_000, 1);
         // "b" is silent for the timeout; "p" is persistent and never expires.
         assert_eq!(live.sweep(1, 10_000, both), vec!["b".to_string()]);
-        assert!(live.sweep(1, 99_000, [("p", false)]).is_empty());
+        assert!(live.sweep(1, 14_000, [("p", false)]).is_empty());
         // A new leader (term 2) starts every timer again, even for "a" that is silent.
         assert!(live.sweep(2, 100_000, [("a", true)]).is_empty());
+        assert!(live.sweep(2, 105_000, [("a", true)]).is_empty());
         assert!(live.sweep(2, 109_999, [("a", true)]).is_empty());
         assert_eq!(live.sweep(2, 110_000, [("a", true)]), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_leader_that_did_not_run_for_longer_than_the_timeout_deletes_nobody() {
+        let mut live = Liveness::new(10_000, MIN, 5_000);
+        let both = [("a", true), ("b", true)];
+        assert!(live.sweep(1, 0, both).is_empty());
+        live.observe("a", 2_000, 1);
+        // Frozen from 2 s to 40 s: nothing it could hear counts as silence.
+        assert!(live.sweep(1, 40_000, both).is_empty());
+        assert!(live.sweep(1, 44_000, both).is_empty());
+        // Back to sweeping every few seconds: a machine silent for the full timeout since the
+        // thaw goes, one that heartbeats stays.
+        live.observe("a", 48_000, 2);
+        assert!(live.sweep(1, 48_000, both).is_empty());
+        assert_eq!(live.sweep(1, 50_000, both), vec!["b".to_string()]);
     }
 }

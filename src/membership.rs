@@ -189,7 +189,14 @@ impl Node {
                         .await
                         .map_err(|e| raft_error(e, "remove the learner"))?;
                 } else {
-                    return Err(MembershipError::NotMember(format!("node {node_id} is not a member")));
+                    // Not in the configuration: removed already (a retried command, whose first
+                    // answer was lost when the removed leader stopped), half removed (its id not
+                    // yet retired), or never a member.
+                    match self.node_record(*node_id) {
+                        Some(record) if record.removed_at.is_some() => return Ok(self.cluster_info().members),
+                        Some(_) => tracing::info!(node = node_id, "node already out of the configuration"),
+                        None => return Err(MembershipError::NotMember(format!("node {node_id} is not a member"))),
+                    }
                 }
                 tracing::info!(node = node_id, "node removed from the configuration; retiring its id");
                 // The leader may have been the node removed: the write finds the next one.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClusterClock};
 use crate::config::NodeConfig;
 use crate::election_hold::ElectionHold;
 use crate::forwarder::Forwarder;
@@ -28,7 +28,7 @@ use crate::membership::{ChangeLock, PeerView};
 use crate::network::{ForwardError, ForwardedQuery, NetworkFactory, PeerClient};
 use crate::proposer::Proposer;
 use crate::raft_types::{NodeId, NodeInfo, Raft};
-use crate::sm::model::{Actor, Command, Op, OpError, Outcome};
+use crate::sm::model::{Actor, Command, Op, OpError, OpOk, Outcome};
 use crate::sm::query::{Answer, Query};
 use crate::store::state_machine::{read_state, SharedState};
 
@@ -75,7 +75,8 @@ pub struct Node {
     /// Batches the writes this node forwards to the leader when it is a follower.
     forwarder: Forwarder,
     peers: PeerClient,
-    clock: Clock,
+    /// The cluster time this node stamps on entries when it leads (see `clock`).
+    clock: ClusterClock,
     config: NodeConfig,
     /// Holds this node's elections while a leader streams it a snapshot.
     election_hold: ElectionHold,
@@ -116,8 +117,9 @@ pub struct MemberInfo {
     pub voter: bool,
 }
 
-/// What a sweep must propose: inactive ephemeral machines, and last-seen times if due.
-type LivenessDue = (Vec<String>, Option<Vec<(String, crate::sm::model::Millis)>>);
+/// What a sweep must propose: the term it was decided in, inactive ephemeral machines, and
+/// last-seen times if due.
+type LivenessDue = (u64, Vec<String>, Option<Vec<(String, crate::sm::model::Millis)>>);
 
 /// Where a request goes: this node is the leader, or the leader's internal address.
 pub(crate) enum Route {
@@ -215,7 +217,8 @@ impl Node {
         let me = config.me().clone();
         let api_listener = bind(&me.api_addr).await?;
         let raft_listener = bind(&me.raft_addr).await?;
-        let peers = PeerClient::new(tls.as_ref().map(|t| t.peer.clone()));
+        let clock = ClusterClock::new(Clock::new(settings.test_only_clock_offset_ms));
+        let peers = PeerClient::new(tls.as_ref().map(|t| t.peer.clone())).with_clock(clock.clone());
         let internal_tls = tls.as_ref().map(|t| t.internal.clone());
         let (identity, peer_view) = match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)?
         {
@@ -250,14 +253,21 @@ impl Node {
             raft.clone(),
             Duration::from_millis(settings.election_timeout_max_ms.saturating_mul(5).max(1000)),
         );
-        let clock = Clock::new(settings.test_only_clock_offset_ms);
-        let proposer = Proposer::start(raft.clone(), clock.clone(), settings.max_batch, settings.max_in_flight_entries);
+        let proposer = Proposer::start(crate::proposer::Setup {
+            raft: raft.clone(),
+            clock: clock.clone(),
+            state: state.clone(),
+            max_batch: settings.max_batch,
+            max_in_flight: settings.max_in_flight_entries,
+        });
         let forwarder =
             Forwarder::start(peers.clone(), FORWARD_TIMEOUT, settings.max_batch, settings.max_in_flight_entries);
 
+        let sweep_gap = settings.sweep_interval() * 2 + Duration::from_secs(1);
         let liveness = std::sync::Mutex::new(Liveness::new(
             settings.ephemeral_inactivity_timeout_ms,
             settings.last_seen_persist_interval_ms,
+            sweep_gap.as_millis() as u64,
         ));
         let node = Arc::new(Node {
             id: config.id,
@@ -339,7 +349,7 @@ impl Node {
         &self.raft
     }
 
-    pub fn clock(&self) -> &Clock {
+    pub fn clock(&self) -> &ClusterClock {
         &self.clock
     }
 
@@ -467,12 +477,12 @@ impl Node {
     /// the state machine applies at most once.
     pub async fn write(&self, command: Command) -> Result<Outcome, Unavailable> {
         let command = &command;
-        self.via_leader(|route| async move {
+        self.via_leader(|route, deadline| async move {
             match route {
                 Route::Local => self.propose_as_leader(command.clone()).await,
                 Route::Remote(addr) => {
                     crate::metrics::global().forwarded(true);
-                    self.forwarder.propose(addr, command.clone()).await
+                    self.forwarder.propose(addr, command.clone(), deadline).await
                 }
             }
         })
@@ -482,12 +492,13 @@ impl Node {
     /// A linearizable read through the leader, wherever it is.
     pub async fn read(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, Unavailable> {
         let forwarded = &ForwardedQuery { actor: actor.clone(), query: query.clone() };
-        self.via_leader(|route| async move {
+        self.via_leader(|route, deadline| async move {
             match route {
                 Route::Local => self.query_as_leader(actor, query).await,
                 Route::Remote(addr) => {
                     crate::metrics::global().forwarded(false);
-                    self.peers.query(&addr, forwarded, FORWARD_TIMEOUT).await
+                    let timeout = deadline.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
+                    self.peers.query(&addr, forwarded, timeout).await
                 }
             }
         })
@@ -495,11 +506,12 @@ impl Node {
     }
 
     /// Runs `attempt` on the leader (here, or forwarded to its internal address) until it
-    /// answers or the request timeout passes. Each attempt is bounded by the same deadline: a
-    /// leader cut off from its quorum may never commit.
+    /// answers or the request timeout passes. Each attempt is bounded by the same deadline (which
+    /// it is given, so a forwarded call ends there too): a leader cut off from its quorum may
+    /// never commit.
     async fn via_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Unavailable>
     where
-        F: FnMut(Route) -> Fut,
+        F: FnMut(Route, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, ForwardError>>,
     {
         let started = Instant::now();
@@ -514,7 +526,7 @@ impl Node {
                     // Give up on this leader as soon as another one is known: a deposed or cut-off
                     // leader may never answer. A write retried elsewhere keeps its request id, so
                     // it applies at most once.
-                    let answer = tokio::time::timeout_at(deadline, attempt(route));
+                    let answer = tokio::time::timeout_at(deadline, attempt(route, deadline));
                     tokio::select! {
                         answer = answer => answer
                             .unwrap_or_else(|_| Err(ForwardError::Transport("the leader did not answer in time".into()))),
@@ -556,17 +568,30 @@ impl Node {
         self.proposer.propose(command).await
     }
 
-    /// Answers a read on this node after confirming leadership with a quorum. A machine's own
-    /// status query is its heartbeat, which the leader records here without a Raft write.
+    /// Answers a read on this node, which must be the leader. Reads of keys and listings wait for
+    /// a read barrier (an entry proposed after the read began, applied here: see `proposer`), so
+    /// they see every write proposed before them that will ever commit, at the cluster time of
+    /// the state machine. A machine's own status query is its heartbeat: it only confirms
+    /// leadership with a quorum (no log entry), and the leader records it without a Raft write.
     pub async fn query_as_leader(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, ForwardError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {
+        let confirmed = if matches!(query, Query::MachineStatus) {
+            self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+                    ForwardError::NotLeader { leader: f.leader_id }
+                }
+                e => ForwardError::Unavailable(e.to_string()),
+            })
+        } else {
+            self.proposer.barrier().await
+        };
+        match confirmed {
+            Ok(()) => {
                 let mut answer = read_state(&self.state).store.query(actor, query);
                 let liveness = || self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 match &mut answer {
                     Ok(Answer::Machine(machine)) => {
                         let mut liveness = liveness();
-                        liveness.observe(&machine.machine_id, self.mono_ms(), self.clock.now_ms());
+                        liveness.observe(&machine.machine_id, self.mono_ms(), self.clock.wall().now_ms());
                         machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
                     }
                     Ok(Answer::Machines(machines)) => {
@@ -579,10 +604,7 @@ impl Node {
                 }
                 Ok(answer)
             }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader { leader: f.leader_id })
-            }
-            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -651,26 +673,65 @@ impl Node {
         let machines = read_state(&self.state).store.machine_liveness_ids();
         let mono = self.mono_ms();
         let expired = liveness.sweep(term, mono, machines.iter().map(|(id, eph)| (id.as_str(), *eph)));
-        Some((expired, liveness.take_persist(mono)))
+        Some((term, expired, liveness.take_persist(mono)))
     }
 
     /// One sweep: on the leader, deregister ephemeral machines past their timeout and persist
-    /// last-seen times when due; elsewhere, forget liveness.
+    /// last-seen times when due; elsewhere, forget liveness. What a sweep decides is proposed
+    /// here only, never forwarded: it is this leader's view, and only in its term (the state
+    /// machine ignores the deregistration in an entry of any other term).
     async fn sweep_once(&self) {
-        let Some((expired, seen)) = self.liveness_due() else { return };
+        self.adopt_rules_when_everyone_can().await;
+        let Some((term, expired, seen)) = self.liveness_due() else { return };
         let system = |op| Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
+        let timeout = self.config.settings().request_timeout();
+        let local = |command| tokio::time::timeout(timeout, self.proposer.propose(command));
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "deregistering inactive ephemeral machines");
-            let count = expired.len();
-            match self.write(system(Op::DeregisterInactive { machine_ids: expired })).await {
-                Ok(_) => crate::metrics::global().ephemeral_deleted(count),
-                Err(e) => tracing::warn!("inactive machines not deregistered this sweep: {e}"),
+            tracing::info!(count = expired.len(), term, "deregistering inactive ephemeral machines");
+            match local(system(Op::SweepInactive { term, machine_ids: expired })).await {
+                Ok(Ok(Ok(OpOk::Count(count)))) => crate::metrics::global().ephemeral_deleted(count),
+                Ok(Ok(other)) => tracing::warn!("inactive machines not deregistered: {other:?}"),
+                Ok(Err(e)) => tracing::warn!("inactive machines not deregistered this sweep: {e}"),
+                Err(_) => tracing::warn!("inactive machines not deregistered this sweep: no commit in time"),
             }
         }
         if let Some(seen) = seen {
-            if let Err(e) = self.write(system(Op::RecordLastSeen { seen })).await {
-                tracing::warn!("last-seen times not persisted this time: {e}");
+            if !matches!(local(system(Op::RecordLastSeen { seen })).await, Ok(Ok(Ok(_)))) {
+                tracing::warn!("last-seen times not persisted this time");
             }
+        }
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).swept(self.mono_ms());
+    }
+}
+
+impl Node {
+    /// On the leader of a cluster whose entries are still applied by older rules: once every
+    /// member says its build knows this build's rules, proposes to apply later entries by them
+    /// (`AdoptRules`). A rolling upgrade thus switches every replica at the same log index.
+    async fn adopt_rules_when_everyone_can(&self) {
+        let rules = read_state(&self.state).store.rules();
+        if rules >= crate::sm::RULES || self.raft.metrics().borrow().state != ServerState::Leader {
+            return;
+        }
+        let members = self.cluster_info().members;
+        let settings = self.config.settings();
+        let ready = members.iter().filter(|m| m.id != self.id).all(|m| {
+            let addr = settings.dial_addr(m.id, &m.raft_addr);
+            self.peers.rules_of(&addr).is_some_and(|r| r >= crate::sm::RULES)
+        });
+        if !ready {
+            return;
+        }
+        let op = Op::AdoptRules { version: crate::sm::RULES };
+        let command = Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
+        let timeout = self.config.settings().request_timeout();
+        match tokio::time::timeout(timeout, self.proposer.propose(command)).await {
+            Ok(Ok(Ok(_))) => tracing::info!(
+                from = rules,
+                to = crate::sm::RULES,
+                "every member runs this build: adopted its state-machine rules"
+            ),
+            _ => tracing::warn!("could not adopt the new state-machine rules this time"),
         }
     }
 }

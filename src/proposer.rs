@@ -1,9 +1,16 @@
 //! Group commit on the leader: many concurrent commands become one Raft entry.
 //!
 //! Handlers hand commands to the [`Proposer`]; its task takes every command waiting (up to
-//! `max_batch`), stamps the batch with the leader's clock and proposes it as one entry, with up
-//! to `max_in_flight_entries` entries outstanding. Combined with the log store's grouped fsync,
-//! throughput under many clients is far above one write per fsync.
+//! `max_batch`), stamps the batch with the cluster time ([`crate::clock::ClusterClock`]) and
+//! proposes it as one entry, with up to `max_in_flight_entries` entries outstanding. Combined
+//! with the log store's grouped fsync, throughput under many clients is far above one write per
+//! fsync.
+//!
+//! A read of time-dependent state asks for a [`Proposer::barrier`]: it joins the next entry (an
+//! entry of no commands if nothing else is waiting) and resolves once that entry is applied
+//! here. Everything proposed before the barrier, on this leader or an earlier one, has then been
+//! applied or will never be, and everything proposed after it is stamped no earlier: the read is
+//! linearizable, and so is its notion of "expired".
 //!
 //! This module must not decide anything about keys; it only batches and stamps.
 
@@ -14,33 +21,47 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::clock::Clock;
+use crate::clock::ClusterClock;
 use crate::network::ForwardError;
 use crate::raft_types::{NodeId, NodeInfo, Raft, Request};
-use crate::sm::model::{Command, Outcome};
+use crate::sm::model::{Command, Millis, Outcome};
+use crate::store::state_machine::{read_state, SharedState};
 
 type Reply = oneshot::Sender<Result<Outcome, ForwardError>>;
+type BarrierReply = oneshot::Sender<Result<(), ForwardError>>;
+
+/// What waits in the proposer's queue (commands are most of it; boxing them would cost an
+/// allocation each).
+#[allow(clippy::large_enum_variant)]
+enum Waiting {
+    Command(Command, Reply),
+    Barrier(BarrierReply),
+}
 
 /// The handle handlers use to propose on this node (which must be the leader).
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(Command, Reply)>,
+    queue: mpsc::Sender<Waiting>,
     /// When the last entry was proposed, as ms since `epoch` (see [`Proposer::idle_for`]).
     last_proposal: Arc<AtomicU64>,
     epoch: Instant,
 }
 
+/// What the proposer's task needs besides its queue.
+pub struct Setup {
+    pub raft: Raft,
+    pub clock: ClusterClock,
+    /// The applied state, whose clock is the floor of every stamp.
+    pub state: SharedState,
+    pub max_batch: usize,
+    pub max_in_flight: usize,
+}
+
 impl Proposer {
-    pub fn start(raft: Raft, clock: Clock, max_batch: usize, max_in_flight: usize) -> Self {
-        let (queue, waiting) = mpsc::channel(max_batch * 4);
+    pub fn start(setup: Setup) -> Self {
+        let (queue, waiting) = mpsc::channel(setup.max_batch * 4);
         let (last_proposal, epoch) = (Arc::new(AtomicU64::new(0)), Instant::now());
-        let batching = Batching {
-            max_batch,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            last_proposal: last_proposal.clone(),
-            epoch,
-        };
-        tokio::spawn(run(raft, clock, waiting, batching));
+        tokio::spawn(run(setup, waiting, last_proposal.clone(), epoch));
         Proposer { queue, last_proposal, epoch }
     }
 
@@ -50,47 +71,64 @@ impl Proposer {
         self.epoch.elapsed().saturating_sub(last)
     }
 
+    async fn enqueue(&self, item: Waiting) -> Result<(), ForwardError> {
+        self.queue.send(item).await.map_err(|_| ForwardError::Unavailable("the node is shutting down".into()))
+    }
+
     /// Proposes `command` and waits for its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ForwardError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((command, reply))
-            .await
-            .map_err(|_| ForwardError::Unavailable("the node is shutting down".into()))?;
+        self.enqueue(Waiting::Command(command, reply)).await?;
         answer.await.map_err(|_| ForwardError::Transport("the proposal was dropped".into()))?
+    }
+
+    /// Resolves once an entry proposed after this call has been committed and applied here.
+    pub async fn barrier(&self) -> Result<(), ForwardError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Waiting::Barrier(reply)).await?;
+        answer.await.map_err(|_| ForwardError::Transport("the read barrier was dropped".into()))?
     }
 }
 
-/// How the proposer's task batches.
-struct Batching {
-    max_batch: usize,
-    in_flight: Arc<Semaphore>,
-    last_proposal: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-async fn run(raft: Raft, clock: Clock, mut waiting: mpsc::Receiver<(Command, Reply)>, batching: Batching) {
-    let Batching { max_batch, in_flight, last_proposal, epoch } = batching;
+async fn run(setup: Setup, mut waiting: mpsc::Receiver<Waiting>, last_proposal: Arc<AtomicU64>, epoch: Instant) {
+    let Setup { raft, clock, state, max_batch, max_in_flight } = setup;
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
     while let Some(first) = waiting.recv().await {
         // Wait for room first, so that commands arriving meanwhile join this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut commands = vec![first.0];
-        let mut replies = vec![first.1];
-        while commands.len() < max_batch {
-            match waiting.try_recv() {
-                Ok((command, reply)) => {
+        let raft = &raft;
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        let mut barriers = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Waiting::Command(command, reply) => {
                     commands.push(command);
                     replies.push(reply);
                 }
-                Err(_) => break,
+                Waiting::Barrier(reply) => barriers.push(reply),
+            }
+            if commands.len() + barriers.len() < max_batch {
+                next = waiting.try_recv().ok();
             }
         }
         crate::metrics::global().proposed(commands.len());
         last_proposal.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let request = Request { time: clock.now_ms(), commands };
-        let raft = raft.clone();
+        let term = raft.metrics().borrow().current_term;
+        let floor: Millis = read_state(&state).store.clock();
+        let request = Request { time: clock.stamp(term, floor), commands };
+        // Handed to openraft here, in order (so an entry with a barrier comes after every entry
+        // proposed before it); the outcome is awaited on its own task.
+        let proposed = raft.client_write_ff(request).await;
         tokio::spawn(async move {
-            let result = raft.client_write(request).await;
+            let result = match proposed {
+                Ok(receiver) => match receiver.await {
+                    Ok(result) => result.map_err(RaftError::APIError),
+                    Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+                },
+                Err(fatal) => Err(RaftError::Fatal(fatal)),
+            };
             drop(permit);
             match result {
                 Ok(written) => {
@@ -101,11 +139,17 @@ async fn run(raft: Raft, clock: Clock, mut waiting: mpsc::Receiver<(Command, Rep
                         });
                         let _ = reply.send(outcome);
                     }
+                    for barrier in barriers {
+                        let _ = barrier.send(Ok(()));
+                    }
                 }
                 Err(e) => {
                     let error = classify(e);
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
+                    }
+                    for barrier in barriers {
+                        let _ = barrier.send(Err(error.clone()));
                     }
                 }
             }

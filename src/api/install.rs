@@ -1,15 +1,21 @@
 //! The installer every node serves: `GET /install.sh`, and the node's own executable as
 //! `GET /download/ztna-linux-x86_64` with its SHA-256 beside it.
 //!
-//! The script downloads from the node that served it (the request's `Host`) and points the agent
-//! at every node of the cluster.
+//! The script downloads from the node that served it and points the agent at every node of the
+//! cluster, by the URLs in the configuration (`public_url`, else the API address) — never by
+//! anything in the request: no header reaches the script, and every value put into it was
+//! validated when the configuration was read and is single-quoted here. With an HTTPS API the
+//! script carries the cluster CA and trusts nothing else.
+//!
+//! The binary is read once and handed out as shared bytes: a download costs no copy of it.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
@@ -21,8 +27,8 @@ const SCRIPT: &str = include_str!("install.sh");
 /// The binary to hand out, and its SHA-256, made once per process: the running executable
 /// without its debug sections (which are most of a release build's size, RocksDB's C++ debug
 /// info above all), or the executable as it is where `strip` is unavailable.
-fn distributable(work_dir: &Path) -> Result<&'static (Vec<u8>, String), ApiError> {
-    static DIST: OnceLock<Result<(Vec<u8>, String), String>> = OnceLock::new();
+fn distributable(work_dir: &Path) -> Result<&'static (Bytes, String), ApiError> {
+    static DIST: OnceLock<Result<(Bytes, String), String>> = OnceLock::new();
     let made = DIST.get_or_init(|| {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this node's executable: {e}"))?;
         let stripped = work_dir.join("ztna-linux-x86_64");
@@ -35,26 +41,63 @@ fn distributable(work_dir: &Path) -> Result<&'static (Vec<u8>, String), ApiError
         }
         .map_err(|e| format!("cannot read the executable to serve: {e}"))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        Ok((bytes, digest))
+        Ok((Bytes::from(bytes), digest))
     });
     made.as_ref().map_err(ApiError::internal)
 }
 
-async fn load(node: &Node) -> Result<&'static (Vec<u8>, String), ApiError> {
+async fn load(node: &Node) -> Result<&'static (Bytes, String), ApiError> {
     let work_dir = node.config().data_dir.clone();
     tokio::task::spawn_blocking(move || distributable(&work_dir)).await.map_err(ApiError::internal)?
 }
 
-pub async fn script(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    let me = node.config().me().api_addr.clone();
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(&me);
-    let cluster: Vec<String> = node.cluster_info().members.iter().map(|m| format!("http://{}", m.api_addr)).collect();
-    let text = SCRIPT.replace("@SOURCE@", &format!("http://{host}")).replace("@CLUSTER@", &cluster.join(","));
-    ([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], text).into_response()
+/// `value` as one single-quoted shell word.
+pub(crate) fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// The installer for machines of this cluster, from the configuration only.
+pub fn render(node: &Node) -> Result<String, ApiError> {
+    let config = node.config();
+    let source = config.public_url(config.id);
+    let mut cluster: Vec<String> =
+        node.cluster_info().members.iter().map(|m| config.member_url(m.id, &m.api_addr)).collect();
+    if cluster.is_empty() {
+        cluster.push(source.clone());
+    }
+    // Membership addresses come from add-node (checked there); refuse anything that would not
+    // be a plain URL rather than put it in a script.
+    for url in std::iter::once(&source).chain(&cluster) {
+        crate::config::check_public_url(url).map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let (ca_pem, ca_sha256) = match config.api_ca_cert() {
+        Some(path) => {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| ApiError::internal(format!("cannot read the cluster CA {}: {e}", path.display())))?;
+            let pem = pem.trim().to_string();
+            if !pem.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=- \n".contains(&b)) {
+                return Err(ApiError::internal(format!("{} is not a PEM certificate", path.display())));
+            }
+            let digest = hex::encode(Sha256::digest(pem.as_bytes()));
+            (pem, digest)
+        }
+        None => (String::new(), String::new()),
+    };
+    Ok(SCRIPT
+        .replace("@SOURCE@", &shell_quote(&source))
+        .replace("@CLUSTER@", &shell_quote(&cluster.join(",")))
+        .replace("@CA_PEM@", &shell_quote(&ca_pem))
+        .replace("@CA_SHA256@", &shell_quote(&ca_sha256)))
+}
+
+pub async fn script(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let text = render(&node)?;
+    Ok(([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], text).into_response())
 }
 
 pub async fn binary(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (bytes, _) = load(&node).await?;
+    // Shared bytes: a download holds a reference, not a copy.
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], bytes.clone()).into_response())
 }
 

@@ -57,7 +57,8 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     .await?;
     match outcome? {
         OpOk::AuthKey(record) => {
-            let mut view = views::auth_key(&record, node.clock().now_ms());
+            // Its state at the entry's cluster time, when it was created.
+            let mut view = views::auth_key(&record, record.created_at);
             // The secret is shown this once; only its hash is stored.
             view["key"] = Value::String(secret.text);
             Ok(Json(view))
@@ -80,9 +81,8 @@ async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> 
     fields.finish()?;
     let query = Query::ListAuthKeys { org_id, limit: limit as usize, after_seq };
     match node.read(&actor, &query).await?? {
-        Answer::AuthKeys { keys, next_after_seq } => {
-            let now = node.clock().now_ms();
-            let keys: Vec<Value> = keys.iter().map(|k| views::auth_key(k, now)).collect();
+        Answer::AuthKeys { keys, next_after_seq, as_of } => {
+            let keys: Vec<Value> = keys.iter().map(|k| views::auth_key(k, as_of)).collect();
             Ok(Json(json!({ "keys": keys, "next_cursor": next_after_seq.map(|s| s.to_string()) })))
         }
         other => Err(ApiError::internal(format!("list_auth_keys answered {other:?}"))),
@@ -94,8 +94,8 @@ async fn get(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> R
     fields.finish()?;
     check_id("key_id", AUTH_KEY_ID_PREFIX, &key_id)?;
     match node.read(&actor, &Query::GetAuthKey { org_id, key_id }).await?? {
-        Answer::AuthKey { record, enrolments } => {
-            let mut view = views::auth_key(&record, node.clock().now_ms());
+        Answer::AuthKey { record, enrolments, as_of } => {
+            let mut view = views::auth_key(&record, as_of);
             view["enrolments"] = enrolments.iter().map(views::enrolment).collect();
             Ok(Json(view))
         }
@@ -122,7 +122,8 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     };
     let command = Command { request_id, actor, op: Op::RevokeAuthKey { org_id, selector } };
     match node.write(command).await?? {
-        OpOk::AuthKey(record) => Ok(Json(views::auth_key(&record, node.clock().now_ms()))),
+        // Revoked, whatever the time: its state as of the revocation.
+        OpOk::AuthKey(record) => Ok(Json(views::auth_key(&record, record.revoked_at.unwrap_or(record.created_at)))),
         other => Err(ApiError::internal(format!("revoke_auth_key answered {other:?}"))),
     }
 }

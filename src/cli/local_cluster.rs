@@ -1,13 +1,20 @@
 //! `ztna cluster up`: runs every node of a cluster file on this machine, in the foreground.
 //!
 //! It starts one `ztna server` child per node (data in `<data-dir>/node<id>`, logs in
-//! `<data-dir>/node<id>.log`), waits until each knows a leader, initialises a new cluster once
-//! (writing `<data-dir>/cluster.env` and `<data-dir>/operator.key`, both mode 0600), prints how to
-//! use it, and on Ctrl-C or SIGTERM stops every node with SIGTERM. Run again on the same data
-//! directory, it brings back the same cluster.
+//! `<data-dir>/node<id>.log`, process id in `<data-dir>/node<id>.pid`), waits until each knows a
+//! leader, initialises a new cluster once (writing `<data-dir>/cluster.env` and
+//! `<data-dir>/operator.key`, both mode 0600), prints how to use it, and on Ctrl-C or SIGTERM
+//! stops every node with SIGTERM. Run again on the same data directory, it brings back the same
+//! cluster.
+//!
+//! A node that dies (killed, crashed) is what this product is built to survive, so the others
+//! keep running: the supervisor says which node exited and how, and starts it again with its
+//! data after a short delay (`--restart-delay`, default 5 s; `--no-restart` leaves it down). A
+//! node that refuses to start (exit status 3: wrong data directory, removed from the cluster)
+//! or keeps dying within seconds of starting is not restarted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -16,44 +23,62 @@ use super::{wait_for_stop_signal, write_private, CliError};
 use crate::client::Client;
 use crate::config::ClusterFile;
 
-/// Starts the nodes, waits, stops them.
-pub async fn up(cluster_path: &Path, data_dir: &Path, ephemeral_timeout: Option<String>) -> Result<(), CliError> {
-    let cluster = ClusterFile::load(cluster_path)?;
+/// How `ztna cluster up` runs.
+pub struct UpOptions {
+    pub cluster: PathBuf,
+    pub data_dir: PathBuf,
+    /// Passed to every node.
+    pub ephemeral_timeout: Option<String>,
+    /// Start a node that died again after this long; `None`: leave it down.
+    pub restart_after: Option<Duration>,
+}
+
+fn io(what: &str, e: std::io::Error) -> CliError {
+    CliError::Io(format!("{what}: {e}"))
+}
+
+/// Starts the nodes, keeps them running, stops them.
+pub async fn up(options: UpOptions) -> Result<(), CliError> {
+    let UpOptions { cluster: cluster_path, data_dir, ephemeral_timeout, restart_after } = options;
+    let data_dir = data_dir.as_path();
+    let cluster = ClusterFile::load(&cluster_path)?;
     if let Some(timeout) = &ephemeral_timeout {
         crate::config::parse_duration_ms(timeout)?;
     }
-    let io = |what: &str, e: std::io::Error| CliError::Io(format!("{what}: {e}"));
     std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create the data directory", e))?;
     let exe = std::env::current_exe().map_err(|e| io("cannot find the ztna executable", e))?;
     let mut nodes = Nodes(Vec::new());
     for node in &cluster.nodes {
-        let log_path = data_dir.join(format!("node{}.log", node.id));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| io(&format!("cannot open {}", log_path.display()), e))?;
         let mut command = Command::new(&exe);
         command
             .arg("server")
             .arg("--cluster")
-            .arg(cluster_path)
+            .arg(&cluster_path)
             .arg("--id")
             .arg(node.id.to_string())
             .arg("--data-dir")
             .arg(data_dir.join(format!("node{}", node.id)))
-            .stdout(Stdio::null())
-            .stderr(log);
+            .stdout(Stdio::null());
         if let Some(timeout) = &ephemeral_timeout {
             command.arg("--ephemeral-inactivity-timeout").arg(timeout);
         }
-        let child = command.spawn().map_err(|e| io("cannot start ztna server", e))?;
-        nodes.0.push((node.id, log_path, child));
+        let mut supervised = Supervised {
+            id: node.id,
+            log: data_dir.join(format!("node{}.log", node.id)),
+            pid_file: data_dir.join(format!("node{}.pid", node.id)),
+            command,
+            child: None,
+            started: Instant::now(),
+            quick_deaths: 0,
+            restart_at: None,
+        };
+        supervised.start()?;
+        nodes.0.push(supervised);
     }
 
     let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
     let servers = urls.join(",");
-    let client = Client::new(&servers, None)?;
+    let client = Client::new(&servers, None)?.with_waits(Duration::from_secs(3), Duration::from_secs(20));
     nodes.wait_ready(&client).await?;
 
     let env_file = data_dir.join("cluster.env");
@@ -87,11 +112,15 @@ pub async fn up(cluster_path: &Path, data_dir: &Path, ephemeral_timeout: Option<
     println!("  ztna auth-key create --reusable --expiry 1h --tags tag:laptop,tag:eng --description \"Q2 laptop fleet rollout\"");
     println!("  ztna cluster status");
     println!();
+    match restart_after {
+        Some(delay) => println!("A node that dies is started again after {delay:?}, with its data."),
+        None => println!("A node that dies stays down (--no-restart); the others keep serving."),
+    }
     println!("Press Ctrl-C to stop all {} nodes.", cluster.nodes.len());
 
     tokio::select! {
         () = wait_for_stop_signal() => {}
-        exited = nodes.any_exit() => println!("node {exited} exited; see its log. Stopping the others."),
+        () = nodes.supervise(restart_after) => {}
     }
     println!();
     println!("==> stopping the cluster");
@@ -99,10 +128,119 @@ pub async fn up(cluster_path: &Path, data_dir: &Path, ephemeral_timeout: Option<
     Ok(())
 }
 
-/// The running nodes: (id, log, process). Dropping it kills what is still running.
-struct Nodes(Vec<(u64, PathBuf, Child)>);
+/// One node's process and how to start it again.
+struct Supervised {
+    id: u64,
+    log: PathBuf,
+    pid_file: PathBuf,
+    command: Command,
+    child: Option<Child>,
+    started: Instant,
+    /// Deaths in a row within [`QUICK_DEATH`] of starting.
+    quick_deaths: u32,
+    /// When to start it again, once it died.
+    restart_at: Option<Instant>,
+}
+
+/// A node that dies this soon after starting, [`GIVE_UP_AFTER`] times in a row, is left down.
+const QUICK_DEATH: Duration = Duration::from_secs(10);
+const GIVE_UP_AFTER: u32 = 3;
+
+impl Supervised {
+    fn start(&mut self) -> Result<(), CliError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| io(&format!("cannot open {}", self.log.display()), e))?;
+        self.command.stderr(log);
+        let child = self.command.spawn().map_err(|e| io("cannot start ztna server", e))?;
+        std::fs::write(&self.pid_file, format!("{}\n", child.id()))
+            .map_err(|e| io(&format!("cannot write {}", self.pid_file.display()), e))?;
+        self.child = Some(child);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    /// How the node exited, if it did since the last look.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        let _ = std::fs::remove_file(&self.pid_file);
+        Some(status)
+    }
+}
+
+/// How a process ended, in words.
+fn describe_exit(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                _ => "",
+            };
+            return format!("was killed by signal {signal}{name}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "exited".into(),
+    }
+}
+
+/// The running nodes. Dropping it kills what is still running.
+struct Nodes(Vec<Supervised>);
 
 impl Nodes {
+    /// Watches the nodes until stopped: says when one dies and starts it again after
+    /// `restart_after` (if given), unless it refused to start or keeps dying at once.
+    async fn supervise(&mut self, restart_after: Option<Duration>) {
+        loop {
+            for node in &mut self.0 {
+                if let Some(status) = node.exited() {
+                    let quick = node.started.elapsed() < QUICK_DEATH;
+                    node.quick_deaths = if quick { node.quick_deaths + 1 } else { 0 };
+                    let how = describe_exit(status);
+                    let left = "the other nodes keep serving";
+                    let log = node.log.display();
+                    if status.success() {
+                        // Stopped cleanly (SIGTERM, or Ctrl-C reaching every process): on purpose.
+                        println!("node {} stopped; not restarting it", node.id);
+                    } else if status.code() == Some(i32::from(super::EXIT_REFUSED)) {
+                        println!("node {} {how}: it refused to start (see {log}); not restarting it; {left}", node.id);
+                    } else if node.quick_deaths >= GIVE_UP_AFTER {
+                        println!("node {} {how}, {GIVE_UP_AFTER} times within seconds of starting (see {log}); not restarting it; {left}", node.id);
+                    } else if let Some(delay) = restart_after {
+                        println!("node {} {how}; {left}; starting it again in {delay:?} (see {log})", node.id);
+                        node.restart_at = Some(Instant::now() + delay);
+                    } else {
+                        println!("node {} {how}; {left} (see {log})", node.id);
+                    }
+                }
+                if node.restart_at.is_some_and(|at| Instant::now() >= at) {
+                    match node.start() {
+                        Ok(()) => println!("node {} started again with its data", node.id),
+                        Err(e) => {
+                            println!("node {}: {e}; not restarting it", node.id);
+                            node.restart_at = None;
+                        }
+                    }
+                }
+            }
+            if self.0.iter().all(|n| n.child.is_none() && n.restart_at.is_none()) {
+                println!("every node is down and none will be started again");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     async fn wait_ready(&mut self, client: &Client) -> Result<(), CliError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -115,13 +253,15 @@ impl Nodes {
             if ready == self.0.len() {
                 return Ok(());
             }
-            for (id, log, child) in &mut self.0 {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let tail = std::fs::read_to_string(&*log).unwrap_or_default();
+            for node in &mut self.0 {
+                if let Some(status) = node.exited() {
+                    let tail = std::fs::read_to_string(&node.log).unwrap_or_default();
                     let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                     return Err(CliError::Io(format!(
-                        "node {id} exited ({status}); the end of {}:\n{}",
-                        log.display(),
+                        "node {} {}; the end of {}:\n{}",
+                        node.id,
+                        describe_exit(status),
+                        node.log.display(),
                         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     )));
                 }
@@ -133,41 +273,36 @@ impl Nodes {
         }
     }
 
-    /// Resolves with the id of the first node that exits on its own.
-    async fn any_exit(&mut self) -> u64 {
-        loop {
-            for (id, _, child) in &mut self.0 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return *id;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
     /// SIGTERM to every node, then wait up to 10 s each before SIGKILL.
     async fn stop(&mut self) {
-        for (_, _, child) in &self.0 {
+        for child in self.0.iter().filter_map(|n| n.child.as_ref()) {
             // Ctrl-C in a terminal has already reached the nodes (same process group); a SIGTERM
             // to this process has not.
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            // SAFETY: a plain signal to a child process of ours that has not been reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         }
-        for (_, _, child) in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        for node in &mut self.0 {
+            if let Some(child) = &mut node.child {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = std::fs::remove_file(&node.pid_file);
         }
     }
 }
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for (_, _, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+        for node in &mut self.0 {
+            if let Some(child) = &mut node.child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_file(&node.pid_file);
         }
     }
 }

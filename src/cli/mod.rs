@@ -91,6 +91,10 @@ enum Command {
         /// Time between heartbeats.
         #[arg(long, env = "ZTNA_HEARTBEAT_INTERVAL", default_value = "10s")]
         heartbeat_interval: String,
+        /// Enrol (if not enrolled yet) and exit, without heartbeating: the installer enrols
+        /// this way, then starts the agent with no auth key anywhere.
+        #[arg(long)]
+        enrol_only: bool,
     },
     /// This machine as the cluster sees it.
     Status {
@@ -294,6 +298,12 @@ enum ClusterCommand {
         /// Passed to every node, e.g. 20s.
         #[arg(long)]
         ephemeral_inactivity_timeout: Option<String>,
+        /// How long after a node dies it is started again, with its data (e.g. 5s).
+        #[arg(long, default_value = "5s")]
+        restart_delay: String,
+        /// Leave a node that died down (the others keep serving).
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Each node's role, term, last applied index and the leader.
     Status,
@@ -468,12 +478,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             enrol(&conn, &auth_key, &hostname, node_public_key).await
         }
         Command::Cluster {
-            command: ClusterCommand::Up { cluster, data_dir, ephemeral_inactivity_timeout }, ..
+            command: ClusterCommand::Up { cluster, data_dir, ephemeral_inactivity_timeout, restart_delay, no_restart },
+            ..
         } => {
             let (default_cluster, default_data) = local_cluster::defaults();
-            let cluster = cluster.unwrap_or(default_cluster);
-            let data_dir = data_dir.unwrap_or(default_data);
-            local_cluster::up(&cluster, &data_dir, ephemeral_inactivity_timeout).await
+            let restart_after = std::time::Duration::from_millis(crate::config::parse_duration_ms(&restart_delay)?);
+            local_cluster::up(local_cluster::UpOptions {
+                cluster: cluster.unwrap_or(default_cluster),
+                data_dir: data_dir.unwrap_or(default_data),
+                ephemeral_timeout: ephemeral_inactivity_timeout,
+                restart_after: (!no_restart).then_some(restart_after),
+            })
+            .await
         }
         Command::Cluster { command: ClusterCommand::Certs { out, nodes, hosts, days }, .. } => {
             let written = crate::tls::make_certs(&out, nodes, &hosts, days)?;
@@ -487,7 +503,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             admin::restore(&from, &data_dir, &cluster, id).await
         }
         Command::Cluster { command, conn } => admin::cluster(command, &conn).await,
-        Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval } => {
+        Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval, enrol_only } => {
             let heartbeat_interval =
                 std::time::Duration::from_millis(crate::config::parse_duration_ms(&heartbeat_interval)?);
             let options = crate::agent::UpOptions {
@@ -496,6 +512,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 hostname,
                 state_dir: agent.dir(),
                 heartbeat_interval,
+                enrol_only,
             };
             Ok(crate::agent::up(options, wait_for_stop_signal()).await?)
         }
@@ -572,7 +589,7 @@ async fn reload_clock_offset_on_sighup(cluster: std::path::PathBuf, node: std::s
                 Ok(file) => {
                     let offset = file.settings.test_only_clock_offset_ms;
                     tracing::warn!("SIGHUP: TEST ONLY clock offset is now {offset} ms");
-                    node.clock().set_offset_ms(offset);
+                    node.clock().wall().set_offset_ms(offset);
                 }
                 Err(e) => tracing::error!("SIGHUP: cannot reload the clock offset: {e}"),
             }

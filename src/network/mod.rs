@@ -58,7 +58,15 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// `http`, or `https` with mutual TLS.
     scheme: &'static str,
+    /// Where peers' wall-clock readings go (see `clock`); none outside a node.
+    clock: Option<crate::clock::ClusterClock>,
+    /// The state-machine rules each peer (by address) says its build knows.
+    peer_rules: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
+
+/// The response header on the internal listener saying which state-machine rules the
+/// answering node's build knows (see `sm::Meta::rules`).
+pub const RULES_HEADER: &str = "x-ztna-rules";
 
 impl PeerClient {
     /// A client for plain HTTP, or for mutual TLS with `tls` (the node's certificate and the
@@ -76,7 +84,18 @@ impl PeerClient {
             None => builder,
         };
         let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        PeerClient { http, scheme }
+        PeerClient { http, scheme, clock: None, peer_rules: Arc::default() }
+    }
+
+    /// The state-machine rules the peer at `addr` last said its build knows.
+    pub fn rules_of(&self, addr: &str) -> Option<u32> {
+        self.peer_rules.lock().unwrap_or_else(|p| p.into_inner()).get(addr).copied()
+    }
+
+    /// Records the wall clock every answering peer reports into `clock`.
+    pub fn with_clock(mut self, clock: crate::clock::ClusterClock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Posts an encoded body and decodes the answer.
@@ -102,6 +121,13 @@ impl PeerClient {
                     CallError::Sent(e.to_string())
                 }
             })?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(clock), Some(wall)) = (&self.clock, header(crate::clock::WALL_HEADER)) {
+            clock.observe_peer(addr, wall);
+        }
+        if let Some(rules) = header(RULES_HEADER) {
+            self.peer_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), rules as u32);
+        }
         if !response.status().is_success() {
             // The peer's reason, e.g. a format version it does not know (a node of a newer build).
             let status = response.status();

@@ -31,7 +31,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(crate::membership::PATH_WHOIS, post(whois))
         .route(crate::membership::PATH_MEMBERSHIP, post(membership))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+        .layer(axum::middleware::map_response_with_state(node.clone(), tell_peer_facts))
         .with_state(node)
+}
+
+/// Every answer carries this node's wall clock, from which the leader estimates the majority's
+/// time (see `clock`), and the state-machine rules its build knows (see `sm::Meta::rules`).
+async fn tell_peer_facts(State(node): State<Arc<Node>>, mut response: Response) -> Response {
+    let wall = node.clock().wall().now_ms();
+    for (name, value) in [(crate::clock::WALL_HEADER, wall), (super::RULES_HEADER, u64::from(crate::sm::RULES))] {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value.to_string()) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 pub(crate) fn reply<T: Serialize>(value: &T) -> Response {

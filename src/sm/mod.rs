@@ -30,9 +30,18 @@ pub use rows::Row;
 
 /// How long the state machine remembers a request id's outcome, in leader time.
 pub const REQUEST_MEMORY_MS: Millis = 15 * 60 * 1000;
+/// Most remembered requests one entry forgets: an entry after a quiet period must not delete a
+/// burst's worth of rows at once (on every node together). More than a full batch, so memory
+/// never grows while requests keep coming.
+pub const MAX_FORGET_PER_ENTRY: usize = 4096;
+/// The request scope of commands the cluster makes itself (sweeps, registrations).
+const SCOPE_CLUSTER: &str = "\u{1}cluster";
+
+/// The rules this build applies (see [`Meta::rules`]).
+pub const RULES: u32 = 2;
 
 /// Counters and the logical clock, persisted as one row.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The largest time stamped on any applied entry; effective time never goes below it, so
     /// time never moves backwards across leader changes.
@@ -40,6 +49,43 @@ pub struct Meta {
     /// Next creation sequence number (auth keys and enrolments).
     pub next_seq: u64,
     pub initialized: bool,
+    /// Which rules the entries are applied by. A rule change must not take effect on one
+    /// replica before another, so it is switched by a log entry, never by a node's build:
+    /// `InitCluster` of a new cluster starts at [`RULES`]; a cluster made by an older build
+    /// stays at its rules until its leader proposes `AdoptRules` (once every member runs a
+    /// build that knows them). 1: the rules before request ids were scoped to their caller.
+    /// 2: request ids per caller, credentials checked before the request memory, enrolments
+    /// remembered, bounded forgetting, re-enrolment only with an unexpired key.
+    pub rules: u32,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta { clock: 0, next_seq: 0, initialized: false, rules: 1 }
+    }
+}
+
+/// [`Meta`] as builds before rule versions wrote it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MetaV1 {
+    clock: Millis,
+    next_seq: u64,
+    initialized: bool,
+}
+
+impl From<MetaV1> for Meta {
+    fn from(old: MetaV1) -> Self {
+        Meta { clock: old.clock, next_seq: old.next_seq, initialized: old.initialized, rules: 1 }
+    }
+}
+
+/// Where an entry sits in the log and the cluster time its leader stamped on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryStamp {
+    pub index: u64,
+    /// The term of the leader that proposed the entry (its log id's term).
+    pub term: u64,
+    pub time: Millis,
 }
 
 /// A remembered outcome of a request id.
@@ -91,39 +137,110 @@ impl KeyStore {
         self.meta.initialized
     }
 
-    /// Applies one log entry: a batch of commands stamped with the leader's time `time`.
-    pub fn apply_entry(&mut self, log_index: u64, time: Millis, commands: &[Command]) -> Vec<Outcome> {
-        if time > self.meta.clock {
-            self.meta.clock = time;
+    /// The rules version the entries are applied by (see [`Meta::rules`]).
+    pub fn rules(&self) -> u32 {
+        self.meta.rules
+    }
+
+    /// Applies one log entry: a batch of commands stamped with the cluster time `at.time` by the
+    /// leader of `at.term`. Every command is decided at `max(at.time, clock)`.
+    pub fn apply_entry(&mut self, at: EntryStamp, commands: &[Command]) -> Vec<Outcome> {
+        if at.time > self.meta.clock {
+            self.meta.clock = at.time;
             self.dirty.insert(Row::Meta);
         }
         let now = self.meta.clock;
         self.forget_old_requests(now);
-        commands.iter().map(|cmd| self.apply_command(log_index, now, cmd)).collect()
+        commands.iter().map(|cmd| self.apply_command(at, now, cmd)).collect()
     }
 
-    fn apply_command(&mut self, log_index: u64, now: Millis, cmd: &Command) -> Outcome {
-        // Enrolment is idempotent by (auth key, node public key), which also covers a retried
-        // request id; every other op is made idempotent by remembering its request id.
+    fn apply_command(&mut self, at: EntryStamp, now: Millis, cmd: &Command) -> Outcome {
+        if self.meta.rules < 2 {
+            return self.apply_command_v1(at, now, cmd);
+        }
+        // The caller first: a refused credential is answered as such, whatever request id it
+        // names, so nobody can learn which ids another caller used.
+        self.authenticates(cmd)?;
+        // Every op is made idempotent by remembering its request id (per caller) with a digest
+        // of the command: a copy of the same command answers as the first did. An enrolment
+        // retried by its client under the same request id differs only in the ids the receiving
+        // node made for it; it is applied, and the enrolment rules recognise the machine.
+        let digest = command_digest(cmd);
+        let row = rows::request_row(request_scope(cmd), &cmd.request_id);
+        // Remembered before the rules scoped ids to their caller: the same command still counts.
+        let legacy = || {
+            self.rows
+                .get::<RememberedRequest>(&rows::legacy_request_row(&cmd.request_id))
+                .filter(|seen| seen.digest == digest)
+        };
+        if let Some(seen) = self.rows.get::<RememberedRequest>(&row).or_else(legacy) {
+            return if seen.digest == digest {
+                seen.outcome.clone()
+            } else if matches!(cmd.op, Op::Enrol { .. }) {
+                self.apply_op(at, now, &cmd.actor, &cmd.op)
+            } else {
+                Err(OpError::RequestIdReused(cmd.request_id.clone()))
+            };
+        }
+        let outcome = self.apply_op(at, now, &cmd.actor, &cmd.op);
+        // A collision is retried by the proposer with a fresh id under the same request id. A
+        // refused credential is not remembered: it would let anyone occupy a caller's ids.
+        let unauthenticated = matches!(
+            outcome,
+            Err(OpError::Unauthorized | OpError::UnknownNodeKey | OpError::NodeKeyRevoked | OpError::InvalidAuthKey)
+        );
+        if outcome != Err(OpError::IdCollision) && !unauthenticated {
+            self.remember(now, row, digest, outcome.clone());
+        }
+        outcome
+    }
+
+    /// Rules 1 (a cluster made by an older build, until it adopts rules 2): one request id space
+    /// for everyone, every outcome but an enrolment's remembered.
+    fn apply_command_v1(&mut self, at: EntryStamp, now: Millis, cmd: &Command) -> Outcome {
         if matches!(cmd.op, Op::Enrol { .. }) {
-            return self.apply_op(log_index, now, &cmd.actor, &cmd.op);
+            return self.apply_op(at, now, &cmd.actor, &cmd.op);
         }
         let digest = command_digest(cmd);
-        if let Some(seen) = self.rows.get::<RememberedRequest>(&rows::request_row(&cmd.request_id)) {
+        let row = rows::legacy_request_row(&cmd.request_id);
+        if let Some(seen) = self.rows.get::<RememberedRequest>(&row) {
             return if seen.digest == digest {
                 seen.outcome.clone()
             } else {
                 Err(OpError::RequestIdReused(cmd.request_id.clone()))
             };
         }
-        let outcome = self.apply_op(log_index, now, &cmd.actor, &cmd.op);
-        // A collision is retried by the proposer with a fresh id under the same request id.
+        let outcome = self.apply_op(at, now, &cmd.actor, &cmd.op);
         if outcome != Err(OpError::IdCollision) {
-            let remembered = RememberedRequest { at: now, digest, outcome: outcome.clone() };
-            self.rows.put(rows::request_row(&cmd.request_id), &remembered);
-            self.rows.put(rows::request_expiry_row(now, &cmd.request_id), &());
+            self.remember(now, row, digest, outcome.clone());
         }
         outcome
+    }
+
+    /// Whether `cmd`'s caller is who it says: a current API key, a current node key, or for an
+    /// enrolment an existing auth key with that secret. Checked before proposing (a refused
+    /// credential costs no log entry) and again when applying. What the caller may do is
+    /// decided by the op itself.
+    pub fn authenticates(&self, cmd: &Command) -> Result<(), OpError> {
+        match (&cmd.actor, &cmd.op) {
+            (Actor::ApiKey { .. }, _) => self.authenticate(&cmd.actor).map(|_| ()),
+            (Actor::NodeKey { .. }, _) => self.authenticate_machine(&cmd.actor).map(|_| ()),
+            (Actor::Anonymous, Op::Enrol { auth_key_id, auth_key_hash, .. }) => {
+                let key = self.auth_key_record(auth_key_id).ok_or(OpError::InvalidAuthKey)?;
+                if hashes_equal(&key.secret_hash, auth_key_hash) {
+                    Ok(())
+                } else {
+                    Err(OpError::InvalidAuthKey)
+                }
+            }
+            (Actor::Anonymous, _) => Ok(()),
+        }
+    }
+
+    /// Remembers `outcome` under the request row `row` until [`REQUEST_MEMORY_MS`] has passed.
+    fn remember(&mut self, now: Millis, row: Vec<u8>, digest: [u8; 32], outcome: Outcome) {
+        self.rows.put(rows::request_expiry_row(now, &row), &());
+        self.rows.put(row, &RememberedRequest { at: now, digest, outcome });
     }
 
     fn forget_old_requests(&mut self, now: Millis) {
@@ -131,6 +248,7 @@ impl KeyStore {
             return;
         }
         let prefix = rows::request_expiry_prefix();
+        let forget_at_most = if self.meta.rules >= 2 { MAX_FORGET_PER_ENTRY } else { usize::MAX };
         let mut expired = Vec::new();
         let mut oldest_kept = None;
         self.rows.scan(&self.expiry_seek, |key, _| {
@@ -138,8 +256,13 @@ impl KeyStore {
                 return false;
             }
             match rows::parse_request_expiry(key) {
-                Some((at, id)) if now.saturating_sub(at) >= REQUEST_MEMORY_MS => {
-                    expired.push((key.to_vec(), id));
+                // Bounded work per entry: the rest is forgotten by the next entries.
+                Some((at, _)) if expired.len() >= forget_at_most => {
+                    oldest_kept = Some(at);
+                    false
+                }
+                Some((at, row)) if now.saturating_sub(at) >= REQUEST_MEMORY_MS => {
+                    expired.push((key.to_vec(), row));
                     true
                 }
                 Some((at, _)) => {
@@ -152,14 +275,14 @@ impl KeyStore {
         // With nothing left, the next request remembered is the oldest (its time is `now` or
         // later: the clock never goes back).
         self.oldest_request_at = Some(oldest_kept.unwrap_or(now));
-        for (row, id) in expired {
-            self.rows.delete(rows::request_row(&id));
-            self.expiry_seek = row.clone();
+        for (expiry, row) in expired {
             self.rows.delete(row);
+            self.expiry_seek = expiry.clone();
+            self.rows.delete(expiry);
         }
     }
 
-    fn apply_op(&mut self, log_index: u64, now: Millis, actor: &Actor, op: &Op) -> Outcome {
+    fn apply_op(&mut self, at: EntryStamp, now: Millis, actor: &Actor, op: &Op) -> Outcome {
         match op {
             Op::InitCluster { org_id, org_name, operator_key, admin_key } => {
                 self.init_cluster(now, org_id, org_name, operator_key, admin_key)
@@ -211,6 +334,18 @@ impl KeyStore {
             }
             Op::MachineSelf { action } => self.machine_self(now, actor, action),
             Op::DeregisterInactive { machine_ids } => self.deregister_inactive(now, machine_ids),
+            // A sweep takes effect only in the term that observed the silence: re-proposed or
+            // committed under another leader's term, it changes nothing.
+            Op::SweepInactive { term, .. } if *term != at.term => Ok(OpOk::Count(0)),
+            Op::SweepInactive { machine_ids, .. } => self.deregister_inactive(now, machine_ids),
+            Op::AdoptRules { version } => {
+                // Proposed by the leader once every member runs a build that knows `version`.
+                if *version > self.meta.rules && *version <= RULES {
+                    self.meta.rules = *version;
+                    self.dirty.insert(Row::Meta);
+                }
+                Ok(OpOk::Count(self.meta.rules as usize))
+            }
             Op::RecordLastSeen { seen } => self.record_last_seen(seen),
             Op::AdmitNode { node_id } => self.admit_node(now, actor, *node_id),
             Op::RegisterNode { node_id, incarnation } => self.register_node(now, *node_id, incarnation),
@@ -218,7 +353,7 @@ impl KeyStore {
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
                 let enrol =
                     EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
-                self.enrol(log_index, now, enrol)
+                self.enrol(at.index, now, enrol)
             }
         }
     }
@@ -239,6 +374,8 @@ impl KeyStore {
         self.new_api_key(now, ApiKeyScope::Operator, operator_key, "operator")?;
         self.new_api_key(now, ApiKeyScope::Org(org_id.to_string()), admin_key, "admin")?;
         self.meta.initialized = true;
+        // A new cluster starts on this build's rules (every replica applies this same entry).
+        self.meta.rules = self.meta.rules.max(RULES);
         self.dirty.insert(Row::Meta);
         Ok(OpOk::Initialized { org, operator_key_id: operator_key.id.clone(), admin_key_id: admin_key.id.clone() })
     }
@@ -381,11 +518,16 @@ impl KeyStore {
         }) {
             return Ok(OpOk::Enrolled(enrolled_answer(machine, true)));
         }
+
         if key.revoked_at.is_some() {
             return Err(OpError::KeyRevoked);
         }
         let node = (req.auth_key_id.to_string(), req.node_public_key.to_string());
         let newest = self.machine_by_key_and_node.get(&node).and_then(|m| m.values().next_back()).cloned();
+        // Re-enrolment is an enrolment: the key must still be in date (rules 2).
+        if newest.is_some() && self.meta.rules >= 2 && now >= key.expires_at {
+            return Err(OpError::KeyExpired);
+        }
         if let Some(machine_id) = newest {
             if let Some(machine) = self.machines.get_mut(&machine_id).filter(|m| !m.node_key_revoked) {
                 // The same machine asking again (its first answer was lost): same machine, a
@@ -464,6 +606,18 @@ fn enrolled_answer(machine: &Machine, repeated: bool) -> Enrolled {
         ephemeral: machine.ephemeral,
         auth_key_id: machine.auth_key_id.clone(),
         repeated,
+    }
+}
+
+/// Whose request ids a command's id belongs to: the caller it names (API key, node key, or for
+/// an enrolment the auth key), or the cluster itself. Ids are remembered per scope, so no
+/// caller can occupy or probe another's.
+fn request_scope(cmd: &Command) -> &str {
+    match (&cmd.actor, &cmd.op) {
+        (Actor::ApiKey { api_key_id, .. }, _) => api_key_id,
+        (Actor::NodeKey { node_key_id, .. }, _) => node_key_id,
+        (Actor::Anonymous, Op::Enrol { auth_key_id, .. }) => auth_key_id,
+        (Actor::Anonymous, _) => SCOPE_CLUSTER,
     }
 }
 

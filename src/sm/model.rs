@@ -406,7 +406,9 @@ pub enum Op {
     MachineSelf {
         action: SelfAction,
     },
-    /// Proposed by the leader: ephemeral machines it saw no heartbeat from for the timeout.
+    /// Written by builds before `SweepInactive`: ephemeral machines the leader saw no
+    /// heartbeat from for the timeout, applied in whatever term it commits. Kept so that old
+    /// logs replay as they did; never proposed any more.
     DeregisterInactive {
         machine_ids: Vec<String>,
     },
@@ -437,6 +439,17 @@ pub enum Op {
     /// `remove-node` (operator): the id is retired and never used again.
     RetireNode {
         node_id: u64,
+    },
+    // New variants go at the end: older entries keep decoding (bincode numbers variants).
+    /// Proposed by the leader of `term`: ephemeral machines it saw no heartbeat from for the
+    /// timeout. Applied only from an entry of that same term (see `sm::KeyStore::apply_entry`).
+    SweepInactive {
+        term: u64,
+        machine_ids: Vec<String>,
+    },
+    /// Proposed by the leader: apply later entries by rules `version` (see `sm::Meta::rules`).
+    AdoptRules {
+        version: u32,
     },
 }
 

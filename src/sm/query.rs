@@ -1,5 +1,7 @@
 //! Reads of the key store: listings and single records, with the same authorisation rules as
-//! writes. A query runs on the leader after `ensure_linearizable`, so it never sees stale state.
+//! writes. A query runs on the leader after a read barrier (see `proposer`), or for a machine's
+//! heartbeat after `ensure_linearizable`, so it never sees stale state. Key states are
+//! answered at the state machine's clock, never at a node's wall clock.
 //!
 //! This module must not change the store.
 
@@ -39,8 +41,18 @@ pub enum Query {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
-    AuthKeys { keys: Vec<AuthKeyRecord>, next_after_seq: Option<u64> },
-    AuthKey { record: AuthKeyRecord, enrolments: Vec<Enrolment> },
+    /// `as_of`: the cluster time the answer holds at (the state machine's clock), which decides
+    /// whether a key is `expired`.
+    AuthKeys {
+        keys: Vec<AuthKeyRecord>,
+        next_after_seq: Option<u64>,
+        as_of: Millis,
+    },
+    AuthKey {
+        record: AuthKeyRecord,
+        enrolments: Vec<Enrolment>,
+        as_of: Millis,
+    },
     ApiKeys(Vec<ApiKeyRecord>),
     Orgs(Vec<Org>),
     Machines(Vec<Machine>),
@@ -78,7 +90,7 @@ impl KeyStore {
                 } else {
                     None
                 };
-                Ok(Answer::AuthKeys { keys, next_after_seq })
+                Ok(Answer::AuthKeys { keys, next_after_seq, as_of: self.clock() })
             }
             Query::GetAuthKey { org_id, key_id } => {
                 self.authorize_org(actor, org_id)?;
@@ -87,7 +99,7 @@ impl KeyStore {
                     .filter(|k| &k.org_id == org_id)
                     .ok_or_else(|| OpError::NotFound(format!("no auth key {key_id:?} in this org")))?;
                 let enrolments = self.enrolments_of(key_id);
-                Ok(Answer::AuthKey { record, enrolments })
+                Ok(Answer::AuthKey { record, enrolments, as_of: self.clock() })
             }
             Query::ListApiKeys { org_id } => {
                 self.authorize_operator(actor)?;

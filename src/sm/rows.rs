@@ -97,15 +97,26 @@ pub(crate) fn node_registry_prefix() -> Vec<u8> {
     vec![TAG_NODE]
 }
 
-pub(crate) fn request_row(request_id: &str) -> Vec<u8> {
+/// The remembered outcome of request `request_id` of caller `scope` (an API key id, a node
+/// key id, an auth key id, or one of the state machine's own scopes): `scope 0x00 id`, so no
+/// caller can reach another's ids. (Rows written before scopes were `request id` alone; their
+/// expiry rows name them the same way, so they still expire.)
+pub(crate) fn request_row(scope: &str, request_id: &str) -> Vec<u8> {
+    let mut key = child_prefix(TAG_REQUEST, scope);
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+/// Where builds before request scopes remembered request `request_id`.
+pub(crate) fn legacy_request_row(request_id: &str) -> Vec<u8> {
     tagged(TAG_REQUEST, request_id)
 }
 
-/// The expiry order of remembered requests: `(time, request id) → ()`.
-pub(crate) fn request_expiry_row(at: Millis, request_id: &str) -> Vec<u8> {
+/// The expiry order of remembered requests: `(time, request row key without its tag) → ()`.
+pub(crate) fn request_expiry_row(at: Millis, request_row: &[u8]) -> Vec<u8> {
     let mut key = vec![TAG_REQUEST_EXPIRY];
     key.extend_from_slice(&at.to_be_bytes());
-    key.extend_from_slice(request_id.as_bytes());
+    key.extend_from_slice(request_row.strip_prefix(&[TAG_REQUEST]).unwrap_or(request_row));
     key
 }
 
@@ -113,11 +124,13 @@ pub(crate) fn request_expiry_prefix() -> Vec<u8> {
     vec![TAG_REQUEST_EXPIRY]
 }
 
-/// The time and request id of an expiry row.
-pub(crate) fn parse_request_expiry(key: &[u8]) -> Option<(Millis, String)> {
+/// The time of an expiry row and the key of the request row it expires.
+pub(crate) fn parse_request_expiry(key: &[u8]) -> Option<(Millis, Vec<u8>)> {
     let body = key.strip_prefix(&[TAG_REQUEST_EXPIRY])?;
     let at = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
-    Some((at, String::from_utf8_lossy(&body[8..]).into_owned()))
+    let mut row = vec![TAG_REQUEST];
+    row.extend_from_slice(&body[8..]);
+    Some((at, row))
 }
 
 impl Row {
@@ -164,7 +177,7 @@ impl KeyStore {
             oldest_request_at: None,
             dirty: BTreeSet::new(),
         };
-        store.meta = store.load_one(&Row::Meta.key())?.unwrap_or_default();
+        store.meta = store.load_meta()?;
         store.orgs = store.load_table(TAG_ORG)?;
         store.api_keys = store.load_table(TAG_API_KEY)?;
         store.machines = store.load_table(TAG_MACHINE)?;
@@ -180,6 +193,15 @@ impl KeyStore {
             _ => store.upgrade_layout()?,
         }
         Ok(store)
+    }
+
+    /// The meta row, as written by this build or by one before rule versions.
+    fn load_meta(&self) -> Result<Meta, RowError> {
+        let key = Row::Meta.key();
+        let Some(bytes) = self.rows.get_raw(&key) else { return self.check_fault().map(|()| Meta::default()) };
+        codec::decode::<Meta>(&bytes)
+            .or_else(|_| codec::decode::<super::MetaV1>(&bytes).map(Meta::from))
+            .map_err(|source| RowError::Codec { key: key.escape_ascii().to_string(), source })
     }
 
     fn check_fault(&self) -> Result<(), RowError> {
@@ -215,7 +237,7 @@ impl KeyStore {
         });
         let mut expiry = Vec::new();
         self.rows.scan_prefix::<RememberedRequest>(&[TAG_REQUEST], &[TAG_REQUEST], |key, request| {
-            expiry.push(request_expiry_row(request.at, &String::from_utf8_lossy(&key[1..])));
+            expiry.push(request_expiry_row(request.at, key));
             true
         });
         self.check_fault()?;

@@ -8,6 +8,8 @@ use super::*;
 use crate::secret::hash;
 
 const T0: Millis = 1_700_000_000_000;
+/// The term every fixture entry is proposed in.
+const TERM: u64 = 3;
 
 struct Fixture {
     store: KeyStore,
@@ -56,7 +58,8 @@ impl Fixture {
 
     fn run_cmd(&mut self, time: Millis, cmd: Command) -> Outcome {
         self.index += 1;
-        let outcome = self.store.apply_entry(self.index, time, &[cmd]).remove(0);
+        let at = EntryStamp { index: self.index, term: TERM, time };
+        let outcome = self.store.apply_entry(at, &[cmd]).remove(0);
         assert_eq!(self.store.fault(), None);
         self.rows.write(self.store.take_writes().unwrap());
         outcome
@@ -272,9 +275,10 @@ fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
     // After the memory window the id is forgotten.
     f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() })
         .unwrap_err();
-    assert!(!f.store.rows.contains(&rows::request_row("same")));
+    let row = rows::request_row("api_admin", "same");
+    assert!(!f.store.rows.contains(&row));
     assert!(!f.rows.all().iter().any(|(key, _)| key.starts_with(&rows::request_expiry_prefix())
-        && rows::parse_request_expiry(key).is_some_and(|(_, id)| id == "same")));
+        && rows::parse_request_expiry(key).is_some_and(|(_, expires)| expires == row)));
 }
 
 #[test]
@@ -313,7 +317,7 @@ fn listing_pages_in_creation_order() {
     let mut after = None;
     loop {
         let q = Query::ListAuthKeys { org_id: "org_a".into(), limit: 3, after_seq: after };
-        let Ok(Answer::AuthKeys { keys, next_after_seq }) = f.store.query(&f.admin, &q) else { panic!() };
+        let Ok(Answer::AuthKeys { keys, next_after_seq, .. }) = f.store.query(&f.admin, &q) else { panic!() };
         seen.extend(keys.into_iter().map(|k| k.key_id));
         match next_after_seq {
             Some(s) => after = Some(s),
@@ -524,7 +528,11 @@ fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_t
     f.create(T0, "ak_per", true, None);
     f.enrol(T0 + 1, "ak_eph", "e1").unwrap();
     f.enrol(T0 + 1, "ak_per", "p1").unwrap();
-    let sweep = Op::DeregisterInactive { machine_ids: vec!["m_e1".into(), "m_p1".into(), "m_gone".into()] };
+    // A sweep decided in another term (a deposed leader's, forwarded or committed late) does nothing.
+    let stale = Op::SweepInactive { term: TERM - 1, machine_ids: vec!["m_e1".into()] };
+    assert_eq!(f.run(T0 + 4, Actor::Anonymous, stale), Ok(OpOk::Count(0)));
+    assert!(f.store.machines.contains_key("m_e1"));
+    let sweep = Op::SweepInactive { term: TERM, machine_ids: vec!["m_e1".into(), "m_p1".into(), "m_gone".into()] };
     assert_eq!(f.run(T0 + 5, Actor::Anonymous, sweep), Ok(OpOk::Count(1)));
     assert!(!f.store.machines.contains_key("m_e1") && f.store.machines.contains_key("m_p1"));
     let history: Vec<_> = f.store.enrolments_of("ak_eph");
@@ -590,4 +598,88 @@ fn node_ids_are_never_reused_and_survive_a_reopen() {
     let reopened = KeyStore::open(f.rows.clone()).unwrap();
     assert_eq!(reopened.node_record(1).and_then(|r| r.removed_at), Some(T0 + 5));
     assert_eq!(reopened.node_record(4).and_then(|r| r.incarnation.clone()).as_deref(), Some("inc-c"));
+}
+
+fn enrol_command(key_id: &str, node: &str, request_id: &str) -> Command {
+    Command {
+        request_id: request_id.into(),
+        actor: Actor::Anonymous,
+        op: Op::Enrol {
+            auth_key_id: key_id.into(),
+            auth_key_hash: hash(key_id),
+            hostname: "host".into(),
+            node_public_key: node.into(),
+            machine_id: format!("m_{node}"),
+            node_key: cred(node),
+        },
+    }
+}
+
+#[test]
+fn a_delayed_copy_of_an_enrolment_brings_back_no_removed_machine_and_spends_nothing() {
+    for removal in ["logout", "delete"] {
+        let mut f = Fixture::new();
+        f.create(T0, "ak_r", true, None);
+        let command = enrol_command("ak_r", "n1", "enrol-1");
+        let first = f.run_cmd(T0 + 1, command.clone()).unwrap();
+        match removal {
+            "logout" => f.run(T0 + 2, node_actor("n1"), Op::MachineSelf { action: SelfAction::Logout }).unwrap(),
+            _ => admin_op(&mut f, "m_n1", MachineAction::Delete).unwrap(),
+        };
+        assert!(!f.store.machines.contains_key("m_n1"));
+        // The copy still in flight (sent to another leader by a node that gave up on the first)
+        // commits now: it answers as the first did and changes nothing.
+        let copy = f.run_cmd(T0 + 3, command.clone()).unwrap();
+        assert_eq!(copy, first, "{removal}");
+        assert!(!f.store.machines.contains_key("m_n1"), "{removal}: the machine stays removed");
+        assert_eq!(f.key("ak_r").uses, 1, "{removal}: one request spends one use");
+        assert_eq!(f.store.enrolments_of("ak_r").len(), 1);
+        // The same machine enrolling again with a new request is a new enrolment.
+        let mut again = enrol_command("ak_r", "n1", "enrol-2");
+        if let Op::Enrol { machine_id, node_key, .. } = &mut again.op {
+            *machine_id = "m_n1b".into();
+            *node_key = cred("n1b");
+        }
+        assert!(f.run_cmd(T0 + 4, again).is_ok());
+        assert_eq!(f.key("ak_r").uses, 2);
+    }
+}
+
+#[test]
+fn a_client_retrying_an_enrolment_under_its_request_id_gets_its_machine_back() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    let first = f.run_cmd(T0 + 1, enrol_command("ak_one", "n1", "same")).unwrap();
+    // The retry reached another node, which made new ids for it: not a copy, the same machine.
+    let mut retry = enrol_command("ak_one", "n1", "same");
+    if let Op::Enrol { machine_id, node_key, .. } = &mut retry.op {
+        *machine_id = "m_other".into();
+        *node_key = cred("n1-retry");
+    }
+    let (OpOk::Enrolled(a), Ok(OpOk::Enrolled(b))) = (first, f.run_cmd(T0 + 2, retry)) else { panic!() };
+    assert_eq!(a.machine_id, b.machine_id);
+    assert!(b.repeated);
+    assert_eq!(f.key("ak_one").uses, 1);
+}
+
+#[test]
+fn an_entry_forgets_a_bounded_number_of_old_requests() {
+    let mut f = Fixture::new();
+    let burst = 10_000;
+    assert!(burst > 2 * MAX_FORGET_PER_ENTRY && burst < 3 * MAX_FORGET_PER_ENTRY);
+    for n in 0..burst {
+        let op = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId(format!("ak_{n}")) };
+        f.run(T0 + 1, f.admin.clone(), op).unwrap_err();
+    }
+    let remembered =
+        |f: &Fixture| f.rows.all().iter().filter(|(key, _)| key.starts_with(&rows::request_expiry_prefix())).count();
+    assert_eq!(remembered(&f), burst + 1, "every refusal is remembered (and the init)");
+    // Long after, each entry forgets at most its share; a few entries forget them all.
+    let later = T0 + REQUEST_MEMORY_MS + 10;
+    let quiet = |f: &mut Fixture, n: u64| f.run(later + n, Actor::Anonymous, Op::RecordLastSeen { seen: vec![] });
+    quiet(&mut f, 0).unwrap();
+    assert_eq!(remembered(&f), burst + 1 + 1 - MAX_FORGET_PER_ENTRY);
+    quiet(&mut f, 1).unwrap();
+    quiet(&mut f, 2).unwrap();
+    assert_eq!(remembered(&f), 3, "only the three newest requests are left");
 }

@@ -31,10 +31,17 @@ pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Purges past what the state machine holds go here, and are done once it does (see
+    /// `AppliedGate`); `None` purges at once (the storage suite).
+    deferred: Option<Arc<Deferred>>,
+    applied: Option<super::AppliedGate>,
+    /// One purge at a time (openraft's, and a deferred one).
+    purging: Arc<std::sync::Mutex<()>>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    /// `applied`: how far the state machine has durably applied; purges never go past it.
+    pub(crate) fn new(db: Arc<DB>, applied: Option<super::AppliedGate>) -> Self {
         let (syncer, waiting) = mpsc::channel();
         let sync_db = db.clone();
         std::thread::Builder::new()
@@ -42,7 +49,13 @@ impl LogStore {
             .spawn(move || run_syncer(&sync_db, &waiting))
             .map(drop)
             .unwrap_or_else(|e| tracing::error!("cannot start the log syncer thread: {e}"));
-        LogStore { db, syncer }
+        let purging = Arc::new(std::sync::Mutex::new(()));
+        let deferred = applied.as_ref().map(|gate| {
+            let deferred = Arc::new(Deferred::default());
+            tokio::spawn(purge_when_applied(db.clone(), purging.clone(), gate.clone(), deferred.clone()));
+            deferred
+        });
+        LogStore { db, syncer, deferred, applied, purging }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -54,6 +67,73 @@ impl LogStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.write_opt(batch, &opts)
+    }
+}
+
+/// Deletes the log up to `log_id` and records it as purged, with a synced write: since the
+/// column families share one WAL, this also makes the state machine's earlier writes durable.
+fn purge_now(db: &DB, purging: &std::sync::Mutex<()>, log_id: LogId) -> Result<(), StorageError> {
+    let _one_at_a_time = purging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    crate::faults::crash_point("purge");
+    // A deferred purge can come after a later one: the purge point never moves back.
+    let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
+    if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
+        let purged: LogId = codec::decode(&bytes).map_err(|e| read_err(&e))?;
+        if purged.index >= log_id.index {
+            return Ok(());
+        }
+    }
+    let mut batch = WriteBatch::default();
+    let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+    batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
+    batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+}
+
+/// Does the purges that had to wait for the state machine (a snapshot being installed), once it
+/// has applied up to them. openraft has already forgotten those entries; it reads the purge
+/// point back only when it starts, and until the purge is done that point is the older one, which
+/// the entries still on disk agree with.
+async fn purge_when_applied(
+    db: Arc<DB>,
+    purging: Arc<std::sync::Mutex<()>>,
+    applied: super::AppliedGate,
+    deferred: Arc<Deferred>,
+) {
+    loop {
+        let target = loop {
+            if let Some(target) = deferred.take() {
+                break target;
+            }
+            deferred.asked.notified().await;
+        };
+        if let Err(why) = applied.wait_for(target.index).await {
+            return tracing::warn!("not purging the log up to {target}: {why}");
+        }
+        if let Err(e) = purge_now(&db, &purging, target) {
+            return tracing::error!("purging the log up to {target} failed: {e}");
+        }
+    }
+}
+
+/// A purge waiting for the state machine.
+#[derive(Default)]
+struct Deferred {
+    target: std::sync::Mutex<Option<LogId>>,
+    asked: tokio::sync::Notify,
+}
+
+impl Deferred {
+    fn ask(&self, log_id: LogId) {
+        let mut target = self.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *target = Some(target.map_or(log_id, |t| t.max(log_id)));
+        self.asked.notify_one();
+    }
+
+    fn take(&self) -> Option<LogId> {
+        self.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 }
 
@@ -202,10 +282,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        batch.put_cf(cf(&self.db, CF_RAFT), KEY_LAST_PURGED, bytes);
-        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(0), index_key(log_id.index + 1));
-        self.write(batch, true).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+        // Never past what the state machine durably holds. openraft 0.9 asks a follower to purge
+        // up to a snapshot as soon as the install starts: that purge waits (without holding up
+        // openraft) until the install has reached it.
+        match (&self.applied, &self.deferred) {
+            (Some(applied), Some(deferred)) if !applied.reached(log_id.index) => {
+                deferred.ask(log_id);
+                Ok(())
+            }
+            _ => purge_now(&self.db, &self.purging, log_id),
+        }
     }
 }

@@ -47,12 +47,73 @@ pub enum OpenError {
 }
 
 /// Opens (or creates) the node's database under `data_dir/db` and returns the log store and the
-/// state-machine store that share it.
+/// state-machine store that share it. The log store never purges past what the state machine
+/// has durably applied (see [`AppliedGate`]).
 pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = open_db(data_dir)?;
-    let log = LogStore::new(db.clone());
-    let sm = StateMachineStore::open(db, data_dir).await?;
+    let sm = StateMachineStore::open(db.clone(), data_dir).await?;
+    let log = LogStore::new(db, Some(sm.applied_gate()));
     Ok((log, sm))
+}
+
+/// What the state machine has applied, as the log store needs to know it: the log is never
+/// purged past it.
+///
+/// openraft 0.9 purges a follower's log up to a snapshot it received as soon as it hands the
+/// snapshot to the state machine, before the install is durable. Had the purge gone ahead, a
+/// crash in between would leave a node whose applied state is older than its log's start: it
+/// could never re-apply the missing entries. So a purge past the applied index is deferred by
+/// the log store until the install has made the state machine's applied index reach it; if the
+/// install fails, it never happens (and the node stops).
+#[derive(Clone, Debug)]
+pub(crate) struct AppliedGate(Arc<tokio::sync::watch::Sender<Applied>>);
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied {
+    /// The applied index plus one (0: nothing applied), written to the WAL.
+    next: u64,
+    /// A snapshot install failed: nothing will move the applied index to a waiting purge.
+    install_failed: Option<String>,
+}
+
+impl Default for AppliedGate {
+    fn default() -> Self {
+        AppliedGate(Arc::new(tokio::sync::watch::channel(Applied::default()).0))
+    }
+}
+
+impl AppliedGate {
+    /// The state machine has written everything up to `index` (same WAL as the log's writes).
+    pub(crate) fn applied(&self, index: Option<u64>) {
+        let next = index.map_or(0, |i| i + 1);
+        self.0.send_if_modified(|a| {
+            let moved = a.next != next;
+            a.next = next;
+            a.install_failed = None;
+            moved
+        });
+    }
+
+    /// A snapshot install failed.
+    pub(crate) fn install_failed(&self, why: String) {
+        self.0.send_modify(|a| a.install_failed = Some(why));
+    }
+
+    /// Whether the state machine has applied `index`.
+    pub(crate) fn reached(&self, index: u64) -> bool {
+        self.0.borrow().next > index
+    }
+
+    /// Waits until the state machine has applied `index`; fails if an install failed first.
+    pub(crate) async fn wait_for(&self, index: u64) -> Result<(), String> {
+        let mut watch = self.0.subscribe();
+        let reached = |a: &Applied| a.next > index || a.install_failed.is_some();
+        let applied = watch.wait_for(reached).await.map_err(|_| "the state machine is gone".to_string())?;
+        match &applied.install_failed {
+            Some(why) if applied.next <= index => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {

@@ -30,7 +30,7 @@ use super::{cf, OpenError, CF_SM, CF_SM_META};
 use crate::codec;
 use crate::raft_types::*;
 use crate::sm::backing::{RowSource, Writes};
-use crate::sm::KeyStore;
+use crate::sm::{EntryStamp, KeyStore};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -97,6 +97,8 @@ pub struct StateMachineStore {
     snapshot_every: u64,
     /// Notified when a snapshot is due; the node asks openraft to build one.
     snapshot_due: Arc<Notify>,
+    /// Tells the log store how far the state machine has applied (see `store::AppliedGate`).
+    applied_gate: super::AppliedGate,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -115,17 +117,43 @@ impl StateMachineStore {
     /// Opens the state machine over `db`'s rows and reads its applied id.
     pub(crate) async fn open(db: Arc<DB>, data_dir: &Path) -> Result<Self, OpenError> {
         let corrupt = |message: String| OpenError::Corrupt { path: data_dir.display().to_string(), message };
+        let snapshot_dir = data_dir.join("snapshot");
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|source| OpenError::Dir { path: snapshot_dir.display().to_string(), source })?;
+        // A crash cut an install short: the rows are partly the snapshot's (the marker is
+        // there), or none of them are written yet though the received snapshot is already
+        // current (newer than what was applied). Finish it before anything is read from the
+        // rows, so the node starts on the snapshot's state, whole.
+        let current = snapshot_dir.join("current");
+        let interrupted = match db.get_cf(cf(&db, CF_SM_META), KEY_INSTALLING).map_err(|e| corrupt(e.to_string()))? {
+            Some(bytes) => Some(codec::decode::<SnapshotMeta>(&bytes).map_err(|e| corrupt(e.to_string()))?),
+            None => {
+                let applied: Option<LogId> = match db.get_cf(cf(&db, CF_SM_META), KEY_APPLIED) {
+                    Ok(Some(bytes)) => {
+                        codec::decode::<(Option<LogId>, StoredMembership)>(&bytes)
+                            .map_err(|e| corrupt(e.to_string()))?
+                            .0
+                    }
+                    Ok(None) => None,
+                    Err(e) => return Err(corrupt(e.to_string())),
+                };
+                SnapshotReader::open(&current).ok().map(|r| r.meta).filter(|meta| meta.last_log_id > applied)
+            }
+        };
+        if let Some(meta) = interrupted {
+            tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
+            write_snapshot_rows(&db, &current, &meta).map_err(corrupt)?;
+        }
         let store = open_store(&db).map_err(|e| corrupt(e.to_string()))?;
         let (last_applied, membership) = match db.get_cf(cf(&db, CF_SM_META), KEY_APPLIED) {
             Ok(Some(bytes)) => codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?,
             Ok(None) => (None, StoredMembership::default()),
             Err(e) => return Err(corrupt(e.to_string())),
         };
-        let snapshot_dir = data_dir.join("snapshot");
-        std::fs::create_dir_all(&snapshot_dir)
-            .map_err(|source| OpenError::Dir { path: snapshot_dir.display().to_string(), source })?;
+        let applied_gate = super::AppliedGate::default();
+        applied_gate.applied(last_applied.map(|id: LogId| id.index));
         let state = Arc::new(RwLock::new(AppliedState { store, last_applied, membership }));
-        let this = StateMachineStore {
+        Ok(StateMachineStore {
             db,
             state,
             snapshot_dir,
@@ -133,16 +161,13 @@ impl StateMachineStore {
             since_snapshot: Arc::new(AtomicU64::new(0)),
             snapshot_every: 0,
             snapshot_due: Arc::new(Notify::new()),
-        };
-        if let Some(bytes) =
-            this.db.get_cf(cf(&this.db, CF_SM_META), KEY_INSTALLING).map_err(|e| corrupt(e.to_string()))?
-        {
-            // A crash cut an install short: the rows are partly the snapshot's. Install it again.
-            let meta: SnapshotMeta = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
-            this.install_current(&meta).map_err(|e| corrupt(e.to_string()))?;
-        }
-        Ok(this)
+            applied_gate,
+        })
+    }
+
+    /// How far this state machine has applied, for the log store's purges.
+    pub(crate) fn applied_gate(&self) -> super::AppliedGate {
+        self.applied_gate.clone()
     }
 
     /// Asks for a snapshot after every `commands` applied commands: the returned `Notify` fires
@@ -232,39 +257,74 @@ impl StateMachineStore {
         Ok((meta, rows, bytes))
     }
 
+    /// The applied index, the number of rows and a SHA-256 over every row of the state, from one
+    /// point-in-time view: replicas that applied the same log hold the same rows, so this tells
+    /// whether two nodes' states are the same.
+    pub fn state_digest(&self) -> Result<(Option<u64>, u64, String), String> {
+        use sha2::Digest;
+        let view = self.db.snapshot();
+        let applied: Option<LogId> = match view.get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED).map_err(text)? {
+            Some(bytes) => codec::decode::<(Option<LogId>, StoredMembership)>(&bytes).map_err(text)?.0,
+            None => None,
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut rows = 0u64;
+        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
+            let (key, value) = item.map_err(text)?;
+            for part in [&key, &value] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+            rows += 1;
+        }
+        Ok((applied.map(|id| id.index), rows, hex::encode(hasher.finalize())))
+    }
+
     /// Makes a snapshot of the state as it stands `snapshot/current` (after a restore).
     pub(crate) fn snapshot_now(&self) -> Result<(), String> {
         self.snapshot_from_db().map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Replaces every row and the applied id with those of `snapshot/current` (whose meta is
-    /// `meta`), in batches of bounded size. A marker written first and removed by the last,
-    /// synced batch makes a crash in between finish the install at the next start.
+    /// `meta`) and opens the store over them.
     fn install_current(&self, meta: &SnapshotMeta) -> Result<KeyStore, String> {
-        let mut reader = SnapshotReader::open(&self.current_path()).map_err(|e| e.to_string())?;
-        if reader.meta.snapshot_id != meta.snapshot_id {
-            return Err(format!("snapshot/current holds {}, not {}", reader.meta.snapshot_id, meta.snapshot_id));
-        }
-        let (sm_cf, meta_cf) = (cf(&self.db, CF_SM), cf(&self.db, CF_SM_META));
-        let mut synced = WriteOptions::default();
-        synced.set_sync(true);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(meta_cf, KEY_INSTALLING, codec::encode(meta).map_err(|e| e.to_string())?);
-        batch.delete_range_cf(sm_cf, [0x00u8].as_slice(), [0xFFu8; 8].as_slice());
-        self.db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
-        let mut batch = WriteBatch::default();
-        while let Some((key, value)) = reader.next_row().map_err(|e| e.to_string())? {
-            batch.put_cf(sm_cf, key, value);
-            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                self.db.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
-            }
-        }
-        let applied = codec::encode(&(meta.last_log_id, &meta.last_membership)).map_err(|e| e.to_string())?;
-        batch.put_cf(meta_cf, KEY_APPLIED, applied);
-        batch.delete_cf(meta_cf, KEY_INSTALLING);
-        self.db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+        write_snapshot_rows(&self.db, &self.current_path(), meta)?;
+        crate::faults::crash_point("install:applied");
         open_store(&self.db)
     }
+}
+
+/// Writes the rows and applied id of the snapshot file at `path` (whose meta is `meta`) over the
+/// state machine's, in batches of bounded size. A marker written first and removed by the last,
+/// synced batch makes a crash in between finish the install at the next start.
+fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta) -> Result<(), String> {
+    let mut reader = SnapshotReader::open(path).map_err(|e| e.to_string())?;
+    if reader.meta.snapshot_id != meta.snapshot_id {
+        return Err(format!("{} holds {}, not {}", path.display(), reader.meta.snapshot_id, meta.snapshot_id));
+    }
+    let (sm_cf, meta_cf) = (cf(db, CF_SM), cf(db, CF_SM_META));
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta_cf, KEY_INSTALLING, codec::encode(meta).map_err(|e| e.to_string())?);
+    batch.delete_range_cf(sm_cf, [0x00u8].as_slice(), [0xFFu8; 8].as_slice());
+    db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+    let mut batch = WriteBatch::default();
+    let mut first = true;
+    while let Some((key, value)) = reader.next_row().map_err(|e| e.to_string())? {
+        batch.put_cf(sm_cf, key, value);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES || first {
+            db.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
+            if first {
+                crate::faults::crash_point("install:rows");
+                first = false;
+            }
+        }
+    }
+    let applied = codec::encode(&(meta.last_log_id, &meta.last_membership)).map_err(|e| e.to_string())?;
+    batch.put_cf(meta_cf, KEY_APPLIED, applied);
+    batch.delete_cf(meta_cf, KEY_INSTALLING);
+    db.write_opt(batch, &synced).map_err(|e| e.to_string())
 }
 
 impl StateMachineStore {
@@ -280,7 +340,9 @@ impl StateMachineStore {
         add_writes(&mut batch, cf(&self.db, CF_SM), writes);
         let applied = codec::encode(&(state.last_applied, &state.membership)).map_err(sm_err)?;
         batch.put_cf(cf(&self.db, CF_SM_META), KEY_APPLIED, applied);
-        self.db.write_opt(batch, &WriteOptions::default()).map_err(sm_err)
+        self.db.write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
+        self.applied_gate.applied(state.last_applied.map(|id| id.index));
+        Ok(())
     }
 }
 
@@ -338,7 +400,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if self.snapshot_every > 0 && applied + request.commands.len() as u64 >= self.snapshot_every {
                         self.snapshot_due.notify_one();
                     }
-                    Response { outcomes: state.store.apply_entry(entry.log_id.index, request.time, &request.commands) }
+                    let at =
+                        EntryStamp { index: entry.log_id.index, term: entry.log_id.leader_id.term, time: request.time };
+                    Response { outcomes: state.store.apply_entry(at, &request.commands) }
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -384,21 +448,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let want = meta.clone();
         // Check the whole file, make it the current snapshot, then write its rows: all off the
         // async threads, so heartbeats go on while a large state is installed.
-        let (rows, store) = tokio::task::spawn_blocking(move || -> Result<(u64, KeyStore), String> {
+        let installed = tokio::task::spawn_blocking(move || -> Result<(u64, KeyStore), String> {
+            crate::faults::crash_point("install:received");
             let received = this.take_received(snapshot).map_err(|e| e.to_string())?;
             let (found, rows) = snapshot_file::verify(&received).map_err(|e| e.to_string())?;
             if found.snapshot_id != want.snapshot_id {
                 return Err(format!("received snapshot {} while installing {}", found.snapshot_id, want.snapshot_id));
             }
             this.promote_snapshot_file(&received, &want).map_err(|e| e.to_string())?;
+            crate::faults::crash_point("install:promoted");
             Ok((rows, this.install_current(&want)?))
         })
         .await
-        .map_err(snap_err)?
-        .map_err(snap_err)?;
+        .map_err(|e| e.to_string())
+        .and_then(|installed| installed);
+        let (rows, store) = match installed {
+            Ok(installed) => installed,
+            Err(why) => {
+                // A purge waiting for this install must give up, so the node can stop.
+                self.applied_gate.install_failed(why.clone());
+                return Err(snap_err(why));
+            }
+        };
         let mut state = self.state.write().map_err(|_| sm_err("state lock poisoned by an earlier panic"))?;
         *state = AppliedState { store, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         self.since_snapshot.store(0, Ordering::Relaxed);
+        self.applied_gate.applied(meta.last_log_id.map(|id| id.index));
         drop(state);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(rows, elapsed_ms, snapshot = %meta.snapshot_id, "snapshot installed");

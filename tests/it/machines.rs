@@ -145,7 +145,7 @@ async fn admin_actions_reach_the_running_agent() {
 }
 
 fn agent_cli(cluster: &Cluster, state_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(crate::support::ZTNA)
+    let out = std::process::Command::new(crate::support::ztna())
         .args(args)
         .arg("--state-dir")
         .arg(state_dir)
@@ -256,4 +256,39 @@ async fn the_installer_enrols_a_machine_with_curl_pipe_sh() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Defect: the installer pasted the raw `Host` header into the script; `Host: x$(cmd)` ran `cmd`
+/// as root on every machine piping it to `sh`. No header reaches the script now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_host_header_does_not_change_the_installer() {
+    let cluster = Cluster::start().await;
+    let plain = cluster.http.get(format!("{}/install.sh", cluster.url(1))).send().await.unwrap().text().await.unwrap();
+    let marker = cluster.dir.path().join("pwned");
+    let hostile = format!("x$(touch {})`touch {}`';touch {};'", marker.display(), marker.display(), marker.display());
+    let text = cluster
+        .http
+        .get(format!("{}/install.sh", cluster.url(1)))
+        .header("Host", hostile.as_str())
+        .header("X-Forwarded-Host", hostile.as_str())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, plain, "a request header changed the installer");
+    assert!(text.contains(&format!("SOURCE='{}'", cluster.url(1))), "{text}");
+    // Run as a machine would (no auth key: it installs and stops there): nothing else runs.
+    let prefix = cluster.dir.path().join("prefix");
+    let script = cluster.dir.path().join("install.sh");
+    std::fs::write(&script, &text).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .env("ZTNA_PREFIX", &prefix)
+        .env("ZTNA_STATE_DIR", cluster.dir.path().join("state"))
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!marker.exists(), "the hostile header ran a command");
 }

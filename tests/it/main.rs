@@ -1,12 +1,16 @@
 //! Integration tests against real `ztna server` processes on loopback. One binary, so the
 //! crate compiles once; `support` starts and stops the clusters.
 
+mod crash;
 mod errors;
 mod failover;
+mod local_cluster;
 mod machines;
 mod membership;
 mod ops;
 mod races;
+mod resilience;
 mod support;
+mod time;
 mod tls;
 mod walkthrough;

@@ -153,7 +153,7 @@ async fn a_node_that_lost_its_data_cannot_rejoin_under_its_old_id() {
     // A data directory started under another node's id is refused at once.
     let other = (1..=3).find(|id| *id != leader && *id != wiped).expect("the third node");
     cluster.kill(other);
-    let out = std::process::Command::new(crate::support::ZTNA)
+    let out = std::process::Command::new(crate::support::ztna())
         .args(["server", "--cluster"])
         .arg(cluster.dir.path().join("cluster.toml"))
         .args(["--id", &wiped.to_string(), "--data-dir"])

@@ -213,7 +213,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_enrolment() {
 fn start_refused(dir: &std::path::Path, cluster_file: &str) -> (Option<i32>, String) {
     let path = dir.join("bad.toml");
     std::fs::write(&path, cluster_file).expect("write");
-    let mut child = std::process::Command::new(crate::support::ZTNA)
+    let mut child = std::process::Command::new(crate::support::ztna())
         .args(["server", "--id", "1", "--cluster"])
         .arg(&path)
         .arg("--data-dir")

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub const ZTNA: &str = env!("CARGO_BIN_EXE_ztna");
+/// The `ztna` under test: this build's, or another one named by `ZTNA_TEST_BIN` (to show that
+/// a test fails against a build without the fix it checks).
+pub fn ztna() -> String {
+    std::env::var("ZTNA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ztna").to_string())
+}
 
 pub struct NodeProc {
     pub id: u64,
@@ -70,7 +74,7 @@ impl Cluster {
     pub async fn restore_from(backup: &std::path::Path, old: &Cluster, restored: &[u64]) -> Cluster {
         let mut cluster = Self::unstarted("");
         for id in restored {
-            let out = Command::new(ZTNA)
+            let out = Command::new(ztna())
                 .args(["cluster", "restore", "--from"])
                 .arg(backup)
                 .arg("--data-dir")
@@ -99,7 +103,7 @@ impl Cluster {
     pub async fn start_tls() -> Cluster {
         let mut cluster = Self::unstarted("");
         let tls = cluster.dir.path().join("tls");
-        let made = Command::new(ZTNA)
+        let made = Command::new(ztna())
             .args(["cluster", "certs", "--nodes", "3", "--out"])
             .arg(&tls)
             .output()
@@ -173,12 +177,17 @@ impl Cluster {
 
     /// [`Cluster::spawn`] with extra `ztna server` arguments.
     pub fn spawn_with(&mut self, id: u64, extra: &[&str]) {
+        self.spawn_env(id, extra, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra arguments and environment variables.
+    pub fn spawn_env(&mut self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
         let cluster_file = self.cluster_file.clone();
         let log = self.dir.path().join(format!("node{id}.log"));
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let child = Command::new(ZTNA)
+        let child = Command::new(ztna())
             .arg("server")
             .arg("--cluster")
             .arg(&cluster_file)
@@ -188,6 +197,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -201,6 +211,27 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes node `id` (SIGSTOP): it keeps its connections and answers nothing.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Thaws node `id` (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    pub fn signal(&self, id: u64, signal: &str) {
+        let child = self.node(id).child.as_ref().expect("node is running");
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill {signal} node {id}");
+    }
+
+    /// The cluster file's path.
+    pub fn cluster_file(&self) -> &std::path::Path {
+        &self.cluster_file
     }
 
     /// Stops node `id` with SIGTERM and waits for it to exit.
@@ -322,7 +353,7 @@ impl Cluster {
 
     /// The `ztna` command line, set up like `set -a; . data/cluster.env`.
     pub fn cli(&self) -> Command {
-        let mut cmd = Command::new(ZTNA);
+        let mut cmd = Command::new(ztna());
         cmd.env("ZTNA_SERVER", self.servers()).env("QZ_API_KEY", &self.api_key).env("ZTNA_ORG", &self.org_id);
         if let Some(ca) = &self.ca_cert {
             cmd.env("ZTNA_CA_CERT", ca);
@@ -417,19 +448,31 @@ pub struct Agent {
 impl Cluster {
     /// Starts `ztna up` with `auth_key`, heartbeating every 300 ms, in state directory `name`.
     pub fn agent(&self, auth_key: &str, name: &str) -> Agent {
+        self.agent_with(auth_key, name, "300ms", &self.servers())
+    }
+
+    /// [`Cluster::agent`] heartbeating every `interval` to `servers` (in that order).
+    pub fn agent_with(&self, auth_key: &str, name: &str, interval: &str, servers: &str) -> Agent {
         let state_dir = self.dir.path().join(format!("agent-{name}"));
         let out = self.dir.path().join(format!("agent-{name}.log"));
-        let child = self.spawn_agent(auth_key, &state_dir, &out);
+        let child = self.spawn_agent(auth_key, &state_dir, &out, interval, servers);
         Agent { child: Some(child), state_dir, out }
     }
 
-    fn spawn_agent(&self, auth_key: &str, state_dir: &std::path::Path, out: &std::path::Path) -> Child {
+    fn spawn_agent(
+        &self,
+        auth_key: &str,
+        state_dir: &std::path::Path,
+        out: &std::path::Path,
+        interval: &str,
+        servers: &str,
+    ) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(out).expect("agent log");
         let err = log.try_clone().expect("agent log");
-        Command::new(ZTNA)
-            .args(["up", "--userspace", "--heartbeat-interval", "300ms", "--hostname", "agent-host", "--state-dir"])
+        Command::new(ztna())
+            .args(["up", "--userspace", "--heartbeat-interval", interval, "--hostname", "agent-host", "--state-dir"])
             .arg(state_dir)
-            .env("ZTNA_SERVER", self.servers())
+            .env("ZTNA_SERVER", servers)
             .env("ZTNA_AUTH_KEY", auth_key)
             .stdout(log)
             .stderr(err)

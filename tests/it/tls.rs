@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Cluster, ZTNA};
+use crate::support::{ztna, Cluster};
 
 /// A client trusting `ca`, presenting the certificate `identity` (cert, key) if given.
 fn client(ca: &std::path::Path, identity: Option<(&std::path::Path, &std::path::Path)>) -> reqwest::Client {
@@ -56,7 +56,7 @@ async fn with_tls_only_nodes_with_a_cluster_certificate_reach_the_internal_liste
     assert_eq!(answered.status(), 400, "a member's malformed vote is refused by the node, not by TLS");
 
     let rogue_dir = cluster.dir.path().join("rogue");
-    let made = std::process::Command::new(ZTNA)
+    let made = std::process::Command::new(ztna())
         .args(["cluster", "certs", "--nodes", "1", "--out"])
         .arg(&rogue_dir)
         .output()
@@ -82,7 +82,7 @@ async fn with_tls_only_nodes_with_a_cluster_certificate_reach_the_internal_liste
     text = text.replace("tls/ca.crt", "ca.crt").replace("tls/node{id}", "node1");
     std::fs::write(&rogue_file, text).expect("rogue cluster file");
     let rogue_log = rogue_dir.join("node4.log");
-    let mut rogue_node = std::process::Command::new(ZTNA)
+    let mut rogue_node = std::process::Command::new(ztna())
         .args(["server", "--id", "4", "--cluster"])
         .arg(&rogue_file)
         .arg("--data-dir")

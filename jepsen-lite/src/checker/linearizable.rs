@@ -26,10 +26,12 @@ pub enum Call {
     /// An enrolment the state machine refused with this code.
     Refused(Refusal),
     Revoke,
-    /// A read that returned `uses` and `revoked`.
+    /// A read that returned `uses`, `revoked` and, where its `state` tells (`valid` or
+    /// `expired`), whether the key had expired.
     Read {
         uses: u64,
         revoked: bool,
+        expired: Option<bool>,
     },
 }
 
@@ -97,7 +99,10 @@ impl Rules {
             Call::Refused(Refusal::Expired) => (!s.revoked && s.expired).then_some(s),
             Call::Refused(Refusal::Used) => (!s.revoked && !s.expired && used_up).then_some(s),
             Call::Revoke => Some(KeyModel { revoked: true, ..s }),
-            Call::Read { uses, revoked } => (s.uses == *uses && s.revoked == *revoked).then_some(s),
+            Call::Read { uses, revoked, expired } => {
+                let same_expiry = expired.is_none_or(|e| e == s.expired);
+                (s.uses == *uses && s.revoked == *revoked && same_expiry).then_some(s)
+            }
         }
     }
 }
@@ -155,7 +160,13 @@ fn entry(p: &Pair<'_>) -> Option<Entry> {
         },
         (f::REVOKE, OpType::Ok | OpType::Info) => Call::Revoke,
         (f::READ, OpType::Ok) => {
-            Call::Read { uses: p.value()["uses"].as_u64()?, revoked: p.value()["revoked"].as_bool()? }
+            let expired = match p.value()["state"].as_str() {
+                Some("expired") => Some(true),
+                Some("valid") => Some(false),
+                // `used`, `exhausted` and `revoked` say nothing about the clock.
+                _ => None,
+            };
+            Call::Read { uses: p.value()["uses"].as_u64()?, revoked: p.value()["revoked"].as_bool()?, expired }
         }
         _ => return None,
     };

@@ -265,7 +265,7 @@ fn the_search_answers_unknown_not_valid_when_out_of_time() {
         })
         .collect();
     entries.push(Entry {
-        call: Call::Read { uses: 25, revoked: false },
+        call: Call::Read { uses: 25, revoked: false, expired: None },
         invoked: 100,
         completed: 200,
         invoked_wall_ms: WALL0,
@@ -275,4 +275,27 @@ fn the_search_answers_unknown_not_valid_when_out_of_time() {
     let rules = Rules { limit: None, expires_at_ms: None, skew_ms: 0 };
     assert_eq!(search(&rules, &entries, std::time::Instant::now()), None);
     assert_eq!(search(&rules, &entries[15..], std::time::Instant::now() + Duration::from_secs(5)), Some(false));
+}
+
+/// The run that failed on a fresh machine (seed 547784 at 4c5a81b, the history in
+/// `tests/fixtures/`): three enrolments of a 4-second key were proposed before it expired,
+/// stuck behind a leader whose clock had jumped back 2.4 s, delayed links and a kill, and took
+/// effect after a read had answered `expired` with 55 uses; the final read showed 58. Under the
+/// documented rule (a key expires at cluster time; a read sees every write proposed before it
+/// that ever commits) that is not linearizable, and the checker must say so.
+#[test]
+fn the_seed_547784_history_uses_a_key_after_a_read_saw_it_expired() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed547784-expired-then-used.jsonl");
+    let (_, ops) = crate::history::read_jsonl(&path).expect("the fixture reads");
+    let results = check_all(&ops, Config { skew_ms: 3_500, search_limit: Duration::from_secs(20) });
+    let linearizable: Vec<_> = results.anomalies.iter().filter(|a| a.checker == "linearizable").collect();
+    assert_eq!(linearizable.len(), 1, "{:?}", results.anomalies);
+    assert_eq!(linearizable[0].key.as_deref(), Some("ak_j0u0E021Jatn"));
+
+    // The read that saw the key expired is what makes it so: without it, the three late
+    // enrolments fit before the expiry and the final read's 58 uses.
+    let without_read: Vec<_> = ops.iter().filter(|o| o.index != 1118 && o.index != 1134).cloned().collect();
+    let results = check_all(&without_read, Config { skew_ms: 3_500, search_limit: Duration::from_secs(20) });
+    assert!(!results.anomalies.iter().any(|a| a.checker == "linearizable"), "{:?}", results.anomalies);
 }
