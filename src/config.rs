@@ -97,6 +97,25 @@ pub struct Settings {
     /// TEST ONLY: node id (as a string) → address this node dials instead of that peer's
     /// `raft_addr`, so jepsen-lite can put a fault-injecting proxy on every link without root.
     pub test_only_dial: std::collections::BTreeMap<String, String>,
+    /// SHA-256 (hex) of the bootstrap token `POST /api/cluster/init` requires (see `ztna
+    /// cluster bootstrap-token`); `ztna server --bootstrap-token-sha256` overrides it. Without
+    /// one, no node initialises a cluster.
+    pub bootstrap_token_sha256: Option<String>,
+    /// Run the internal listener without TLS: anyone who reaches `raft_addr` can then take the
+    /// cluster over. Only for a network where nothing but the nodes can connect; the node logs
+    /// an error at every start. Without `[tls]` and without this, a node refuses to start.
+    pub insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster: bool,
+    /// Most connections each listener keeps open at once; more are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this long.
+    pub header_read_timeout_ms: u64,
+    /// A connection with nothing read or written for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A request's body must arrive within this long.
+    pub body_read_timeout_ms: u64,
+    /// Failed authentications allowed per minute from one client address (then 429 for a
+    /// minute), and per credential id (then its failures answer 429).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -116,6 +135,13 @@ impl Default for Settings {
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,
             test_only_clock_offset_ms: 0,
             test_only_dial: Default::default(),
+            bootstrap_token_sha256: None,
+            insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster: false,
+            max_connections: 512,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -128,6 +154,26 @@ impl Settings {
     /// The address to dial for peer `id`, whose membership record says `raft_addr`.
     pub fn dial_addr(&self, id: NodeId, raft_addr: &str) -> String {
         self.test_only_dial.get(&id.to_string()).cloned().unwrap_or_else(|| raft_addr.to_string())
+    }
+
+    /// How long a request's body may take to arrive.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// Whether nodes talk to each other without TLS (the loudly named opt-out).
+    pub fn plaintext_between_nodes(&self) -> bool {
+        self.insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster
+    }
+
+    /// How a listener bounds its connections.
+    pub fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            handshake: Duration::from_millis(self.header_read_timeout_ms),
+            header_read: Duration::from_millis(self.header_read_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+        }
     }
 
     /// How often the leader looks for inactive ephemeral machines: a quarter of the timeout,
@@ -143,8 +189,14 @@ impl Settings {
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     pub ca_cert: String,
+    /// The node's peer certificate (it must name `node-<id>.ztna-peer.invalid`) and key.
     pub cert: String,
     pub key: String,
+    /// The API's certificate and key: with them the API is HTTPS, without them plain HTTP.
+    #[serde(default)]
+    pub api_cert: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 /// The cluster file.
@@ -154,7 +206,7 @@ pub struct ClusterFile {
     #[serde(default)]
     pub settings: Settings,
     pub nodes: Vec<NodeEntry>,
-    /// Mutual TLS between nodes and HTTPS for the API; plain HTTP without it.
+    /// Mutual TLS between nodes, and HTTPS for the API when it has `api_cert`.
     #[serde(default)]
     pub tls: Option<TlsSection>,
     /// The directory the file was read from (relative TLS paths start there).
@@ -188,6 +240,26 @@ impl ClusterFile {
                 check_public_url(url)?;
             }
         }
+        if self.tls.is_none() && !self.settings.plaintext_between_nodes() {
+            return Err(ConfigError::Invalid(
+                "the cluster file has no [tls] table: without it anyone who can reach a node's raft_addr can take the \
+                 cluster over. Make certificates with `ztna cluster certs --out DIR --nodes N` and point [tls] at them \
+                 (ca_cert, cert, key; api_cert and api_key for HTTPS), or, on a network only the nodes can reach, set \
+                 insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster = true"
+                    .into(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.api_cert.is_some() != tls.api_key.is_some() {
+                return Err(ConfigError::Invalid("[tls]: give both api_cert and api_key, or neither".into()));
+            }
+        }
+        if let Some(hash) = &self.settings.bootstrap_token_sha256 {
+            check_token_hash(hash)?;
+        }
+        if self.settings.max_connections < 16 {
+            return Err(ConfigError::Invalid("settings: max_connections must be at least 16".into()));
+        }
         let s = &self.settings;
         if s.election_timeout_min_ms <= s.heartbeat_interval_ms
             || s.election_timeout_max_ms <= s.election_timeout_min_ms
@@ -218,6 +290,17 @@ impl ClusterFile {
             .iter()
             .map(|n| (n.id, NodeInfo { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
             .collect()
+    }
+}
+
+/// Checks a bootstrap token's SHA-256: 64 hexadecimal digits.
+pub fn check_token_hash(hash: &str) -> Result<(), ConfigError> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "bootstrap_token_sha256 must be 64 hexadecimal digits (the line `ztna cluster bootstrap-token` prints), got {hash:?}"
+        )))
     }
 }
 
@@ -278,12 +361,16 @@ impl NodeConfig {
                 path
             }
         };
-        Some(crate::tls::TlsPaths { ca_cert: path(&tls.ca_cert), cert: path(&tls.cert), key: path(&tls.key) })
+        let api = match (&tls.api_cert, &tls.api_key) {
+            (Some(cert), Some(key)) => Some((path(cert), path(key))),
+            _ => None,
+        };
+        Some(crate::tls::TlsPaths { ca_cert: path(&tls.ca_cert), cert: path(&tls.cert), key: path(&tls.key), api })
     }
 
-    /// `https` with TLS, else `http`.
+    /// The API's scheme: `https` when it has a certificate, else `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.cluster.tls.is_some() {
+        if self.cluster.tls.as_ref().is_some_and(|t| t.api_cert.is_some()) {
             "https"
         } else {
             "http"
@@ -308,7 +395,7 @@ impl NodeConfig {
 
     /// The CA that clients of an HTTPS API must trust, if the API is HTTPS.
     pub fn api_ca_cert(&self) -> Option<PathBuf> {
-        self.tls_paths().map(|paths| paths.ca_cert)
+        self.tls_paths().filter(|paths| paths.api.is_some()).map(|paths| paths.ca_cert)
     }
 }
 
@@ -326,7 +413,12 @@ mod tests {
         )
         .unwrap();
         assert!(file.validate().is_err());
-        let ok: ClusterFile = toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n").unwrap();
+        let plain: ClusterFile = toml::from_str("[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n").unwrap();
+        assert!(plain.validate().unwrap_err().to_string().contains("no [tls] table"), "no TLS, no opt-out: refused");
+        let ok: ClusterFile = toml::from_str(
+            "[settings]\ninsecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster = true\n[[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n",
+        )
+        .unwrap();
         assert!(ok.validate().is_ok());
         assert!(NodeConfig::new(2, "x".into(), ok).is_err());
     }

@@ -35,6 +35,7 @@ pub mod election_hold;
 pub mod faults;
 pub mod forwarder;
 pub mod identity;
+pub mod listener;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;

@@ -393,7 +393,7 @@ fn answer_as_fresh(
         }),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    crate::node::serve(copy, tls, router, stopped);
+    crate::listener::serve(copy, tls, router, config.settings().listener_limits(), stopped);
     Ok(stop)
 }
 

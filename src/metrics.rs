@@ -88,6 +88,8 @@ pub struct Metrics {
     forwarded_reads: AtomicU64,
     ephemeral_deletions: AtomicU64,
     leader_changes: AtomicU64,
+    peer_refusals: AtomicU64,
+    auth_throttled: AtomicU64,
     proposals: AtomicU64,
     proposal_commands: Histogram,
     fsync_seconds: Histogram,
@@ -111,6 +113,8 @@ impl Metrics {
             forwarded_reads: AtomicU64::new(0),
             ephemeral_deletions: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
+            peer_refusals: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             proposal_commands: Histogram::new(BATCH_BUCKETS),
             fsync_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -152,6 +156,16 @@ impl Metrics {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An internal call refused: no or a wrong node certificate, or not a member.
+    pub fn peer_refused(&self) {
+        self.peer_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request answered 429 because its client or credential failed too often.
+    pub fn throttled(&self) {
+        self.auth_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One log entry proposed by this node as leader, holding `commands` commands.
     pub fn proposed(&self, commands: usize) {
         self.proposals.fetch_add(1, Ordering::Relaxed);
@@ -177,6 +191,15 @@ impl Metrics {
         render_raft(&mut out, raft, self.committed.load(Ordering::Relaxed).checked_sub(1));
         header(&mut out, "ztna_raft_leader_changes_total", "counter", "Leader changes this node has seen.");
         sample(&mut out, "ztna_raft_leader_changes_total", "", self.leader_changes.load(Ordering::Relaxed));
+        header(&mut out, "ztna_peer_refused_total", "counter", "Internal calls refused (certificate or membership).");
+        sample(&mut out, "ztna_peer_refused_total", "", self.peer_refusals.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "ztna_auth_throttled_total",
+            "counter",
+            "Requests answered 429 after too many failed authentications.",
+        );
+        sample(&mut out, "ztna_auth_throttled_total", "", self.auth_throttled.load(Ordering::Relaxed));
         header(&mut out, "ztna_proposals_total", "counter", "Log entries proposed by this node as leader.");
         sample(&mut out, "ztna_proposals_total", "", self.proposals.load(Ordering::Relaxed));
         header(&mut out, "ztna_proposal_commands", "histogram", "Commands per proposed log entry (group commit).");

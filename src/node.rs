@@ -88,6 +88,8 @@ pub struct Node {
     disk: crate::disk::DiskState,
     /// Set when the node must stop on its own (e.g. it was removed from the cluster).
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Failed-authentication counts of the public API.
+    throttle: crate::api::throttle::Throttle,
 }
 
 /// What `GET /api/cluster` reports.
@@ -213,12 +215,14 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         // Certificates and ports first: either stops the node before it touches its data.
-        let tls = config.tls_paths().map(|paths| crate::tls::NodeTls::load(&paths)).transpose()?;
+        let tls = config.tls_paths().map(|paths| crate::tls::NodeTls::load(&paths, config.id)).transpose()?;
+        crate::faults::crash_point("start");
         let me = config.me().clone();
         let api_listener = bind(&me.api_addr).await?;
         let raft_listener = bind(&me.raft_addr).await?;
         let clock = ClusterClock::new(Clock::new(settings.test_only_clock_offset_ms));
-        let peers = PeerClient::new(tls.as_ref().map(|t| t.peer.clone())).with_clock(clock.clone());
+        let peers =
+            PeerClient::new(tls.as_ref().map(|t| t.peer.clone())).with_clock(clock.clone()).with_identity(config.id);
         let internal_tls = tls.as_ref().map(|t| t.internal.clone());
         let (identity, peer_view) = match crate::identity::inspect(&config.data_dir, &settings.cluster_name, config.id)?
         {
@@ -285,23 +289,39 @@ impl Node {
             membership_changes: ChangeLock::default(),
             disk: crate::disk::DiskState::default(),
             fatal: tokio::sync::watch::channel(None).0,
+            throttle: crate::api::throttle::Throttle::new(settings.auth_failures_per_minute),
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let stop_sweeper = stop.clone();
+        let limits = settings.listener_limits();
+        let api_tls = tls.as_ref().and_then(|t| t.api.clone());
         let servers = vec![
-            serve(raft_listener, internal_tls, crate::network::server::router(node.clone()), stop.clone()),
-            serve(api_listener, tls.as_ref().map(|t| t.api.clone()), crate::api::router(node.clone()), stop),
+            crate::listener::serve(
+                raft_listener,
+                internal_tls,
+                crate::network::server::router(node.clone()),
+                limits,
+                stop.clone(),
+            ),
+            crate::listener::serve(api_listener, api_tls.clone(), crate::api::router(node.clone()), limits, stop),
         ];
         node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
         tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper.clone()));
         tokio::spawn(watch_free_space(Arc::downgrade(&node), stop_sweeper));
         tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
-        if tls.is_some() {
-            tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started: HTTPS API, mutual TLS between nodes");
-        } else {
-            tracing::warn!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started with plain HTTP (no [tls] in the cluster file): for loopback development and trusted networks only");
+        match (&tls, &api_tls) {
+            (Some(_), Some(_)) => {
+                tracing::info!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started: HTTPS API, mutual TLS between nodes")
+            }
+            (Some(_), None) => {
+                tracing::warn!(node = node.id, api = %me.api_addr, raft = %me.raft_addr, "node started: mutual TLS between nodes, plain HTTP API (no api_cert in [tls]): keep the API on loopback or a trusted network")
+            }
+            _ => tracing::error!(
+                node = node.id, api = %me.api_addr, raft = %me.raft_addr,
+                "INSECURE: node started with plain HTTP between nodes (insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster): anyone who reaches raft_addr can take this cluster over"
+            ),
         }
         Ok(Running { node, servers, shutdown })
     }
@@ -351,6 +371,16 @@ impl Node {
 
     pub fn clock(&self) -> &ClusterClock {
         &self.clock
+    }
+
+    pub fn throttle(&self) -> &crate::api::throttle::Throttle {
+        &self.throttle
+    }
+
+    /// The rules the cluster's entries are applied by (see `sm::Meta::rules`): an op an older
+    /// build cannot read is only proposed once they are this build's.
+    pub fn rules(&self) -> u32 {
+        read_state(&self.state).store.rules()
     }
 
     /// This node's applied copy of an auth key, possibly behind the leader. Only the
@@ -563,8 +593,18 @@ impl Node {
         }
     }
 
-    /// Proposes on this node, which must be the leader.
+    /// Proposes on this node, which must be the leader. A credential that does not
+    /// authenticate (by this leader's applied state) is refused here, before anything is
+    /// proposed, replicated or fsynced; the state machine checks again when applying.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, ForwardError> {
+        {
+            let state = read_state(&self.state);
+            if state.store.rules() >= 2 {
+                if let Err(refused) = state.store.authenticates(&command) {
+                    return Ok(Err(refused));
+                }
+            }
+        }
         self.proposer.propose(command).await
     }
 
@@ -605,6 +645,26 @@ impl Node {
                 Ok(answer)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Whether node `id` may make internal calls to this one: a member of the configuration, a
+    /// node `add-node` admitted (joining), or, before the cluster is formed, a node of the cluster
+    /// file. A removed node may not.
+    pub fn peer_allowed(&self, id: NodeId) -> bool {
+        let formed = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            if membership.get_node(&id).is_some() {
+                return true;
+            }
+            let formed = membership.nodes().count() > 0;
+            formed
+        };
+        match self.node_record(id) {
+            Some(record) => record.removed_at.is_none(),
+            None => !formed && self.config.cluster.node(id).is_some(),
         }
     }
 
@@ -688,7 +748,13 @@ impl Node {
         let local = |command| tokio::time::timeout(timeout, self.proposer.propose(command));
         if !expired.is_empty() {
             tracing::info!(count = expired.len(), term, "deregistering inactive ephemeral machines");
-            match local(system(Op::SweepInactive { term, machine_ids: expired })).await {
+            // Until every member runs this build, the op its older peers can read.
+            let op = if self.rules() >= 2 {
+                Op::SweepInactive { term, machine_ids: expired }
+            } else {
+                Op::DeregisterInactive { machine_ids: expired }
+            };
+            match local(system(op)).await {
                 Ok(Ok(Ok(OpOk::Count(count)))) => crate::metrics::global().ephemeral_deleted(count),
                 Ok(Ok(other)) => tracing::warn!("inactive machines not deregistered: {other:?}"),
                 Ok(Err(e)) => tracing::warn!("inactive machines not deregistered this sweep: {e}"),
@@ -831,28 +897,4 @@ async fn count_leader_changes(mut metrics: tokio::sync::watch::Receiver<openraft
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr: addr.to_string(), source })
-}
-
-/// Serves `router` on `listener` (TLS-handshaken first with `tls`) until `stop`.
-pub(crate) fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    router: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        let served = match tls {
-            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
-            Some(config) => match crate::tls::TlsListener::new(listener, config) {
-                Ok(listener) => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = served {
-            tracing::error!("server stopped: {e}");
-        }
-    })
 }

@@ -30,6 +30,8 @@ pub enum CredentialKind {
     ApiKey,
     /// `nodekey-…`: an enrolled machine's own credential.
     NodeKey,
+    /// `ztna-bootstrap-…`: initialises a new cluster, once.
+    BootstrapToken,
 }
 
 impl CredentialKind {
@@ -38,6 +40,7 @@ impl CredentialKind {
             CredentialKind::AuthKey => "tskey-auth-",
             CredentialKind::ApiKey => "tskey-api-",
             CredentialKind::NodeKey => "nodekey-",
+            CredentialKind::BootstrapToken => "ztna-bootstrap-",
         }
     }
 }

@@ -1,25 +1,25 @@
 //! TLS: mutual TLS between nodes, HTTPS for the API, clients that trust the cluster's CA, and
 //! `ztna cluster certs`.
 //!
-//! With a `[tls]` table in the cluster file, a node's internal listener accepts only clients
-//! presenting a certificate signed by the cluster CA (a node without one cannot join, vote,
-//! append or forward), every node-to-node call presents the node's own certificate, and the API
-//! is served over HTTPS with the same certificate. Everything uses rustls with the `ring`
-//! provider. Without `[tls]`, both listeners are plain HTTP, for loopback development, and the
-//! node says so when it starts.
+//! Every cluster file has a `[tls]` table (a node without one refuses to start unless the
+//! operator wrote the loudly named opt-out). The internal listener accepts only clients
+//! presenting a certificate signed by the cluster CA, and every node-to-node call presents the
+//! node's own certificate, which names its node id (`node-<id>.ztna-peer.invalid`): the
+//! receiving side checks that name against the id the caller claims and against the current
+//! membership (see `network::server`), so a removed node's certificate opens nothing and one
+//! node cannot speak for another. The API has its own certificate (`api_cert`, `api_key`):
+//! with it the API is HTTPS, without it plain HTTP (for a loopback cluster). Everything uses
+//! rustls with the `ring` provider.
 //!
 //! This module must not decide anything about keys or Raft; it only makes TLS configurations
 //! and certificates.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,11 @@ pub enum TlsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
     pub ca_cert: PathBuf,
+    /// The node's peer certificate and key (the internal listener, and its calls to peers).
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The API's certificate and key, if the API is HTTPS.
+    pub api: Option<(PathBuf, PathBuf)>,
 }
 
 /// A node's TLS configurations, made once at start.
@@ -49,10 +52,22 @@ pub struct TlsPaths {
 pub struct NodeTls {
     /// The internal listener: client certificates signed by the CA are required.
     pub internal: Arc<ServerConfig>,
-    /// The API listener: server authentication only.
-    pub api: Arc<ServerConfig>,
+    /// The API listener (server authentication only), when the API has a certificate.
+    pub api: Option<Arc<ServerConfig>>,
     /// Node-to-node calls: trusts the CA, presents this node's certificate.
     pub peer: ClientConfig,
+}
+
+/// The name a node's peer certificate carries for node `id`.
+pub fn peer_name(id: u64) -> String {
+    format!("node-{id}.ztna-peer.invalid")
+}
+
+/// Whether `cert` (already verified against the cluster CA) names node `id`.
+pub fn names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else { return false };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(peer_name(id)) else { return false };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
 /// Makes `ring` the process's default crypto provider, once. reqwest is built with rustls and
@@ -99,10 +114,18 @@ pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 impl NodeTls {
-    pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
+    /// Loads a node's certificates; `id` is the node they must name.
+    pub fn load(paths: &TlsPaths, id: u64) -> Result<Self, TlsError> {
         let roots = Arc::new(roots(&paths.ca_cert)?);
         let certs = certificates(&paths.cert)?;
         let key = private_key(&paths.key)?;
+        if !names_node(&certs[0], id) {
+            return Err(TlsError::Config(format!(
+                "{} does not name node {id} ({}): make the node certificates again with `ztna cluster certs`",
+                paths.cert.display(),
+                peer_name(id)
+            )));
+        }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(config_error)?;
@@ -112,19 +135,25 @@ impl NodeTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs.clone(), key.clone_key())
             .map_err(config_error)?;
-        let api = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(config_error)?
-            .with_no_client_auth()
-            .with_single_cert(certs.clone(), key.clone_key())
-            .map_err(config_error)?;
+        let api = match &paths.api {
+            Some((api_cert, api_key)) => {
+                let config = ServerConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(config_error)?
+                    .with_no_client_auth()
+                    .with_single_cert(certificates(api_cert)?, private_key(api_key)?)
+                    .map_err(|e| TlsError::Config(format!("{} and {}: {e}", api_cert.display(), api_key.display())))?;
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
         let peer = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(config_error)?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .map_err(config_error)?;
-        Ok(NodeTls { internal: Arc::new(internal), api: Arc::new(api), peer })
+        Ok(NodeTls { internal: Arc::new(internal), api, peer })
     }
 }
 
@@ -137,86 +166,39 @@ pub fn client_trusting(ca_cert: &Path) -> Result<ClientConfig, TlsError> {
         .with_no_client_auth())
 }
 
-/// A TCP listener whose connections are TLS-handshaken before axum sees them. Handshakes run
-/// concurrently (one slow client does not hold up the others) and are bounded in time; a
-/// refused one (no or a foreign certificate on the internal listener) is logged.
-pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (done, ready) = tokio::sync::mpsc::channel(64);
-        let tls = tokio_rustls::TlsAcceptor::from(config);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::debug!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let (tls, done) = (tls.clone(), done.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = done.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local, acceptor })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// `ztna cluster certs`: a CA and one certificate per node (valid for both server and client
-/// authentication), for a test or small deployment. Each node's certificate names `localhost`,
-/// `127.0.0.1`, `::1`, `node<i>` and the host given for it.
+/// `ztna cluster certs`: a CA (kept: an existing `ca.crt`/`ca.key` in `out` signs the new
+/// certificates, so a node added later joins the same CA), and for each node id up to `nodes`
+/// that has none yet a peer certificate (server and client authentication; it names the node's
+/// identity `node-<id>.ztna-peer.invalid` and its hosts) and a separate API certificate (server
+/// authentication; its hosts). The hosts are `localhost`, `127.0.0.1`, `::1`, `node<i>` and the
+/// host given for it. Keys are written with mode 0600, never over an existing file.
 pub fn make_certs(out: &Path, nodes: u64, hosts: &[String], days: u32) -> Result<Vec<PathBuf>, TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
     let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let write = |path: PathBuf, text: String, secret: bool| -> Result<PathBuf, TlsError> {
         let result =
-            if secret { crate::private_file::write(&path, text.as_bytes()) } else { std::fs::write(&path, text) };
+            if secret { crate::private_file::create_new(&path, text.as_bytes()) } else { std::fs::write(&path, text) };
         result.map_err(|source| TlsError::Write { path: path.display().to_string(), source })?;
         Ok(path)
     };
     std::fs::create_dir_all(out).map_err(|source| TlsError::Write { path: out.display().to_string(), source })?;
     let now = time::OffsetDateTime::now_utc();
     let until = now + time::Duration::days(i64::from(days));
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| TlsError::Read { path: path.display().to_string(), message: e.to_string() })
+    };
 
-    let ca_key = KeyPair::generate().map_err(generate)?;
+    let mut written = Vec::new();
+    let (ca_crt, ca_key_path) = (out.join("ca.crt"), out.join("ca.key"));
+    // The CA's subject and key identify it to the certificates it signs: an existing CA is
+    // rebuilt from its key (same subject, same key identifier) to sign more.
+    let reuse = ca_crt.exists() && ca_key_path.exists();
+    let ca_key = if reuse {
+        KeyPair::from_pem(&read(&ca_key_path)?).map_err(generate)?
+    } else {
+        KeyPair::generate().map_err(generate)?
+    };
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
     ca.distinguished_name.push(DnType::CommonName, "ztna cluster CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -224,25 +206,42 @@ pub fn make_certs(out: &Path, nodes: u64, hosts: &[String], days: u32) -> Result
     ca.not_before = now - time::Duration::hours(1);
     ca.not_after = until;
     let ca_cert = ca.self_signed(&ca_key).map_err(generate)?;
-    let mut written = vec![
-        write(out.join("ca.crt"), ca_cert.pem(), false)?,
-        write(out.join("ca.key"), ca_key.serialize_pem(), true)?,
-    ];
-    for id in 1..=nodes {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into(), format!("node{id}")];
-        if let Some(host) = hosts.get((id - 1) as usize) {
-            names.push(host.clone());
-        }
+    if !reuse {
+        written.push(write(ca_crt.clone(), ca_cert.pem(), false)?);
+        written.push(write(ca_key_path.clone(), ca_key.serialize_pem(), true)?);
+    }
+    let leaf = |names: Vec<String>, common: String, client: bool| -> Result<(String, String), TlsError> {
         let key = KeyPair::generate().map_err(generate)?;
         let mut params = CertificateParams::new(names).map_err(generate)?;
-        params.distinguished_name.push(DnType::CommonName, format!("ztna node {id}"));
+        params.distinguished_name.push(DnType::CommonName, common);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = if client {
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        };
         params.not_before = now - time::Duration::hours(1);
         params.not_after = until;
         let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(generate)?;
-        written.push(write(out.join(format!("node{id}.crt")), cert.pem(), false)?);
-        written.push(write(out.join(format!("node{id}.key")), key.serialize_pem(), true)?);
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    for id in 1..=nodes {
+        let mut hosts_of = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into(), format!("node{id}")];
+        if let Some(host) = hosts.get((id - 1) as usize) {
+            hosts_of.push(host.clone());
+        }
+        if !out.join(format!("node{id}.crt")).exists() {
+            let mut names = hosts_of.clone();
+            names.push(peer_name(id));
+            let (cert, key) = leaf(names, format!("ztna node {id}"), true)?;
+            written.push(write(out.join(format!("node{id}.crt")), cert, false)?);
+            written.push(write(out.join(format!("node{id}.key")), key, true)?);
+        }
+        if !out.join(format!("api{id}.crt")).exists() {
+            let (cert, key) = leaf(hosts_of, format!("ztna node {id} API"), false)?;
+            written.push(write(out.join(format!("api{id}.crt")), cert, false)?);
+            written.push(write(out.join(format!("api{id}.key")), key, true)?);
+        }
     }
     Ok(written)
 }

@@ -50,7 +50,19 @@ impl Cluster {
     /// A fresh ztna cluster with default settings, initialised (org and API key).
     pub async fn start_ztna(ztna: &Path, dir: &Path) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
-        let mut file = String::from("[settings]\ncluster_name = \"bench\"\n");
+        // As every ztna cluster: mutual TLS between nodes, a bootstrap token for init.
+        let run = |args: &[&str], out: &Path| -> anyhow::Result<String> {
+            let made = std::process::Command::new(ztna).args(args).arg(out).output()?;
+            anyhow::ensure!(made.status.success(), "ztna {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+            Ok(String::from_utf8_lossy(&made.stdout).into_owned())
+        };
+        run(&["cluster", "certs", "--nodes", "3", "--out"], &dir.join("tls"))?;
+        let token_file = dir.join("bootstrap.token");
+        let _ = std::fs::remove_file(&token_file);
+        let printed = run(&["cluster", "bootstrap-token", "--out"], &token_file)?;
+        let token_line = printed.lines().find(|l| l.starts_with("bootstrap_token_sha256")).context("no token hash")?;
+        let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+        let mut file = format!("[settings]\ncluster_name = \"bench\"\n{token_line}\n");
         let mut urls = Vec::new();
         for id in 1..=3 {
             let (api, raft) = (free_port()?, free_port()?);
@@ -59,6 +71,7 @@ impl Cluster {
             ));
             urls.push(format!("http://127.0.0.1:{api}"));
         }
+        file.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
         let cluster_file = dir.join("cluster.toml");
         std::fs::write(&cluster_file, file)?;
         let commands = (1..=3)
@@ -82,6 +95,7 @@ impl Cluster {
         let init: Value = cluster
             .http
             .post(format!("{}/api/cluster/init", cluster.urls[leader]))
+            .bearer_auth(&token)
             .json(&json!({ "org_name": "bench" }))
             .send()
             .await?

@@ -3,7 +3,9 @@
 //!
 //! Each node has its own cluster file (`n<i>.toml`, the same nodes and settings except for the
 //! test-only clock offset and dial overrides), its data directory under the run folder and its
-//! log `n<i>.log`. This module must not know about workloads or checkers.
+//! log `n<i>.log`. Like every cluster, the nodes talk mutual TLS (certificates made by `ztna
+//! cluster certs` under `tls/`) and initialise with a bootstrap token (`ztna cluster
+//! bootstrap-token`). This module must not know about workloads or checkers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,9 @@ pub struct Cluster {
     offsets: std::sync::Mutex<BTreeMap<u64, i64>>,
     /// `[settings]` lines replacing the defaults (the WAN test's timing profile).
     timing: String,
+    /// The bootstrap token's SHA-256 (in every node's settings) and the token (for init).
+    token_sha256: String,
+    pub bootstrap_token: String,
 }
 
 #[derive(Default)]
@@ -67,6 +72,33 @@ impl Cluster {
         let ids: Vec<u64> = vec![1, 2, 3];
         let urls = ids.iter().map(|&id| format!("http://{}", hosts.addrs(id).api_addr)).collect();
         let api = Api::new(urls, CLIENT_TIMEOUT)?;
+        let raft_hosts: Vec<String> = ids
+            .iter()
+            .map(|&id| {
+                let addr = hosts.addrs(id).raft_addr;
+                addr.rsplit_once(':').map_or(addr.clone(), |(host, _)| host.to_string())
+            })
+            .collect();
+        let certs = std::process::Command::new(ztna)
+            .args(["cluster", "certs", "--nodes", "3", "--hosts", &raft_hosts.join(","), "--out"])
+            .arg(dir.join("tls"))
+            .output()
+            .context("run ztna cluster certs")?;
+        anyhow::ensure!(certs.status.success(), "ztna cluster certs: {}", String::from_utf8_lossy(&certs.stderr));
+        let token_file = dir.join("bootstrap.token");
+        let made = std::process::Command::new(ztna)
+            .args(["cluster", "bootstrap-token", "--out"])
+            .arg(&token_file)
+            .output()
+            .context("run ztna cluster bootstrap-token")?;
+        let printed = String::from_utf8_lossy(&made.stdout);
+        let token_sha256 = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("bootstrap_token_sha256 = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .context("ztna cluster bootstrap-token printed no hash")?
+            .to_string();
+        let bootstrap_token = std::fs::read_to_string(&token_file)?.trim().to_string();
         let cluster = Cluster {
             hosts,
             api,
@@ -77,6 +109,8 @@ impl Cluster {
             procs: Mutex::new(ids.iter().map(|&id| (id, Proc::default())).collect()),
             offsets: std::sync::Mutex::new(BTreeMap::new()),
             timing,
+            token_sha256,
+            bootstrap_token,
         };
         for &id in &ids {
             cluster.write_config(id)?;
@@ -103,6 +137,7 @@ impl Cluster {
         // Keys that expire during the run; snapshots and log purges happen during the run.
         text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_commands = 3000\n");
         text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
+        text.push_str(&format!("bootstrap_token_sha256 = \"{}\"\n", self.token_sha256));
         text.push_str(&self.timing);
         text.push_str(&self.hosts.settings_for(id));
         for &n in &self.ids {
@@ -112,6 +147,7 @@ impl Cluster {
                 a.api_addr, a.raft_addr
             ));
         }
+        text.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
         std::fs::write(self.config_path(id), text).context("write node config")
     }
 

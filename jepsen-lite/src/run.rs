@@ -93,7 +93,9 @@ pub async fn check_in_thread(
 async fn start(cluster: &mut Cluster) -> anyhow::Result<()> {
     cluster.start_all().await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await.context("no leader within 60 s of start")?;
-    let init = cluster.api.post(leader, "/api/cluster/init", &json!({ "org_name": "jepsen" }), true).await;
+    let mut initialiser = cluster.api.clone();
+    initialiser.api_key = cluster.bootstrap_token.clone();
+    let init = initialiser.post(leader, "/api/cluster/init", &json!({ "org_name": "jepsen" }), true).await;
     if init.kind != OpType::Ok {
         bail!("cluster init failed: {:?}", init.error);
     }

@@ -100,6 +100,7 @@ async fn measure(cluster: &Cluster, options: &WanOptions, answers_delayed: bool,
     let mut api = cluster.api.clone();
     cluster.start_all().await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await.context("no leader within 60 s")?;
+    api.api_key = cluster.bootstrap_token.clone();
     let init = api.post(leader, "/api/cluster/init", &json!({ "org_name": "wan" }), true).await;
     if init.kind != OpType::Ok {
         bail!("cluster init failed: {:?}", init.error);

@@ -80,6 +80,8 @@ impl From<OpError> for ApiError {
             OpError::RequestIdReused(_) => (StatusCode::CONFLICT, "request_id_reused"),
             OpError::NodeIdUsed(_) => (StatusCode::CONFLICT, "node_id_used"),
             OpError::NodeRemoved(_) => (StatusCode::CONFLICT, "node_removed"),
+            OpError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            OpError::ScopeDenied(_) => (StatusCode::FORBIDDEN, "scope_denied"),
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
             OpError::Storage(_) => return ApiError::internal(message),
         };

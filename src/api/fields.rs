@@ -82,6 +82,16 @@ impl Fields {
         }
     }
 
+    /// A list of strings that may be left out (`None`), unlike an empty list.
+    pub fn opt_string_list(&mut self, name: &'static str) -> Result<Option<Vec<String>>, ApiError> {
+        if self.map.get(name).is_none_or(|v| v.is_null()) {
+            self.known.push(name);
+            self.map.remove(name);
+            return Ok(None);
+        }
+        self.string_list(name).map(Some)
+    }
+
     /// Refuses any field that was not read.
     pub fn finish(self) -> Result<(), ApiError> {
         if let Some(unknown) = self.map.keys().next() {
@@ -125,7 +135,31 @@ pub fn check_id(field: &str, prefix: &str, value: &str) -> Result<(), ApiError> 
     } else {
         Err(ApiError::bad_field(
             field,
-            format!("must be \"{prefix}\" followed by {id_len} letters or digits, got {value:?}"),
+            format!("must be \"{prefix}\" followed by {id_len} letters or digits, got {:?}", short(value)),
         ))
     }
+}
+
+/// Checks an org id: `org_` followed by 8 letters or digits.
+pub fn check_org_id(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = value
+        .strip_prefix(crate::sm::model::ORG_ID_PREFIX)
+        .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
+            field,
+            format!("must be \"org_\" followed by 8 letters or digits, got {:?}", short(value)),
+        ))
+    }
+}
+
+/// At most 64 characters of `value`, for an error message about it.
+fn short(value: &str) -> String {
+    let mut text: String = value.chars().take(64).collect();
+    if text.len() < value.len() {
+        text.push('…');
+    }
+    text
 }

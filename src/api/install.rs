@@ -97,8 +97,16 @@ pub async fn script(State(node): State<Arc<Node>>) -> Result<Response, ApiError>
 
 pub async fn binary(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (bytes, _) = load(&node).await?;
-    // Shared bytes: a download holds a reference, not a copy.
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], bytes.clone()).into_response())
+    // Slices of the shared bytes, one at a time: a download holds a reference and at most one
+    // chunk in the connection's buffer, never a copy of the binary (a client that stops
+    // reading is dropped by the listener's idle timeout).
+    const CHUNK: usize = 64 * 1024;
+    let bytes = bytes.clone();
+    let chunks = (0..bytes.len())
+        .step_by(CHUNK)
+        .map(move |at| Ok::<_, std::convert::Infallible>(bytes.slice(at..(at + CHUNK).min(bytes.len()))));
+    let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 pub async fn checksum(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {

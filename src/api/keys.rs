@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::fields::{check_id, request_id, Fields};
+use super::fields::{check_id, check_org_id, request_id, Fields};
 use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
@@ -27,6 +27,7 @@ pub async fn handle(
     let mut fields = Fields::parse(&body(raw)?)?;
     let action = fields.str("action")?;
     let org_id = fields.str("org_id")?;
+    check_org_id("org_id", &org_id)?;
     let actor = api_key_actor(&headers)?;
     match action.as_str() {
         "create_auth_key" => create(&node, actor, org_id, fields).await,

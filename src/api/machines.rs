@@ -49,6 +49,7 @@ pub async fn admin(
     let mut fields = Fields::parse(&body(raw)?)?;
     let action = fields.str("action")?;
     let org_id = fields.str("org_id")?;
+    super::fields::check_org_id("org_id", &org_id)?;
     let actor = api_key_actor(&headers)?;
     if action == "list_machines" {
         fields.finish()?;

@@ -50,9 +50,16 @@ pub async fn handle(
 /// A `host:port` address.
 fn address(fields: &mut Fields, name: &'static str) -> Result<String, ApiError> {
     let addr = fields.str(name)?;
-    let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    // It goes into the membership (the log) and into the installer's URLs: a plain host:port.
+    let valid = addr.len() <= 255
+        && addr.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        && addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !valid {
-        return Err(ApiError::bad_field(name, format!("must be host:port, got {addr:?}")));
+        let shown: String = addr.chars().take(64).collect();
+        return Err(ApiError::bad_field(
+            name,
+            format!("must be host:port (letters, digits, '.', '-', IPv6 in []), got {shown:?}"),
+        ));
     }
     Ok(addr)
 }

@@ -18,6 +18,7 @@ mod machines;
 mod membership;
 mod metrics;
 mod org;
+pub mod throttle;
 mod views;
 
 use std::sync::Arc;
@@ -59,8 +60,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), throttle::layer))
         .layer(axum::middleware::from_fn(metrics::record))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(node.config().settings().body_read_timeout()))
         .with_state(node)
 }
 

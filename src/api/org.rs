@@ -11,14 +11,17 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::fields::{request_id, Fields};
+use super::fields::{check_id, check_org_id, request_id, Fields};
 use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
-pub(crate) const ACTIONS: &str = "create_org, list_orgs, create_api_key, revoke_api_key, list_api_keys";
+pub(crate) const ACTIONS: &str =
+    "create_org, list_orgs, create_api_key, revoke_api_key, list_api_keys, rotate_operator_key, set_org_limits";
+/// Longest API key lifetime: ten years.
+const MAX_API_KEY_SECS: u64 = 10 * 365 * 86_400;
 const MAX_NAME: usize = 128;
 
 fn new_api_key() -> (Secret, NewCredential) {
@@ -29,6 +32,77 @@ fn new_api_key() -> (Secret, NewCredential) {
 
 fn new_org_id() -> String {
     format!("{ORG_ID_PREFIX}{}", random_base62(8))
+}
+
+/// An API key's grants from the request's `scopes` and `tags` (absent: everything).
+fn grants(scopes: Option<Vec<String>>, tags: Option<Vec<String>>) -> Result<Grants, ApiError> {
+    let permissions = match scopes {
+        None => None,
+        Some(names) => {
+            let mut permissions = Vec::new();
+            for name in &names {
+                let permission = Permission::parse(name).ok_or_else(|| {
+                    let allowed: Vec<&str> = Permission::ALL.iter().map(|p| p.name()).collect();
+                    ApiError::bad_field("scopes", format!("{name:?} is not a scope; use {}", allowed.join(", ")))
+                })?;
+                if !permissions.contains(&permission) {
+                    permissions.push(permission);
+                }
+            }
+            if permissions.is_empty() {
+                return Err(ApiError::bad_field("scopes", "give at least one scope, or leave it out for all"));
+            }
+            Some(permissions)
+        }
+    };
+    if let Some(tags) = &tags {
+        validate_tags(tags)?;
+        if tags.is_empty() {
+            return Err(ApiError::bad_field("tags", "give at least one tag, or leave it out for any tag"));
+        }
+    }
+    Ok(Grants { permissions, tags })
+}
+
+/// Refuses an action whose op older builds cannot read, until the cluster adopted this build's
+/// rules (every node upgraded).
+fn needs_rules(node: &Node) -> Result<(), ApiError> {
+    if node.rules() >= 2 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "upgrade_in_progress",
+            "this action needs every node on this build (the cluster has not adopted its rules yet)",
+        ))
+    }
+}
+
+/// The bootstrap token in `Authorization: Bearer …`, against the configured SHA-256.
+fn check_bootstrap_token(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = node.config().settings().bootstrap_token_sha256.as_deref() else {
+        return Err(ApiError::unauthorized(
+            "this node has no bootstrap token configured (bootstrap_token_sha256, or ztna server \
+             --bootstrap-token-sha256): make one with `ztna cluster bootstrap-token`",
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .and_then(|token| crate::secret::parse_credential(CredentialKind::BootstrapToken, token))
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing or malformed bootstrap token: Authorization: Bearer ztna-bootstrap-…")
+        })?;
+    let mut expected_hash = [0u8; 32];
+    hex::decode_to_slice(expected, &mut expected_hash)
+        .map_err(|_| ApiError::internal("bootstrap_token_sha256 is not hex"))?;
+    if crate::secret::hashes_equal(&presented.hash, &expected_hash) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("wrong bootstrap token"))
+    }
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
@@ -63,18 +137,50 @@ pub async fn handle(
         }
         "create_api_key" => {
             let org_id = fields.str("org_id")?;
+            check_org_id("org_id", &org_id)?;
             let description = fields.opt_str("description")?.unwrap_or_default();
+            let expires_in = fields.opt_u64("expires_in")?;
+            let scopes = fields.opt_string_list("scopes")?;
+            let tags = fields.opt_string_list("tags")?;
             let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
             fields.finish()?;
-            if description.chars().count() > MAX_DESCRIPTION_CHARS {
+            if description.chars().count() > MAX_DESCRIPTION_CHARS || description.chars().any(char::is_control) {
                 return Err(ApiError::bad_field(
                     "description",
-                    format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                    format!("must be at most {MAX_DESCRIPTION_CHARS} printable characters"),
+                ));
+            }
+            if let Some(secs) = expires_in {
+                if !(60..=MAX_API_KEY_SECS).contains(&secs) {
+                    return Err(ApiError::bad_field(
+                        "expires_in",
+                        format!("must be a number of seconds from 60 to {MAX_API_KEY_SECS} (10 years), got {secs}"),
+                    ));
+                }
+            }
+            let grants = grants(scopes, tags)?;
+            let plain = expires_in.is_none() && grants == Grants::all();
+            if !plain && node.rules() < 2 {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "upgrade_in_progress",
+                    "expires_in, scopes and tags need every node on this build (the cluster has not adopted its rules yet)",
                 ));
             }
             let (outcome, secret) = write_with_fresh_ids(&node, request_id, actor, || {
                 let (secret, key) = new_api_key();
-                (Op::CreateApiKey { org_id: org_id.clone(), key, description: description.clone() }, secret)
+                let op = if plain && node.rules() < 2 {
+                    Op::CreateApiKey { org_id: org_id.clone(), key, description: description.clone() }
+                } else {
+                    Op::CreateApiKeyWith {
+                        org_id: org_id.clone(),
+                        key,
+                        description: description.clone(),
+                        expires_in_secs: expires_in,
+                        grants: grants.clone(),
+                    }
+                };
+                (op, secret)
             })
             .await?;
             match outcome? {
@@ -86,8 +192,55 @@ pub async fn handle(
                 other => Err(ApiError::internal(format!("create_api_key answered {other:?}"))),
             }
         }
+        "rotate_operator_key" => {
+            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
+            fields.finish()?;
+            needs_rules(&node)?;
+            let (outcome, secret) = write_with_fresh_ids(&node, request_id, actor, || {
+                let (secret, key) = new_api_key();
+                (Op::RotateOperatorKey { key }, secret)
+            })
+            .await?;
+            match outcome? {
+                OpOk::ApiKey(record) => {
+                    let mut view = views::api_key(&record);
+                    view["key"] = Value::String(secret.text);
+                    Ok(Json(view))
+                }
+                other => Err(ApiError::internal(format!("rotate_operator_key answered {other:?}"))),
+            }
+        }
+        "set_org_limits" => {
+            let org_id = fields.str("org_id")?;
+            check_org_id("org_id", &org_id)?;
+            let keys_per_day = fields.opt_u64("auth_keys_per_day")?;
+            let machines = fields.opt_u64("machines")?;
+            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
+            fields.finish()?;
+            needs_rules(&node)?;
+            let limits = match (keys_per_day, machines) {
+                (None, None) => None,
+                (keys, machines) => {
+                    let defaults = OrgLimits::default();
+                    Some(OrgLimits {
+                        auth_keys_per_day: keys.unwrap_or(defaults.auth_keys_per_day),
+                        machines: machines.unwrap_or(defaults.machines),
+                    })
+                }
+            };
+            let command = Command { request_id, actor, op: Op::SetOrgLimits { org_id, limits } };
+            match node.write(command).await?? {
+                OpOk::OrgLimits { org_id, limits } => Ok(Json(json!({
+                    "org_id": org_id,
+                    "auth_keys_per_day": limits.auth_keys_per_day,
+                    "machines": limits.machines,
+                }))),
+                other => Err(ApiError::internal(format!("set_org_limits answered {other:?}"))),
+            }
+        }
         "revoke_api_key" => {
             let api_key_id = fields.str("api_key_id")?;
+            check_id("api_key_id", API_KEY_ID_PREFIX, &api_key_id)?;
             let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
             fields.finish()?;
             let command = Command { request_id, actor, op: Op::RevokeApiKey { api_key_id } };
@@ -98,6 +251,9 @@ pub async fn handle(
         }
         "list_api_keys" => {
             let org_id = fields.opt_str("org_id")?;
+            if let Some(org_id) = &org_id {
+                check_org_id("org_id", org_id)?;
+            }
             fields.finish()?;
             match node.read(&actor, &Query::ListApiKeys { org_id }).await?? {
                 Answer::ApiKeys(keys) => {
@@ -117,9 +273,19 @@ pub async fn handle(
     }
 }
 
-/// `POST /api/cluster/init` `{"org_name": …}`: the first org, its admin API key and the operator
-/// key. Like `consul acl bootstrap`, it works once per cluster; every later call answers 409.
-pub async fn init(State(node): State<Arc<Node>>, raw: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+/// `POST /api/cluster/init` `{"org_name": …}` with `Authorization: Bearer <bootstrap token>`:
+/// the first org, its admin API key and the operator key. Like `consul acl bootstrap` with an
+/// `initial_management` token, it needs a token the operator made (its SHA-256 in the node's
+/// configuration) and works once per cluster; every later call answers 409. Without the right
+/// token: 401, and nothing is proposed. The token is a bearer header, which a browser cannot
+/// send to another origin without the node's consent, so a web page cannot initialise a
+/// cluster it can reach (DNS rebinding).
+pub async fn init(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_bootstrap_token(&node, &headers)?;
     let raw = body(raw)?;
     let mut fields = if raw.is_empty() { Fields::parse(b"{}")? } else { Fields::parse(&raw)? };
     let org_name = fields.opt_str("org_name")?.unwrap_or_else(|| "default".to_string());

@@ -65,6 +65,10 @@ pub fn api_key(k: &ApiKeyRecord) -> Value {
         "description": k.description,
         "created_at": rfc3339(k.created_at),
         "revoked_at": opt_time(k.revoked_at),
+        "expires_at": opt_time(k.expires_at),
+        "last_used_at": opt_time(k.last_used_at),
+        "scopes": k.grants.permissions.as_ref().map(|ps| ps.iter().map(|p| p.name()).collect::<Vec<_>>()),
+        "tags": k.grants.tags,
     })
 }
 

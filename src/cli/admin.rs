@@ -8,9 +8,10 @@ use super::*;
 pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
     let client = client(conn, None)?;
     match command {
-        ClusterCommand::Up { .. } | ClusterCommand::Restore { .. } | ClusterCommand::Certs { .. } => {
-            return Err(CliError::Usage("this command runs on its own".into()))
-        }
+        ClusterCommand::Up { .. }
+        | ClusterCommand::Restore { .. }
+        | ClusterCommand::Certs { .. }
+        | ClusterCommand::BootstrapToken { .. } => return Err(CliError::Usage("this command runs on its own".into())),
         ClusterCommand::Backup { out, operator } => backup(conn, operator, &out).await?,
         ClusterCommand::Status => {
             let mut views = Vec::new();
@@ -67,14 +68,28 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
             let members = change_membership(conn, operator, remove_node(old_id)).await?;
             report_members(conn, &format!("node {old_id} replaced by node {}", node.id), &members);
         }
-        ClusterCommand::Init { org_name, env_file, operator_key_file } => {
-            let answer = client.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
+        ClusterCommand::Init { org_name, bootstrap_token_file, env_file, operator_key_file } => {
+            let token = match (bootstrap_token_file, std::env::var("ZTNA_BOOTSTRAP_TOKEN").ok()) {
+                (Some(path), _) => super::read_secret_file(&path)?,
+                (None, Some(token)) => token.trim().to_string(),
+                (None, None) => return Err(CliError::Usage(
+                    "give the bootstrap token: --bootstrap-token-file FILE (made by `ztna cluster bootstrap-token`) \
+                         or ZTNA_BOOTSTRAP_TOKEN"
+                        .into(),
+                )),
+            };
+            let initialiser = super::client(conn, Some(token))?;
+            let answer = initialiser.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
             let org_id = answer["org_id"].as_str().unwrap_or_default();
             let api_key = answer["api_key"].as_str().unwrap_or_default();
             let operator_key = answer["operator_key"].as_str().unwrap_or_default();
             if let Some(path) = &env_file {
                 let servers = client.servers().join(",");
-                let text = format!("ZTNA_SERVER={servers}\nQZ_API_KEY={api_key}\nZTNA_ORG={org_id}\n");
+                let mut text = format!("ZTNA_SERVER={servers}\nQZ_API_KEY={api_key}\nZTNA_ORG={org_id}\n");
+                if let Some(ca) = std::env::var_os(crate::client::CA_CERT_ENV) {
+                    let ca = std::fs::canonicalize(&ca).unwrap_or_else(|_| ca.into());
+                    text.push_str(&format!("ZTNA_CA_CERT={}\n", ca.display()));
+                }
                 write_private(path, &text)?;
             }
             if let Some(path) = &operator_key_file {
@@ -138,8 +153,10 @@ async fn backup(conn: &Conn, operator: OperatorKey, out: &std::path::Path) -> Re
     let tmp = std::path::PathBuf::from(tmp);
     let cannot_write =
         |path: &std::path::Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", path.display()));
-    // Streamed to disk and hashed on the way: a backup can be larger than memory.
-    let mut file = std::fs::File::create(&tmp).map_err(|e| cannot_write(&tmp, e))?;
+    // Streamed to disk and hashed on the way: a backup can be larger than memory. It holds org
+    // names, hostnames, tags and addresses: readable by its owner only (0600, O_EXCL|O_NOFOLLOW).
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = crate::private_file::open_new(&tmp).map_err(|e| cannot_write(&tmp, e))?;
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     let mut bytes = 0usize;
     let mut response = response;
@@ -161,7 +178,7 @@ async fn backup(conn: &Conn, operator: OperatorKey, out: &std::path::Path) -> Re
     let mut sums = out.as_os_str().to_owned();
     sums.push(".sha256");
     let sums = std::path::PathBuf::from(sums);
-    std::fs::write(&sums, format!("{sha256}  {name}\n")).map_err(|e| cannot_write(&sums, e))?;
+    crate::private_file::write(&sums, format!("{sha256}  {name}\n").as_bytes()).map_err(|e| cannot_write(&sums, e))?;
     if conn.output == Output::Json {
         print_json(&json!({ "file": out, "index": index, "rows": rows, "bytes": bytes, "sha256": sha256 }));
     } else {
@@ -179,6 +196,25 @@ pub(super) async fn restore(
     id: u64,
 ) -> Result<(), CliError> {
     let file = crate::config::ClusterFile::load(cluster)?;
+    // The checksum `ztna cluster backup` wrote beside the file, when it is there, must match
+    // (the file's own row count and SHA-256 are checked by the restore itself).
+    let mut sums = from.as_os_str().to_owned();
+    sums.push(".sha256");
+    if let Ok(text) = std::fs::read_to_string(std::path::PathBuf::from(&sums)) {
+        let expected = text.split_whitespace().next().unwrap_or_default().to_string();
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut reader =
+            std::fs::File::open(from).map_err(|e| CliError::Io(format!("cannot read {}: {e}", from.display())))?;
+        std::io::copy(&mut reader, &mut hasher)
+            .map_err(|e| CliError::Io(format!("cannot read {}: {e}", from.display())))?;
+        let got = hex::encode(sha2::Digest::finalize(hasher));
+        if got != expected {
+            return Err(CliError::Io(format!(
+                "{} does not match its checksum file (SHA-256 {got}, expected {expected}): not restoring",
+                from.display()
+            )));
+        }
+    }
     let info = crate::store::backup::restore(from, data_dir, &file.settings.cluster_name, id, file.members()).await?;
     println!(
         "✓ Restored the backup at log index {} ({} rows) into {} as node {id} of cluster {:?}",
@@ -235,8 +271,25 @@ pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: St
     let body = match &command {
         OrgCommand::CreateOrg { name } => json!({ "action": "create_org", "name": name, "request_id": request_id() }),
         OrgCommand::ListOrgs => json!({ "action": "list_orgs" }),
-        OrgCommand::CreateApiKey { org_id, description } => json!({
-            "action": "create_api_key", "org_id": org_id, "description": description, "request_id": request_id(),
+        OrgCommand::CreateApiKey { org_id, description, expiry, scopes, tags } => {
+            let expires_in = expiry.as_deref().map(crate::config::parse_duration_ms).transpose()?.map(|ms| ms / 1000);
+            json!({
+                "action": "create_api_key", "org_id": org_id, "description": description, "request_id": request_id(),
+                "expires_in": expires_in, "scopes": scopes, "tags": tags,
+            })
+        }
+        OrgCommand::RotateOperatorKey { out } => {
+            if out.exists() {
+                return Err(CliError::Usage(format!(
+                    "{} exists: give a new file for the new operator key",
+                    out.display()
+                )));
+            }
+            json!({ "action": "rotate_operator_key", "request_id": request_id() })
+        }
+        OrgCommand::SetLimits { org_id, auth_keys_per_day, machines } => json!({
+            "action": "set_org_limits", "org_id": org_id, "auth_keys_per_day": auth_keys_per_day,
+            "machines": machines, "request_id": request_id(),
         }),
         OrgCommand::ListApiKeys { org_id } => json!({ "action": "list_api_keys", "org_id": org_id }),
         OrgCommand::RevokeApiKey { api_key_id } => json!({
@@ -258,6 +311,26 @@ pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: St
             println!("COPY THIS KEY NOW — you cannot retrieve it later.");
         }
         OrgCommand::RevokeApiKey { .. } => println!("✓ API key revoked"),
+        OrgCommand::RotateOperatorKey { out } => {
+            let key = answer["key"].as_str().unwrap_or_default();
+            crate::private_file::create_new(&out, format!("{key}\n").as_bytes()).map_err(|e| {
+                CliError::Io(format!(
+                    "the operator key was rotated, but writing {} failed: {e}; its id is {}",
+                    out.display(),
+                    answer["api_key_id"]
+                ))
+            })?;
+            println!(
+                "✓ Operator key rotated: the new key is in {} (mode 0600); the old one no longer works",
+                out.display()
+            );
+        }
+        OrgCommand::SetLimits { .. } => println!(
+            "✓ Limits of {}: {} auth keys a day, {} machines",
+            answer["org_id"].as_str().unwrap_or_default(),
+            answer["auth_keys_per_day"],
+            answer["machines"]
+        ),
         OrgCommand::ListOrgs => {
             let rows: Vec<Vec<String>> = answer["orgs"]
                 .as_array()
@@ -281,18 +354,28 @@ pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: St
                     keys.iter()
                         .map(|k| {
                             let state = if k["revoked_at"].is_null() { "active" } else { "revoked" };
+                            let list = |v: &Value| {
+                                v.as_array().map_or("all".to_string(), |items| {
+                                    items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+                                })
+                            };
                             vec![
                                 k["api_key_id"].as_str().unwrap_or_default().to_string(),
                                 k["scope"].as_str().unwrap_or_default().to_string(),
                                 k["org_id"].as_str().unwrap_or("-").to_string(),
                                 state.to_string(),
+                                list(&k["scopes"]),
+                                list(&k["tags"]),
+                                k["expires_at"].as_str().unwrap_or("never").to_string(),
+                                k["last_used_at"].as_str().unwrap_or("-").to_string(),
                                 k["description"].as_str().unwrap_or_default().to_string(),
                             ]
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            println!("{}", table(&["API-KEY", "SCOPE", "ORG", "STATE", "DESCRIPTION"], &rows));
+            let header = ["API-KEY", "KIND", "ORG", "STATE", "SCOPES", "TAGS", "EXPIRES", "LAST-USED", "DESCRIPTION"];
+            println!("{}", table(&header, &rows));
         }
     }
     Ok(())

@@ -7,6 +7,12 @@
 //! stops every node with SIGTERM. Run again on the same data directory, it brings back the same
 //! cluster.
 //!
+//! The cluster is secure from its first start: `[tls]` in the cluster file names where the
+//! certificates go, and `cluster up` makes them there when they are missing (a cluster CA and a
+//! certificate per node, `ztna cluster certs`), so the nodes talk mutual TLS; it makes the
+//! bootstrap token (`<data-dir>/bootstrap.token`, mode 0600), gives the nodes its SHA-256 and
+//! initialises the cluster with it.
+//!
 //! A node that dies (killed, crashed) is what this product is built to survive, so the others
 //! keep running: the supervisor says which node exited and how, and starts it again with its
 //! data after a short delay (`--restart-delay`, default 5 s; `--no-restart` leaves it down). A
@@ -47,6 +53,15 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
     }
     std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create the data directory", e))?;
     let exe = std::env::current_exe().map_err(|e| io("cannot find the ztna executable", e))?;
+    let ca_cert = make_missing_certs(&cluster)?;
+    let env_file = data_dir.join("cluster.env");
+    let token_file = data_dir.join("bootstrap.token");
+    let initialised = std::fs::metadata(&env_file).is_ok_and(|m| m.len() > 0);
+    if !initialised && !token_file.exists() {
+        super::make_bootstrap_token(&token_file)?;
+    }
+    let token = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string());
+    let token_hash = token.as_deref().map(|t| hex::encode(crate::secret::hash(t)));
     let mut nodes = Nodes(Vec::new());
     for node in &cluster.nodes {
         let mut command = Command::new(&exe);
@@ -62,6 +77,9 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
         if let Some(timeout) = &ephemeral_timeout {
             command.arg("--ephemeral-inactivity-timeout").arg(timeout);
         }
+        if let Some(hash) = &token_hash {
+            command.arg("--bootstrap-token-sha256").arg(hash);
+        }
         let mut supervised = Supervised {
             id: node.id,
             log: data_dir.join(format!("node{}.log", node.id)),
@@ -76,22 +94,34 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
         nodes.0.push(supervised);
     }
 
-    let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
+    let scheme = if ca_cert.is_some() { "https" } else { "http" };
+    if let Some(ca) = &ca_cert {
+        // This process's clients (and the printed instructions) trust the cluster CA.
+        std::env::set_var(crate::client::CA_CERT_ENV, ca);
+    }
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("{scheme}://{}", n.api_addr)).collect();
     let servers = urls.join(",");
     let client = Client::new(&servers, None)?.with_waits(Duration::from_secs(3), Duration::from_secs(20));
     nodes.wait_ready(&client).await?;
 
-    let env_file = data_dir.join("cluster.env");
     let key_file = data_dir.join("operator.key");
-    if std::fs::metadata(&env_file).map_or(true, |m| m.len() == 0) {
-        let answer = client.post("/api/cluster/init", &json!({ "org_name": "default" })).await?;
-        let text = format!(
+    if !initialised {
+        let token = token.ok_or_else(|| CliError::Io(format!("cannot read {}", token_file.display())))?;
+        let initialiser =
+            Client::new(&servers, Some(token))?.with_waits(Duration::from_secs(3), Duration::from_secs(20));
+        let answer = initialiser.post("/api/cluster/init", &json!({ "org_name": "default" })).await?;
+        let mut text = format!(
             "ZTNA_SERVER={servers}\nQZ_API_KEY={}\nZTNA_ORG={}\n",
             answer["api_key"].as_str().unwrap_or_default(),
             answer["org_id"].as_str().unwrap_or_default()
         );
+        if let Some(ca) = &ca_cert {
+            text.push_str(&format!("ZTNA_CA_CERT={}\n", ca.display()));
+        }
         write_private(&env_file, &text)?;
         write_private(&key_file, &format!("{}\n", answer["operator_key"].as_str().unwrap_or_default()))?;
+        // Its work is done: a cluster initialises once.
+        let _ = std::fs::remove_file(&token_file);
     }
     let env = std::fs::read_to_string(&env_file).map_err(|e| io("cannot read cluster.env", e))?;
     let value =
@@ -126,6 +156,39 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
     println!("==> stopping the cluster");
     nodes.stop().await;
     Ok(())
+}
+
+/// Makes the certificates the cluster file's `[tls]` names when they are missing, in the layout
+/// `ztna cluster certs` writes (`ca.crt`, `node<id>.crt`/`.key`, `api<id>.crt`/`.key` in one
+/// directory). Answers the CA clients must trust when the API is HTTPS.
+fn make_missing_certs(cluster: &ClusterFile) -> Result<Option<PathBuf>, CliError> {
+    let Some(first) = cluster.nodes.first() else { return Ok(None) };
+    let paths_of =
+        |id| crate::config::NodeConfig::new(id, PathBuf::new(), cluster.clone()).ok().and_then(|c| c.tls_paths());
+    let Some(paths) = paths_of(first.id) else { return Ok(None) };
+    let dir = paths.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut missing = !paths.ca_cert.exists();
+    for node in &cluster.nodes {
+        let Some(p) = paths_of(node.id) else { continue };
+        let expected = (dir.join(format!("node{}.crt", node.id)), dir.join(format!("node{}.key", node.id)));
+        if (p.cert.clone(), p.key.clone()) != expected {
+            if !p.cert.exists() {
+                return Err(CliError::Io(format!(
+                    "{} is missing and not where `ztna cluster certs` would make it: make the certificates yourself",
+                    p.cert.display()
+                )));
+            }
+            continue;
+        }
+        missing |= !p.cert.exists() || p.api.as_ref().is_some_and(|(cert, _)| !cert.exists());
+    }
+    if missing {
+        let max_id = cluster.nodes.iter().map(|n| n.id).max().unwrap_or(1);
+        let written = crate::tls::make_certs(&dir, max_id, &[], 825)?;
+        println!("==> made {} TLS files in {} (a cluster CA and a certificate per node)", written.len(), dir.display());
+    }
+    let https = paths.api.is_some();
+    Ok(https.then(|| std::fs::canonicalize(&paths.ca_cert).unwrap_or(paths.ca_cert)))
 }
 
 /// One node's process and how to start it again.

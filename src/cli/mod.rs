@@ -247,6 +247,10 @@ struct ServerArgs {
     /// Overrides the cluster file's min_free_disk_mb for this node (its disk may differ).
     #[arg(long)]
     min_free_disk_mb: Option<u64>,
+    /// SHA-256 of the bootstrap token `POST /api/cluster/init` needs (overrides the cluster
+    /// file's bootstrap_token_sha256; `ztna cluster bootstrap-token` prints it).
+    #[arg(long, env = "ZTNA_BOOTSTRAP_TOKEN_SHA256")]
+    bootstrap_token_sha256: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -311,6 +315,10 @@ enum ClusterCommand {
     Init {
         #[arg(long, default_value = "default")]
         org_name: String,
+        /// The file `ztna cluster bootstrap-token` wrote (`-`: read the token from standard
+        /// input); or set ZTNA_BOOTSTRAP_TOKEN.
+        #[arg(long, env = "ZTNA_BOOTSTRAP_TOKEN_FILE")]
+        bootstrap_token_file: Option<PathBuf>,
         /// Write ZTNA_SERVER, QZ_API_KEY and ZTNA_ORG to this file for `set -a; . FILE`.
         #[arg(long)]
         env_file: Option<PathBuf>,
@@ -351,9 +359,18 @@ enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
-    /// Make a CA and a certificate per node for mutual TLS (a test or small deployment).
+    /// Make the bootstrap token `ztna cluster init` needs: written to --out (mode 0600, never
+    /// over an existing file); prints the bootstrap_token_sha256 line for the cluster file.
+    #[command(name = "bootstrap-token")]
+    BootstrapToken {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a CA and certificates per node for mutual TLS (a test or small deployment); an
+    /// existing CA in --out signs the new ones, so nodes added later join the same CA.
     Certs {
-        /// Directory for ca.crt, ca.key and node<i>.crt / node<i>.key (keys mode 0600).
+        /// Directory for ca.crt, ca.key, node<i>.crt / node<i>.key (peer) and api<i>.crt /
+        /// api<i>.key (the HTTPS API); keys mode 0600.
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 3)]
@@ -395,16 +412,41 @@ enum OrgCommand {
     CreateOrg { name: String },
     /// List orgs.
     ListOrgs,
-    /// Create an admin API key for an org; its secret is shown once.
+    /// Create an API key for an org; its secret is shown once.
     CreateApiKey {
         org_id: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Lifetime, e.g. 90d (default: no expiry).
+        #[arg(long)]
+        expiry: Option<String>,
+        /// What it may do: auth_keys, auth_keys:read, machines, machines:read (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The only tags it may put on the auth keys it creates (default: any tag).
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
     },
     /// List API keys, optionally of one org.
     ListApiKeys { org_id: Option<String> },
     /// Revoke an API key by its id (api_…).
     RevokeApiKey { api_key_id: String },
+    /// Replace the operator key: the new one is written to --out (mode 0600, never over an
+    /// existing file) and every earlier operator key stops working at once.
+    RotateOperatorKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Set an org's limits (leave both out for the defaults).
+    SetLimits {
+        org_id: String,
+        /// Auth keys it may create per day (UTC, cluster time).
+        #[arg(long)]
+        auth_keys_per_day: Option<u64>,
+        /// Machines it may have enrolled at once.
+        #[arg(long)]
+        machines: Option<u64>,
+    },
 }
 
 /// Why a command failed.
@@ -433,6 +475,7 @@ enum CliError {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     crate::tls::ensure_provider();
+    warn_secret_arguments();
     let cli = Cli::parse();
     if let Some(ca) = &cli.ca_cert {
         // Before any thread starts: every client this process makes reads it.
@@ -491,12 +534,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             })
             .await
         }
+        Command::Cluster { command: ClusterCommand::BootstrapToken { out }, .. } => {
+            let hash = make_bootstrap_token(&out)?;
+            println!("✓ Bootstrap token written to {} (mode 0600); keep it for `ztna cluster init`", out.display());
+            println!("Add to the cluster file's [settings] (or pass ztna server --bootstrap-token-sha256):");
+            println!("bootstrap_token_sha256 = \"{hash}\"");
+            Ok(())
+        }
         Command::Cluster { command: ClusterCommand::Certs { out, nodes, hosts, days }, .. } => {
             let written = crate::tls::make_certs(&out, nodes, &hosts, days)?;
             for path in written {
                 println!("✓ {}", path.display());
             }
-            println!("Point [tls] in the cluster file at them; give clients ZTNA_CA_CERT={}/ca.crt", out.display());
+            println!(
+                "Point [tls] in the cluster file at them (cert/key: node{{id}}, api_cert/api_key: api{{id}}); give clients ZTNA_CA_CERT={}/ca.crt",
+                out.display()
+            );
             Ok(())
         }
         Command::Cluster { command: ClusterCommand::Restore { from, data_dir, cluster, id }, .. } => {
@@ -560,6 +613,10 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     if let Some(minimum) = args.min_free_disk_mb {
         cluster.settings.min_free_disk_mb = minimum;
     }
+    if let Some(hash) = args.bootstrap_token_sha256 {
+        cluster.settings.bootstrap_token_sha256 = Some(hash);
+        cluster.validate()?;
+    }
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;
     tokio::spawn(reload_clock_offset_on_sighup(args.cluster.clone(), running.node.clone()));
@@ -617,6 +674,44 @@ async fn wait_for_stop_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Makes a bootstrap token in a new file `out` (mode 0600, `O_EXCL|O_NOFOLLOW`) and answers
+/// its SHA-256 (hex), which the nodes are given.
+fn make_bootstrap_token(out: &std::path::Path) -> Result<String, CliError> {
+    use crate::secret::{new_credential, random_base62, CredentialKind, ID_LEN};
+    let token = new_credential(CredentialKind::BootstrapToken, random_base62(ID_LEN));
+    crate::private_file::create_new(out, format!("{}\n", token.text).as_bytes())
+        .map_err(|e| CliError::Io(format!("cannot create {} (it must not exist yet): {e}", out.display())))?;
+    Ok(hex::encode(token.hash))
+}
+
+/// A secret from a file, or from standard input when the path is `-` (never from the command
+/// line, where other users can read it in the process list).
+fn read_secret_file(path: &std::path::Path) -> Result<String, CliError> {
+    let text = if path == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?
+    };
+    Ok(text.trim().to_string())
+}
+
+/// Warns when a secret was given as a command-line argument (visible to every user in the
+/// process list and kept in shell history).
+fn warn_secret_arguments() {
+    let secret_flags = ["--api-key", "--auth-key", "--operator-key"];
+    for arg in std::env::args().skip(1) {
+        if let Some(flag) = secret_flags.iter().find(|f| arg == **f || arg.starts_with(&format!("{f}="))) {
+            eprintln!(
+                "warning: {flag} puts a secret on the command line, where other users of this machine can read it; \
+                 prefer the environment variable or a file"
+            );
+        }
     }
 }
 

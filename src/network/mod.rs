@@ -62,7 +62,13 @@ pub struct PeerClient {
     clock: Option<crate::clock::ClusterClock>,
     /// The state-machine rules each peer (by address) says its build knows.
     peer_rules: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// The node id this node calls as (`PEER_HEADER`); its certificate must name it.
+    me: Option<NodeId>,
 }
+
+/// The request header naming the calling node; the receiving node checks that the caller's
+/// certificate names that node and that it is a member (see `server`).
+pub const PEER_HEADER: &str = "x-ztna-node";
 
 /// The response header on the internal listener saying which state-machine rules the
 /// answering node's build knows (see `sm::Meta::rules`).
@@ -84,12 +90,18 @@ impl PeerClient {
             None => builder,
         };
         let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        PeerClient { http, scheme, clock: None, peer_rules: Arc::default() }
+        PeerClient { http, scheme, clock: None, peer_rules: Arc::default(), me: None }
     }
 
     /// The state-machine rules the peer at `addr` last said its build knows.
     pub fn rules_of(&self, addr: &str) -> Option<u32> {
         self.peer_rules.lock().unwrap_or_else(|p| p.into_inner()).get(addr).copied()
+    }
+
+    /// Calls as node `id`.
+    pub fn with_identity(mut self, id: NodeId) -> Self {
+        self.me = Some(id);
+        self
     }
 
     /// Records the wall clock every answering peer reports into `clock`.
@@ -107,20 +119,17 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let bytes = codec::encode(body).map_err(|e| CallError::Encode(e.to_string()))?;
-        let response = self
-            .http
-            .post(format!("{}://{addr}{path}", self.scheme))
-            .timeout(timeout)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(e.to_string())
-                } else {
-                    CallError::Sent(e.to_string())
-                }
-            })?;
+        let mut request = self.http.post(format!("{}://{addr}{path}", self.scheme)).timeout(timeout).body(bytes);
+        if let Some(me) = self.me {
+            request = request.header(PEER_HEADER, me);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Unreachable(e.to_string())
+            } else {
+                CallError::Sent(e.to_string())
+            }
+        })?;
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let (Some(clock), Some(wall)) = (&self.clock, header(crate::clock::WALL_HEADER)) {
             clock.observe_peer(addr, wall);

@@ -1,8 +1,14 @@
 //! The internal listener's routes: Raft RPCs from peers, and commands and reads forwarded by
 //! followers to this node as leader.
 //!
-//! It must only ever be reachable by other nodes of the cluster; it has no API-key checks of its
-//! own (forwarded commands carry their actor, which the state machine checks).
+//! Only nodes of the cluster get in. The TLS layer requires a client certificate signed by the
+//! cluster CA; then [`authenticate_peer`] requires that the certificate names the node id the
+//! caller claims (`x-ztna-node`) and that this node is a member of the cluster (or, for a
+//! cluster not formed yet, listed in the cluster file; or admitted by `add-node`): a removed
+//! node's certificate, or one node speaking for another, is refused before anything is decoded.
+//! `/internal/whois` (what the registry knows of an id) only needs a certificate for the id it
+//! asks as, so a new or removed node can learn where it stands. Forwarded commands still carry
+//! their actor, which the leader and the state machine check.
 
 use std::sync::Arc;
 
@@ -31,8 +37,38 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(crate::membership::PATH_WHOIS, post(whois))
         .route(crate::membership::PATH_MEMBERSHIP, post(membership))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate_peer))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(node.config().settings().body_read_timeout()))
         .layer(axum::middleware::map_response_with_state(node.clone(), tell_peer_facts))
         .with_state(node)
+}
+
+/// Lets in only a cluster node speaking for itself (see the module header).
+async fn authenticate_peer(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if node.config().settings().plaintext_between_nodes() {
+        return next.run(request).await;
+    }
+    let claimed = request.headers().get(super::PEER_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let cert = request.extensions().get::<crate::listener::PeerCertificate>();
+    let refused = |status: StatusCode, why: String| {
+        crate::metrics::global().peer_refused();
+        tracing::warn!(peer = ?claimed, "internal call to {} refused: {why}", request.uri().path());
+        (status, why).into_response()
+    };
+    let (Some(id), Some(cert)) = (claimed, cert) else {
+        return refused(StatusCode::UNAUTHORIZED, "a node's certificate and its id (x-ztna-node) are required".into());
+    };
+    if !crate::tls::names_node(&cert.0, id) {
+        return refused(StatusCode::FORBIDDEN, format!("the client certificate is not node {id}'s"));
+    }
+    if request.uri().path() != crate::membership::PATH_WHOIS && !node.peer_allowed(id) {
+        return refused(StatusCode::FORBIDDEN, format!("node {id} is not a member of this cluster (removed?)"));
+    }
+    next.run(request).await
 }
 
 /// Every answer carries this node's wall clock, from which the leader estimates the majority's

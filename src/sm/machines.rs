@@ -37,7 +37,7 @@ impl KeyStore {
         machine_id: &str,
         action: &MachineAction,
     ) -> Outcome {
-        self.authorize_org(actor, org_id)?;
+        self.authorize_org_for(actor, org_id, Permission::Machines)?;
         let not_found = || OpError::NotFound(format!("no machine {machine_id:?} in this org"));
         let machine = self.machines.get_mut(machine_id).filter(|m| m.org_id == org_id).ok_or_else(not_found)?;
         match action {
@@ -102,6 +102,9 @@ impl KeyStore {
     /// Removes a machine and its node key, and marks its enrolment deregistered.
     fn remove_machine(&mut self, machine_id: &str, now: Millis, reason: DeregisterReason) {
         let Some(machine) = self.machines.remove(machine_id) else { return };
+        if let Some(count) = self.machines_per_org.get_mut(&machine.org_id) {
+            *count = count.saturating_sub(1);
+        }
         self.machine_by_node_key.remove(&machine.node_key_id);
         let node = (machine.auth_key_id.clone(), machine.node_public_key.clone());
         if let Some(machines) = self.machine_by_key_and_node.get_mut(&node) {

@@ -123,6 +123,10 @@ pub struct KeyStore {
     pub(crate) machine_by_key_and_node: BTreeMap<(String, String), BTreeMap<u64, String>>,
     /// Node key id → machine id: a heartbeat's node key finds its machine.
     pub(crate) machine_by_node_key: BTreeMap<String, String>,
+    /// Each org's limits and today's use of them (rows; in memory like orgs).
+    pub(crate) org_quotas: BTreeMap<String, OrgQuota>,
+    /// Machines per org (derived), for the machine limit.
+    pub(crate) machines_per_org: BTreeMap<String, u64>,
     /// In-memory records changed since the last [`KeyStore::take_writes`].
     dirty: BTreeSet<Row>,
 }
@@ -161,6 +165,12 @@ impl KeyStore {
         // The caller first: a refused credential is answered as such, whatever request id it
         // names, so nobody can learn which ids another caller used.
         self.authenticates(cmd)?;
+        if let Actor::ApiKey { api_key_id, .. } = &cmd.actor {
+            if let Some(record) = self.api_keys.get_mut(api_key_id) {
+                record.last_used_at = Some(now);
+                self.dirty.insert(Row::ApiKey(api_key_id.clone()));
+            }
+        }
         // Every op is made idempotent by remembering its request id (per caller) with a digest
         // of the command: a copy of the same command answers as the first did. An enrolment
         // retried by its client under the same request id differs only in the ids the receiving
@@ -319,11 +329,15 @@ impl KeyStore {
                 Ok(OpOk::ApiKey(record))
             }
             Op::CreateAuthKey { org_id, key, spec } => {
-                self.authorize_org(actor, org_id)?;
+                let grants = self.authorize_org_for(actor, org_id, Permission::AuthKeys)?.clone();
+                check_tags_granted(&grants, spec.tags())?;
+                if self.meta.rules >= 2 {
+                    self.count_key_against_quota(now, org_id)?;
+                }
                 self.create_auth_key(now, org_id, key, spec)
             }
             Op::RevokeAuthKey { org_id, selector } => {
-                self.authorize_org(actor, org_id)?;
+                self.authorize_org_for(actor, org_id, Permission::AuthKeys)?;
                 let mut record = self.resolve_key(org_id, selector)?;
                 record.revoked_at.get_or_insert(now);
                 self.rows.put(rows::auth_key_row(&record.key_id), &record);
@@ -338,6 +352,47 @@ impl KeyStore {
             // committed under another leader's term, it changes nothing.
             Op::SweepInactive { term, .. } if *term != at.term => Ok(OpOk::Count(0)),
             Op::SweepInactive { machine_ids, .. } => self.deregister_inactive(now, machine_ids),
+            Op::CreateApiKeyWith { org_id, key, description, expires_in_secs, grants } => {
+                self.authorize_operator(actor)?;
+                if !self.orgs.contains_key(org_id) {
+                    return Err(OpError::NotFound(format!("no org {org_id:?}")));
+                }
+                let expires_at = expires_in_secs.map(|secs| now.saturating_add(secs.saturating_mul(1000)));
+                let scope = ApiKeyScope::Org(org_id.clone());
+                let mut record = self.new_api_key(now, scope, key, description)?;
+                record.expires_at = expires_at;
+                record.grants = grants.clone();
+                self.api_keys.insert(record.api_key_id.clone(), record.clone());
+                Ok(OpOk::ApiKey(record))
+            }
+            Op::RotateOperatorKey { key } => {
+                self.authorize_operator(actor)?;
+                if self.api_keys.contains_key(&key.id) {
+                    return Err(OpError::IdCollision);
+                }
+                let old: Vec<String> = self
+                    .api_keys
+                    .values()
+                    .filter(|k| k.scope == ApiKeyScope::Operator && k.revoked_at.is_none())
+                    .map(|k| k.api_key_id.clone())
+                    .collect();
+                for id in old {
+                    if let Some(record) = self.api_keys.get_mut(&id) {
+                        record.revoked_at = Some(now);
+                        self.dirty.insert(Row::ApiKey(id));
+                    }
+                }
+                Ok(OpOk::ApiKey(self.new_api_key(now, ApiKeyScope::Operator, key, "operator")?))
+            }
+            Op::SetOrgLimits { org_id, limits } => {
+                self.authorize_operator(actor)?;
+                if !self.orgs.contains_key(org_id) {
+                    return Err(OpError::NotFound(format!("no org {org_id:?}")));
+                }
+                self.org_quotas.entry(org_id.clone()).or_default().limits = *limits;
+                self.dirty.insert(Row::OrgQuota(org_id.clone()));
+                Ok(OpOk::OrgLimits { org_id: org_id.clone(), limits: limits.unwrap_or_default() })
+            }
             Op::AdoptRules { version } => {
                 // Proposed by the leader once every member runs a build that knows `version`.
                 if *version > self.meta.rules && *version <= RULES {
@@ -402,6 +457,9 @@ impl KeyStore {
             secret_hash: key.hash,
             created_at: now,
             revoked_at: None,
+            expires_at: None,
+            last_used_at: None,
+            grants: Grants::all(),
         };
         self.api_keys.insert(key.id.clone(), record.clone());
         self.dirty.insert(Row::ApiKey(key.id.clone()));
@@ -414,10 +472,62 @@ impl KeyStore {
             return Err(OpError::Unauthorized);
         };
         let record = self.api_keys.get(api_key_id).ok_or(OpError::Unauthorized)?;
-        if !hashes_equal(&record.secret_hash, secret_hash) || record.revoked_at.is_some() {
+        let expired = record.expires_at.is_some_and(|at| self.meta.clock >= at);
+        if !hashes_equal(&record.secret_hash, secret_hash) || record.revoked_at.is_some() || expired {
             return Err(OpError::Unauthorized);
         }
         Ok(&record.scope)
+    }
+
+    /// Like [`KeyStore::authorize_org`], and the key's grants must allow `needed`; answers them.
+    pub(crate) fn authorize_org_for(
+        &self,
+        actor: &Actor,
+        org_id: &str,
+        needed: Permission,
+    ) -> Result<&Grants, OpError> {
+        self.authorize_org(actor, org_id)?;
+        let Actor::ApiKey { api_key_id, .. } = actor else { return Err(OpError::Unauthorized) };
+        let record = self.api_keys.get(api_key_id).ok_or(OpError::Unauthorized)?;
+        if !record.grants.allows(needed) {
+            let granted: Vec<&str> = record.grants.permissions.iter().flatten().map(|p| p.name()).collect();
+            return Err(OpError::ScopeDenied(format!(
+                "this API key may not do this: it needs the scope {:?}, and has {}",
+                needed.name(),
+                if granted.is_empty() { "none".to_string() } else { granted.join(", ") }
+            )));
+        }
+        Ok(&record.grants)
+    }
+
+    /// Counts one new auth key of `org_id` against its daily limit, or refuses it.
+    fn count_key_against_quota(&mut self, now: Millis, org_id: &str) -> Result<(), OpError> {
+        let day = now / 86_400_000;
+        let quota = self.org_quotas.entry(org_id.to_string()).or_default();
+        if quota.day != day {
+            quota.day = day;
+            quota.keys_created = 0;
+        }
+        let limit = quota.limits.unwrap_or_default().auth_keys_per_day;
+        if quota.keys_created >= limit {
+            return Err(OpError::QuotaExceeded(format!(
+                "org {org_id} has created its limit of {limit} auth keys today (UTC); the operator can raise it with `ztna org-admin set-limits`"
+            )));
+        }
+        quota.keys_created += 1;
+        self.dirty.insert(Row::OrgQuota(org_id.to_string()));
+        Ok(())
+    }
+
+    /// Refuses a new machine of `org_id` past its machine limit.
+    fn check_machine_quota(&self, org_id: &str) -> Result<(), OpError> {
+        let limit = self.org_quotas.get(org_id).and_then(|q| q.limits).unwrap_or_default().machines;
+        if self.machines_per_org.get(org_id).copied().unwrap_or(0) >= limit {
+            return Err(OpError::QuotaExceeded(format!(
+                "org {org_id} has its limit of {limit} machines; delete some, or the operator can raise it with `ztna org-admin set-limits`"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn authorize_operator(&self, actor: &Actor) -> Result<(), OpError> {
@@ -551,6 +661,9 @@ impl KeyStore {
         if self.machines.contains_key(req.machine_id) || self.machine_by_node_key.contains_key(&req.node_key.id) {
             return Err(OpError::IdCollision);
         }
+        if self.meta.rules >= 2 {
+            self.check_machine_quota(&key.org_id)?;
+        }
         let (org_id, tags, ephemeral) = (key.org_id.clone(), key.tags.clone(), key.ephemeral);
         let seq = self.next_seq();
         let machine = Machine {
@@ -584,6 +697,7 @@ impl KeyStore {
         self.dirty.insert(Row::Machine(machine.machine_id.clone()));
         self.machine_by_key_and_node.entry(node).or_default().insert(seq, machine.machine_id.clone());
         self.machine_by_node_key.insert(machine.node_key_id.clone(), machine.machine_id.clone());
+        *self.machines_per_org.entry(machine.org_id.clone()).or_default() += 1;
         self.machines.insert(machine.machine_id.clone(), machine);
         Ok(OpOk::Enrolled(answer))
     }
@@ -606,6 +720,27 @@ fn enrolled_answer(machine: &Machine, repeated: bool) -> Enrolled {
         ephemeral: machine.ephemeral,
         auth_key_id: machine.auth_key_id.clone(),
         repeated,
+    }
+}
+
+/// With tag-limited grants, every tag of a new key must be granted, and there must be some.
+fn check_tags_granted(grants: &Grants, tags: &[String]) -> Result<(), OpError> {
+    let Some(granted) = &grants.tags else { return Ok(()) };
+    if tags.is_empty() {
+        return Err(OpError::ScopeDenied(format!(
+            "this API key may only create keys with tags from {}: give tags",
+            granted.join(", ")
+        )));
+    }
+    let missing: Vec<&str> = tags.iter().filter(|t| !granted.contains(t)).map(String::as_str).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::ScopeDenied(format!(
+            "this API key may not put {} on a key (it may use {})",
+            missing.join(", "),
+            granted.join(", ")
+        )))
     }
 }
 

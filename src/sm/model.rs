@@ -51,6 +51,130 @@ pub struct ApiKeyRecord {
     pub secret_hash: SecretHash,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// After this (cluster time) the key is refused like a revoked one.
+    pub expires_at: Option<Millis>,
+    /// The last write this key made (reads do not count).
+    pub last_used_at: Option<Millis>,
+    /// What an org key may do; the operator key is not limited by grants.
+    pub grants: Grants,
+}
+
+/// [`ApiKeyRecord`] as builds before key lifetimes and grants stored it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeyRecordV1 {
+    api_key_id: String,
+    scope: ApiKeyScope,
+    description: String,
+    secret_hash: SecretHash,
+    created_at: Millis,
+    revoked_at: Option<Millis>,
+}
+
+impl From<ApiKeyRecordV1> for ApiKeyRecord {
+    fn from(old: ApiKeyRecordV1) -> Self {
+        ApiKeyRecord {
+            api_key_id: old.api_key_id,
+            scope: old.scope,
+            description: old.description,
+            secret_hash: old.secret_hash,
+            created_at: old.created_at,
+            revoked_at: old.revoked_at,
+            expires_at: None,
+            last_used_at: None,
+            grants: Grants::all(),
+        }
+    }
+}
+
+/// What an org API key may do, like an OAuth client's scopes: which actions
+/// ([`Permission`]s; `None`: all), and which tags it may put on the auth keys it creates
+/// (`None`: any tag of the org; otherwise every key it creates must carry tags, all from these).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    pub permissions: Option<Vec<Permission>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl Grants {
+    pub fn all() -> Self {
+        Grants { permissions: None, tags: None }
+    }
+
+    /// Whether these grants allow `needed` (a write permission includes its read).
+    pub fn allows(&self, needed: Permission) -> bool {
+        self.permissions.as_ref().is_none_or(|granted| granted.iter().any(|p| p.includes(needed)))
+    }
+}
+
+/// One thing an org API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Permission {
+    /// Create and revoke auth keys (and read them).
+    AuthKeys,
+    /// List and read auth keys.
+    AuthKeysRead,
+    /// Act on machines: quarantine, delete, tags, approval (and read them).
+    Machines,
+    /// List machines.
+    MachinesRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 4] =
+        [Permission::AuthKeys, Permission::AuthKeysRead, Permission::Machines, Permission::MachinesRead];
+
+    /// The name used by the API and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::AuthKeys => "auth_keys",
+            Permission::AuthKeysRead => "auth_keys:read",
+            Permission::Machines => "machines",
+            Permission::MachinesRead => "machines:read",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    fn includes(self, needed: Permission) -> bool {
+        self == needed
+            || matches!(
+                (self, needed),
+                (Permission::AuthKeys, Permission::AuthKeysRead) | (Permission::Machines, Permission::MachinesRead)
+            )
+    }
+}
+
+/// Per-org limits the operator sets (`set_org_limits`); replicated, so every node enforces the
+/// same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgLimits {
+    /// Auth keys the org may create per day of cluster time (UTC days).
+    pub auth_keys_per_day: u64,
+    /// Machines the org may have enrolled at once.
+    pub machines: u64,
+}
+
+impl Default for OrgLimits {
+    fn default() -> Self {
+        OrgLimits { auth_keys_per_day: DEFAULT_AUTH_KEYS_PER_DAY, machines: DEFAULT_MACHINES }
+    }
+}
+
+/// Default [`OrgLimits::auth_keys_per_day`].
+pub const DEFAULT_AUTH_KEYS_PER_DAY: u64 = 100_000;
+/// Default [`OrgLimits::machines`].
+pub const DEFAULT_MACHINES: u64 = 100_000;
+
+/// An org's limits and what it used of them today.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgQuota {
+    /// `None`: the defaults.
+    pub limits: Option<OrgLimits>,
+    /// The UTC day (days since the epoch, cluster time) `keys_created` counts.
+    pub day: u64,
+    pub keys_created: u64,
 }
 
 /// An auth key. The secret itself is never stored, only its hash.
@@ -451,6 +575,24 @@ pub enum Op {
     AdoptRules {
         version: u32,
     },
+    /// `create_api_key` with a lifetime and grants (operator).
+    CreateApiKeyWith {
+        org_id: String,
+        key: NewCredential,
+        description: String,
+        /// Seconds from creation; `None`: no expiry.
+        expires_in_secs: Option<u64>,
+        grants: Grants,
+    },
+    /// The operator key is replaced by `key`; every earlier operator key is revoked.
+    RotateOperatorKey {
+        key: NewCredential,
+    },
+    /// The operator sets an org's limits (`None`: back to the defaults).
+    SetOrgLimits {
+        org_id: String,
+        limits: Option<OrgLimits>,
+    },
 }
 
 /// A command as proposed: the op, who asked, and a request id that makes retries apply once.
@@ -493,6 +635,11 @@ pub enum OpOk {
     /// A system op's count of machines changed.
     Count(usize),
     Node(super::nodes::NodeRecord),
+    // New variants go at the end (outcomes are remembered in the state).
+    OrgLimits {
+        org_id: String,
+        limits: OrgLimits,
+    },
 }
 
 /// A command's refusal. Each maps to one HTTP status and error code in `api::error`.
@@ -535,6 +682,13 @@ pub enum OpError {
     NodeIdUsed(u64),
     #[error("node id {0} was removed from the cluster and cannot come back: start a node with a new id")]
     NodeRemoved(u64),
+    // New variants go at the end (outcomes are remembered in the state).
+    /// An org's limit (`set_org_limits`) is reached.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// An API key's grants do not allow this.
+    #[error("{0}")]
+    ScopeDenied(String),
 }
 
 /// The outcome of one command.

@@ -73,7 +73,7 @@ impl KeyStore {
     fn answer(&self, actor: &Actor, query: &Query) -> Result<Answer, OpError> {
         match query {
             Query::ListAuthKeys { org_id, limit, after_seq } => {
-                self.authorize_org(actor, org_id)?;
+                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
                 let limit = (*limit).clamp(1, MAX_PAGE);
                 let prefix = rows::org_key_prefix(org_id);
                 let start = rows::org_key_row(org_id, after_seq.map_or(0, |s| s.saturating_add(1)));
@@ -93,7 +93,7 @@ impl KeyStore {
                 Ok(Answer::AuthKeys { keys, next_after_seq, as_of: self.clock() })
             }
             Query::GetAuthKey { org_id, key_id } => {
-                self.authorize_org(actor, org_id)?;
+                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
                 let record = self
                     .auth_key_record(key_id)
                     .filter(|k| &k.org_id == org_id)
@@ -119,7 +119,7 @@ impl KeyStore {
                 Ok(Answer::Orgs(self.orgs.values().cloned().collect()))
             }
             Query::ListMachines { org_id } => {
-                self.authorize_org(actor, org_id)?;
+                self.authorize_org_for(actor, org_id, Permission::MachinesRead)?;
                 Ok(Answer::Machines(self.machines.values().filter(|m| &m.org_id == org_id).cloned().collect()))
             }
             Query::MachineStatus => Ok(Answer::Machine(self.authenticate_machine(actor)?.clone())),

@@ -27,6 +27,7 @@ pub enum Row {
     ApiKey(String),
     Machine(String),
     Node(String),
+    OrgQuota(String),
 }
 
 const TAG_META: u8 = b'M';
@@ -35,6 +36,7 @@ const TAG_ORG: u8 = b'o';
 const TAG_API_KEY: u8 = b'a';
 const TAG_MACHINE: u8 = b'm';
 const TAG_NODE: u8 = b'n';
+const TAG_ORG_QUOTA: u8 = b'q';
 const TAG_AUTH_KEY: u8 = b'k';
 const TAG_ORG_KEY: u8 = b'K';
 const TAG_ENROLMENT: u8 = b'e';
@@ -142,6 +144,7 @@ impl Row {
             Row::ApiKey(id) => tagged(TAG_API_KEY, id),
             Row::Machine(id) => tagged(TAG_MACHINE, id),
             Row::Node(id) => tagged(TAG_NODE, id),
+            Row::OrgQuota(id) => tagged(TAG_ORG_QUOTA, id),
         }
     }
 }
@@ -172,6 +175,8 @@ impl KeyStore {
             nodes: Default::default(),
             machine_by_key_and_node: Default::default(),
             machine_by_node_key: Default::default(),
+            org_quotas: Default::default(),
+            machines_per_org: Default::default(),
             rows: Rows::new(source),
             expiry_seek: request_expiry_prefix(),
             oldest_request_at: None,
@@ -179,10 +184,12 @@ impl KeyStore {
         };
         store.meta = store.load_meta()?;
         store.orgs = store.load_table(TAG_ORG)?;
-        store.api_keys = store.load_table(TAG_API_KEY)?;
+        store.api_keys = store.load_api_keys()?;
+        store.org_quotas = store.load_table(TAG_ORG_QUOTA)?;
         store.machines = store.load_table(TAG_MACHINE)?;
         store.nodes = store.load_table(TAG_NODE)?;
         for m in store.machines.values() {
+            *store.machines_per_org.entry(m.org_id.clone()).or_default() += 1;
             let node = (m.auth_key_id.clone(), m.node_public_key.clone());
             store.machine_by_key_and_node.entry(node).or_default().insert(m.enrolment_seq, m.machine_id.clone());
             store.machine_by_node_key.insert(m.node_key_id.clone(), m.machine_id.clone());
@@ -193,6 +200,31 @@ impl KeyStore {
             _ => store.upgrade_layout()?,
         }
         Ok(store)
+    }
+
+    /// The API keys, as written by this build or by one before key lifetimes and grants.
+    fn load_api_keys(&self) -> Result<std::collections::BTreeMap<String, ApiKeyRecord>, RowError> {
+        let mut table = std::collections::BTreeMap::new();
+        let mut failed = None;
+        self.rows.scan(&[TAG_API_KEY], |key, value| {
+            if !key.starts_with(&[TAG_API_KEY]) {
+                return false;
+            }
+            match codec::decode::<ApiKeyRecord>(value)
+                .or_else(|_| codec::decode::<ApiKeyRecordV1>(value).map(ApiKeyRecord::from))
+            {
+                Ok(record) => {
+                    table.insert(String::from_utf8_lossy(&key[1..]).into_owned(), record);
+                    true
+                }
+                Err(source) => {
+                    failed = Some(RowError::Codec { key: key.escape_ascii().to_string(), source });
+                    false
+                }
+            }
+        });
+        self.check_fault()?;
+        failed.map_or(Ok(table), Err)
     }
 
     /// The meta row, as written by this build or by one before rule versions.
@@ -262,6 +294,7 @@ impl KeyStore {
                 Row::ApiKey(id) => self.api_keys.get(id).map(codec::encode).transpose()?,
                 Row::Machine(id) => self.machines.get(id).map(codec::encode).transpose()?,
                 Row::Node(id) => self.nodes.get(id).map(codec::encode).transpose()?,
+                Row::OrgQuota(id) => self.org_quotas.get(id).map(codec::encode).transpose()?,
             };
             match value {
                 Some(bytes) => self.rows.put_encoded(key, bytes),

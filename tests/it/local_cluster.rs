@@ -52,6 +52,8 @@ async fn cluster_up_keeps_serving_when_its_leader_is_killed_and_brings_it_back()
         ));
         apis.push(api);
     }
+    // Where `cluster up` makes the certificates on its first start.
+    file.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
     let cluster_file = dir.path().join("cluster.toml");
     std::fs::write(&cluster_file, file).expect("cluster file");
     let data = dir.path().join("data");

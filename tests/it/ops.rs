@@ -156,6 +156,11 @@ async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "backup: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("Backup at log index"), "{stdout}");
+    // Org names, hostnames and tags are in it: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    for written in [file.clone(), old.dir.path().join("backup.snap.sha256")] {
+        assert_eq!(std::fs::metadata(&written).expect("written").permissions().mode() & 0o777, 0o600);
+    }
     let sums = std::fs::read_to_string(old.dir.path().join("backup.snap.sha256")).expect("checksum file");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&file).expect("backup")));
     assert_eq!(sums, format!("{digest}  backup.snap\n"));
@@ -240,12 +245,18 @@ fn a_misconfigured_node_stops_at_start_with_one_clear_message() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let busy_addr = busy.local_addr().expect("addr");
     let node = |api: &str| format!("[[nodes]]\nid = 1\napi_addr = \"{api}\"\nraft_addr = \"127.0.0.1:0\"\n");
+    let plaintext = "insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster = true\n";
 
     let (code, err) = start_refused(dir.path(), &format!("[settings]\nheartbeat_ms = 5\n{}", node("127.0.0.1:0")));
     assert_eq!(code, Some(1));
     assert!(err.contains("unknown field `heartbeat_ms`"), "{err}");
 
-    let (code, err) = start_refused(dir.path(), &node(&busy_addr.to_string()));
+    // No [tls] and no explicit opt-out: refused, saying how to fix it.
+    let (code, err) = start_refused(dir.path(), &node("127.0.0.1:0"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no [tls] table") && err.contains("ztna cluster certs"), "{err}");
+
+    let (code, err) = start_refused(dir.path(), &format!("[settings]\n{plaintext}{}", node(&busy_addr.to_string())));
     assert_eq!(code, Some(1));
     assert!(err.contains(&format!("cannot listen on {busy_addr}")), "{err}");
 
@@ -260,7 +271,7 @@ fn a_misconfigured_node_stops_at_start_with_one_clear_message() {
     let other = r#"{"format": 1, "cluster_name": "staging", "node_id": 1, "incarnation": "x"}"#;
     std::fs::write(dir.path().join("data/identity.json"), other).expect("identity");
     let (code, err) =
-        start_refused(dir.path(), &format!("[settings]\ncluster_name = \"prod\"\n{}", node("127.0.0.1:0")));
+        start_refused(dir.path(), &format!("[settings]\ncluster_name = \"prod\"\n{plaintext}{}", node("127.0.0.1:0")));
     assert_eq!(code, Some(3));
     assert!(err.contains("belongs to cluster \"staging\", not \"prod\""), "{err}");
     assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "one message: {err}");

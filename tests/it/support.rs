@@ -37,6 +37,8 @@ pub struct Cluster {
     pub scheme: &'static str,
     /// The cluster CA with TLS (the CLI gets it as ZTNA_CA_CERT).
     pub ca_cert: Option<PathBuf>,
+    /// The bootstrap token `/api/cluster/init` needs.
+    pub bootstrap_token: String,
 }
 
 fn free_port() -> u16 {
@@ -60,7 +62,8 @@ impl Cluster {
             self.spawn(id);
         }
         self.wait_ready().await;
-        let init = self.post(1, "/api/cluster/init", &json!({"org_name": "test"}), None).await;
+        let token = self.bootstrap_token.clone();
+        let init = self.post(1, "/api/cluster/init", &json!({"org_name": "test"}), Some(&token)).await;
         assert_eq!(init.0, 200, "init: {}", init.1);
         self.org_id = init.1["org_id"].as_str().unwrap().to_string();
         self.api_key = init.1["api_key"].as_str().unwrap().to_string();
@@ -98,19 +101,16 @@ impl Cluster {
         cluster
     }
 
-    /// Three nodes with TLS: certificates from `ztna cluster certs` under `tls/`, mutual TLS
-    /// between nodes, HTTPS for the API; the test client and the CLI trust the cluster CA.
+    /// Three nodes with an HTTPS API as well (its own certificates, `api<i>.crt`); the test
+    /// client and the CLI trust the cluster CA.
     pub async fn start_tls() -> Cluster {
         let mut cluster = Self::unstarted("");
         let tls = cluster.dir.path().join("tls");
-        let made = Command::new(ztna())
-            .args(["cluster", "certs", "--nodes", "3", "--out"])
-            .arg(&tls)
-            .output()
-            .expect("ztna cluster certs");
-        assert!(made.status.success(), "certs: {}", String::from_utf8_lossy(&made.stderr));
-        let mut text = std::fs::read_to_string(&cluster.cluster_file).expect("cluster file");
-        text.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
+        let text = std::fs::read_to_string(&cluster.cluster_file).expect("cluster file");
+        let text = text.replace(
+            "key = \"tls/node{id}.key\"\n",
+            "key = \"tls/node{id}.key\"\napi_cert = \"tls/api{id}.crt\"\napi_key = \"tls/api{id}.key\"\n",
+        );
         std::fs::write(&cluster.cluster_file, text).expect("write cluster file");
         let ca = ztna_keystore::tls::client_trusting(&tls.join("ca.crt")).expect("CA");
         cluster.http = reqwest::Client::builder()
@@ -123,16 +123,43 @@ impl Cluster {
         cluster.start_and_init().await
     }
 
+    /// Three nodes listed (with certificates and a bootstrap token), none started, not
+    /// initialised.
+    pub fn unstarted_for_test(settings: &str) -> Cluster {
+        Self::unstarted(settings)
+    }
+
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(|c| c.id())
+    }
+
     /// Node `id`'s internal (Raft) address.
     pub fn raft_addr(&self, id: u64) -> String {
         self.node(id).raft_addr.clone()
     }
 
-    /// Three nodes listed in a new cluster file, none started.
+    /// Three nodes listed in a new cluster file, none started. Like every cluster, they talk
+    /// mutual TLS (certificates from `ztna cluster certs` under `tls/`); the API is plain HTTP
+    /// unless [`Cluster::start_tls`] gives it a certificate. The bootstrap token's hash is in
+    /// the settings.
     fn unstarted(settings: &str) -> Cluster {
         ztna_keystore::tls::ensure_provider();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut text = format!("[settings]\ncluster_name = \"test\"\n{settings}\n");
+        let made = Command::new(ztna())
+            .args(["cluster", "certs", "--nodes", "3", "--out"])
+            .arg(dir.path().join("tls"))
+            .output()
+            .expect("ztna cluster certs");
+        assert!(made.status.success(), "certs: {}", String::from_utf8_lossy(&made.stderr));
+        let token = ztna_keystore::secret::new_credential(
+            ztna_keystore::secret::CredentialKind::BootstrapToken,
+            ztna_keystore::secret::random_base62(ztna_keystore::secret::ID_LEN),
+        );
+        let mut text = format!(
+            "[settings]\ncluster_name = \"test\"\nbootstrap_token_sha256 = \"{}\"\n{settings}\n",
+            hex::encode(token.hash)
+        );
         let mut nodes = Vec::new();
         for id in 1..=3u64 {
             let api_addr = format!("127.0.0.1:{}", free_port());
@@ -146,6 +173,7 @@ impl Cluster {
                 child: None,
             });
         }
+        text.push_str("\n[tls]\nca_cert = \"tls/ca.crt\"\ncert = \"tls/node{id}.crt\"\nkey = \"tls/node{id}.key\"\n");
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, text).expect("write cluster file");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
@@ -159,6 +187,7 @@ impl Cluster {
             http,
             scheme: "http",
             ca_cert: None,
+            bootstrap_token: token.text,
         }
     }
 
@@ -401,9 +430,19 @@ impl Cluster {
     pub fn list_node(&mut self, id: u64) -> (String, String) {
         let api_addr = format!("127.0.0.1:{}", free_port());
         let raft_addr = format!("127.0.0.1:{}", free_port());
-        let mut text = std::fs::read_to_string(&self.cluster_file).expect("cluster file");
-        text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
+        let text = std::fs::read_to_string(&self.cluster_file).expect("cluster file");
+        // Nodes before [tls]; its certificate signed by the same CA.
+        let (nodes, tls) = text.split_once("\n[tls]").expect("a [tls] table");
+        let text = format!(
+            "{nodes}[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n\n[tls]{tls}"
+        );
         std::fs::write(&self.cluster_file, text).expect("write cluster file");
+        let made = Command::new(ztna())
+            .args(["cluster", "certs", "--nodes", &id.to_string(), "--out"])
+            .arg(self.dir.path().join("tls"))
+            .output()
+            .expect("ztna cluster certs");
+        assert!(made.status.success(), "certs: {}", String::from_utf8_lossy(&made.stderr));
         let data_dir = self.dir.path().join(format!("node{id}"));
         self.nodes.push(NodeProc {
             id,
@@ -473,6 +512,7 @@ impl Cluster {
             .args(["up", "--userspace", "--heartbeat-interval", interval, "--hostname", "agent-host", "--state-dir"])
             .arg(state_dir)
             .env("ZTNA_SERVER", servers)
+            .envs(self.ca_cert.iter().map(|ca| ("ZTNA_CA_CERT", ca.as_os_str())))
             .env("ZTNA_AUTH_KEY", auth_key)
             .stdout(log)
             .stderr(err)

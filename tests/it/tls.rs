@@ -52,12 +52,12 @@ async fn with_tls_only_nodes_with_a_cluster_certificate_reach_the_internal_liste
     let raft = cluster.raft_addr(leader);
     let vote = format!("https://{raft}/raft/vote");
     let member = client(&tls.join("ca.crt"), Some((&tls.join("node2.crt"), &tls.join("node2.key"))));
-    let answered = member.post(&vote).body(vec![0u8]).send().await.expect("a member is answered");
+    let answered = member.post(&vote).header("x-ztna-node", "2").body(vec![0u8]).send().await.expect("answered");
     assert_eq!(answered.status(), 400, "a member's malformed vote is refused by the node, not by TLS");
 
     let rogue_dir = cluster.dir.path().join("rogue");
     let made = std::process::Command::new(ztna())
-        .args(["cluster", "certs", "--nodes", "1", "--out"])
+        .args(["cluster", "certs", "--nodes", "4", "--out"])
         .arg(&rogue_dir)
         .output()
         .expect("ztna cluster certs");
@@ -79,7 +79,7 @@ async fn with_tls_only_nodes_with_a_cluster_certificate_reach_the_internal_liste
     let rogue_file = rogue_dir.join("cluster.toml");
     let mut text = std::fs::read_to_string(cluster.dir.path().join("cluster.toml")).expect("cluster file");
     text = text.replace("[tls]", "[[nodes]]\nid = 4\napi_addr = \"127.0.0.1:0\"\nraft_addr = \"127.0.0.1:0\"\n\n[tls]");
-    text = text.replace("tls/ca.crt", "ca.crt").replace("tls/node{id}", "node1");
+    text = text.replace("tls/ca.crt", "ca.crt").replace("tls/node{id}", "node4").replace("tls/api{id}", "api4");
     std::fs::write(&rogue_file, text).expect("rogue cluster file");
     let rogue_log = rogue_dir.join("node4.log");
     let mut rogue_node = std::process::Command::new(ztna())

@@ -173,7 +173,9 @@ async fn operator_manages_orgs_and_api_keys() {
     let (status, err) =
         cluster.post(1, "/api/org-admin", &json!({"action": "list_orgs"}), Some(&cluster.api_key)).await;
     assert_eq!(status, 403, "{err}");
-    // Initialisation happens once.
-    let (status, err) = cluster.post(2, "/api/cluster/init", &json!({}), None).await;
+    // Initialisation happens once, and only with the bootstrap token.
+    let (status, err) = cluster.post(2, "/api/cluster/init", &json!({}), Some(&cluster.bootstrap_token.clone())).await;
     assert_eq!((status, err["error"]["code"].as_str()), (409, Some("already_initialized")));
+    let (status, err) = cluster.post(2, "/api/cluster/init", &json!({}), None).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("unauthorized")));
 }
