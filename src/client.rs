@@ -78,7 +78,10 @@ pub fn normalize_url(server: &str) -> String {
 /// trusts no HTTPS server at all).
 pub fn http_builder() -> Result<reqwest::ClientBuilder, ClientError> {
     crate::tls::ensure_provider();
-    let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+    // Kept-alive connections are dropped before a node's header timeout (10 s) would close
+    // them under a request.
+    let builder =
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).pool_idle_timeout(Duration::from_secs(8));
     match std::env::var_os(CA_CERT_ENV) {
         Some(path) => {
             let config = crate::tls::client_trusting(std::path::Path::new(&path))

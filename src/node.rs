@@ -295,13 +295,17 @@ impl Node {
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let stop_sweeper = stop.clone();
         let limits = settings.listener_limits();
+        // Peers are authenticated in the handshake (bounded by the header timeout) and keep
+        // their pooled connections open between calls: hyper's header timer also runs while a
+        // kept-alive connection waits for its next request, so it is the idle timeout here.
+        let internal_limits = crate::listener::Limits { header_read: limits.idle, ..limits };
         let api_tls = tls.as_ref().and_then(|t| t.api.clone());
         let servers = vec![
             crate::listener::serve(
                 raft_listener,
                 internal_tls,
                 crate::network::server::router(node.clone()),
-                limits,
+                internal_limits,
                 stop.clone(),
             ),
             crate::listener::serve(api_listener, api_tls.clone(), crate::api::router(node.clone()), limits, stop),

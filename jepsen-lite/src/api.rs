@@ -42,7 +42,7 @@ impl Api {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Api { http, nodes, api_key: String::new(), org_id: String::new() })
     }

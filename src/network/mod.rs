@@ -80,7 +80,8 @@ impl PeerClient {
     pub fn new(tls: Option<rustls::ClientConfig>) -> Self {
         crate::tls::ensure_provider();
         let builder = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Closed by this side before the peer's idle timeout (60 s) closes it under a call.
+            .pool_idle_timeout(Duration::from_secs(45))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500));
