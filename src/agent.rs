@@ -30,6 +30,10 @@ pub struct AgentState {
     /// The `nodekey-…` the cluster issued.
     pub node_key: Option<String>,
     pub org_id: Option<String>,
+    /// When the last enrolment proof was issued (ms): the next one is issued later, even if
+    /// this machine's clock stepped back (the cluster refuses a proof older than the last).
+    #[serde(default)]
+    pub last_proof_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,16 +92,8 @@ pub fn save_state(dir: &Path, state: &AgentState) -> Result<(), AgentError> {
 
 /// A new identity: an X25519 key pair from the OS CSPRNG.
 pub fn new_identity(hostname: String) -> AgentState {
-    let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
-    let public = x25519_dalek::PublicKey::from(&secret);
-    AgentState {
-        private_key: hex::encode(secret.to_bytes()),
-        public_key: hex::encode(public.as_bytes()),
-        hostname,
-        machine_id: None,
-        node_key: None,
-        org_id: None,
-    }
+    let (private_key, public_key) = crate::proof::new_key_pair();
+    AgentState { private_key, public_key, hostname, machine_id: None, node_key: None, org_id: None, last_proof_at: 0 }
 }
 
 /// This host's name, for enrolment when `--hostname` is not given.
@@ -119,17 +115,73 @@ pub struct UpOptions {
     pub heartbeat_interval: Duration,
     /// Enrol if needed, then return instead of heartbeating.
     pub enrol_only: bool,
+    /// Enrol again (with `auth_key`) even though an admin revoked this machine's node key or
+    /// deleted it; without it the agent stops and says why.
+    pub force_reauth: bool,
+}
+
+/// Enrols with `auth_key`, proving possession of this machine's private key, and saves the
+/// node key. The proof is made for one node's enrolment key, so each attempt fetches a node's
+/// key and sends to that node, with a new request id and a new proof; a node that does not
+/// answer (or has no leader) is followed by the next. A retry after a lost answer is the same
+/// machine again: it gets a fresh node key and spends no further use.
+pub async fn enrol_with_proof(client: &Client, state: &mut AgentState, auth_key: &str) -> Result<Value, ClientError> {
+    let deadline = tokio::time::Instant::now() + client.total_wait();
+    let servers = client.servers().to_vec();
+    let mut tried = Vec::new();
+    for n in 0.. {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let server = &servers[n % servers.len()];
+        let attempt = async {
+            let key = client.get_from(server, "/api/enrol/key").await?;
+            let server_key = key["server_key"].as_str().unwrap_or_default().to_string();
+            let issued_at = crate::clock::wall_ms().max(state.last_proof_at + 1);
+            state.last_proof_at = issued_at;
+            let request_id = format!("up-{}", crate::secret::random_base62(22));
+            let body = crate::proof::enrol_body(
+                &state.private_key,
+                &state.public_key,
+                &server_key,
+                auth_key,
+                &state.hostname,
+                &request_id,
+                issued_at,
+            );
+            client.post_to(server, "/api/enrol", &body).await
+        };
+        match attempt.await {
+            Err(ClientError::Unreachable(why)) => tried.push(why),
+            Err(ClientError::Api { status: 503 | 507, message, .. }) => tried.push(format!("{server} ({message})")),
+            other => return other,
+        }
+        if (n + 1) % servers.len() == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tried.truncate(servers.len() * 2);
+    Err(ClientError::Unreachable(tried.join(", ")))
 }
 
 /// Enrols with `auth_key` and saves the node key.
 async fn enrol(client: &Client, state: &mut AgentState, dir: &Path, auth_key: &str) -> Result<(), AgentError> {
-    let body = json!({
-        "auth_key": auth_key,
-        "hostname": state.hostname,
-        "node_public_key": state.public_key,
-        "request_id": format!("up-{}", crate::secret::random_base62(22)),
-    });
-    let answer = client.post("/api/enrol", &body).await?;
+    let answer = enrol_with_proof(client, state, auth_key).await;
+    // The proof's time is kept even when the enrolment failed: the next proof is later.
+    save_state(dir, state)?;
+    let answer = answer.map_err(|e| match e.code() {
+        Some("machine_deleted") => AgentError::Refused(format!(
+            "an admin deleted this machine; it may enrol again once an admin allows it: \
+             ztna machine-admin --action allow-reenrol --node-public-key {}",
+            state.public_key
+        )),
+        Some("node_key_revoked") => AgentError::Refused(
+            "an admin revoked this machine's node key; this auth key will not enrol it again: \
+             ask for a fresh auth key and run `ztna up --force-reauth --auth-key …`"
+                .into(),
+        ),
+        _ => AgentError::Client(e),
+    })?;
     state.machine_id = answer["machine_id"].as_str().map(String::from);
     state.node_key = answer["node_key"].as_str().map(String::from);
     state.org_id = answer["org_id"].as_str().map(String::from);
@@ -158,9 +210,11 @@ fn refusal(error: &ClientError) -> Option<String> {
         Some("unknown_node_key") => {
             Some("this machine was deleted from the network (or logged out); enrol it again with a new auth key".into())
         }
-        Some("node_key_revoked") => {
-            Some("an admin revoked this machine's node key; enrol it again with an auth key".into())
-        }
+        Some("node_key_revoked") => Some(
+            "an admin revoked this machine's node key; the agent stops here. To enrol it again, get a fresh auth \
+             key and run `ztna up --force-reauth --auth-key …`"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -188,8 +242,8 @@ pub async fn up(options: UpOptions, stop: impl std::future::Future<Output = ()>)
                     "✓ Already enrolled as {}; reusing its node key",
                     state.machine_id.as_deref().unwrap_or("?")
                 ),
-                Err(e) if e.code() == Some("node_key_revoked") && options.auth_key.is_some() => {
-                    println!("the node key was revoked; enrolling again");
+                Err(e) if refusal(&e).is_some() && options.force_reauth && options.auth_key.is_some() => {
+                    println!("--force-reauth: this machine's node key is no longer valid ({e}); enrolling again");
                     enrol(&client, &mut state, dir, options.auth_key.as_deref().unwrap_or_default()).await?;
                 }
                 Err(e) => match refusal(&e) {

@@ -171,6 +171,24 @@ impl Client {
         Err(ClientError::Unreachable(tried.join(", ")))
     }
 
+    /// POSTs `body` to `path` on `server` only, within the per-node wait (an enrolment's proof
+    /// is made for one node's key, so it goes to that node).
+    pub async fn post_to(&self, server: &str, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let mut request = self.http.post(format!("{server}{path}")).json(body).timeout(self.per_node);
+        if let Some(bearer) = &self.bearer {
+            request = request.bearer_auth(bearer);
+        }
+        match request.send().await {
+            Ok(response) => answer(response).await,
+            Err(e) => Err(ClientError::Unreachable(format!("{server} ({})", describe(&e)))),
+        }
+    }
+
+    /// The total budget of one request.
+    pub fn total_wait(&self) -> Duration {
+        self.total
+    }
+
     /// GETs `path` from one node.
     pub async fn get_from(&self, server: &str, path: &str) -> Result<Value, ClientError> {
         match self.http.get(format!("{server}{path}")).timeout(Duration::from_secs(3)).send().await {

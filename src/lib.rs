@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod private_file;
+pub mod proof;
 pub mod proposer;
 pub mod raft_types;
 pub mod secret;

@@ -90,6 +90,8 @@ pub struct Node {
     fatal: tokio::sync::watch::Sender<Option<String>>,
     /// Failed-authentication counts of the public API.
     throttle: crate::api::throttle::Throttle,
+    /// This node's enrolment key pair: machines prove possession of their keys to it (`proof`).
+    enrol_key: crate::proof::EnrolKey,
 }
 
 /// What `GET /api/cluster` reports.
@@ -234,6 +236,10 @@ impl Node {
             }
         };
 
+        let enrol_key_path = config.data_dir.join("enrol.key");
+        let enrol_key = crate::proof::EnrolKey::load_or_make(&enrol_key_path).map_err(|source| {
+            StartError::Refused(format!("cannot read or make {}: {source}", enrol_key_path.display()))
+        })?;
         let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
         let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);
         let state = sm_store.shared();
@@ -290,6 +296,7 @@ impl Node {
             disk: crate::disk::DiskState::default(),
             fatal: tokio::sync::watch::channel(None).0,
             throttle: crate::api::throttle::Throttle::new(settings.auth_failures_per_minute),
+            enrol_key,
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
@@ -379,6 +386,10 @@ impl Node {
 
     pub fn throttle(&self) -> &crate::api::throttle::Throttle {
         &self.throttle
+    }
+
+    pub fn enrol_key(&self) -> &crate::proof::EnrolKey {
+        &self.enrol_key
     }
 
     /// The rules the cluster's entries are applied by (see `sm::Meta::rules`): an op an older

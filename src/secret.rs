@@ -91,6 +91,11 @@ pub fn hashes_equal(a: &SecretHash, b: &SecretHash) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Constant-time equality of two texts of equal length (different lengths are unequal).
+pub fn text_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
 /// A credential split into its public id and the hash of its full text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresentedCredential {

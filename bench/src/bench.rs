@@ -117,6 +117,7 @@ fn ztna_api(cluster: &Cluster) -> anyhow::Result<Ztna> {
         urls: cluster.urls.clone(),
         api_key: cluster.api_key.clone(),
         org_id: cluster.org_id.clone(),
+        server_keys: Default::default(),
     })
 }
 

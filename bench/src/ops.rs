@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rand::RngCore;
 use serde_json::{json, Value};
 
 /// An HTTP client sized for a few hundred concurrent keep-alive connections.
@@ -40,12 +39,6 @@ async fn post(http: &reqwest::Client, url: String, bearer: Option<&str>, body: &
     Ok(body)
 }
 
-fn random_hex32() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 /// ztna's public API.
 #[derive(Clone)]
 pub struct Ztna {
@@ -53,9 +46,22 @@ pub struct Ztna {
     pub urls: Vec<String>,
     pub api_key: String,
     pub org_id: String,
+    /// Each node's enrolment key (`GET /api/enrol/key`), fetched once.
+    pub server_keys: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<usize, String>>>,
 }
 
 impl Ztna {
+    /// Node `node`'s enrolment key, fetched the first time.
+    async fn server_key(&self, node: usize) -> anyhow::Result<String> {
+        if let Some(key) = self.server_keys.lock().unwrap_or_else(|e| e.into_inner()).get(&node) {
+            return Ok(key.clone());
+        }
+        let answer: Value = self.http.get(format!("{}/api/enrol/key", self.urls[node])).send().await?.json().await?;
+        let key = answer["server_key"].as_str().context("no server_key")?.to_string();
+        self.server_keys.lock().unwrap_or_else(|e| e.into_inner()).insert(node, key.clone());
+        Ok(key)
+    }
+
     /// Creates a key; returns `(key_id, secret)`.
     pub async fn create_key(&self, node: usize, reusable: bool) -> anyhow::Result<(String, String)> {
         let body = json!({
@@ -71,9 +77,21 @@ impl Ztna {
         Ok((id, secret))
     }
 
-    /// Enrols a new device (random node public key) with `secret`.
+    /// Enrols a new device (a fresh key pair, with its proof of possession, as `ztna up` does)
+    /// with `secret`.
     pub async fn enrol(&self, node: usize, secret: &str, hostname: &str) -> anyhow::Result<()> {
-        let body = json!({ "auth_key": secret, "hostname": hostname, "node_public_key": random_hex32() });
+        let server_key = self.server_key(node).await?;
+        let (private, public) = ztna_proof::new_key_pair();
+        let request_id = format!("b-{}", ztna_proof::issued_now());
+        let body = ztna_proof::enrol_body(
+            &private,
+            &public,
+            &server_key,
+            secret,
+            hostname,
+            &request_id,
+            ztna_proof::issued_now(),
+        );
         post(&self.http, format!("{}/api/enrol", self.urls[node]), None, &body).await.map(drop)
     }
 

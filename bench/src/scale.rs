@@ -55,6 +55,7 @@ async fn run(cluster: &Cluster, keys: u64) -> anyhow::Result<Scale> {
         urls: cluster.urls.clone(),
         api_key: cluster.api_key.clone(),
         org_id: cluster.org_id.clone(),
+        server_keys: Default::default(),
     };
     let leader = cluster.leader().await.context("no leader")?;
     let stopped = (leader + 1) % 3;

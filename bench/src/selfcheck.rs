@@ -27,6 +27,7 @@ async fn check(cluster: &Cluster) -> anyhow::Result<()> {
         urls: cluster.urls.clone(),
         api_key: cluster.api_key.clone(),
         org_id: cluster.org_id.clone(),
+        server_keys: Default::default(),
     };
     let (key_id, secret) = api.create_key(0, true).await?;
     let sent = Arc::new(AtomicU64::new(0));

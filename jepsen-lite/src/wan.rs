@@ -116,13 +116,24 @@ async fn measure(cluster: &Cluster, options: &WanOptions, answers_delayed: bool,
     // connections between nodes).
     let mut passed = true;
     let mut device = 0u64;
+    // Each node's enrolment key, for the proofs (fetched before timing anything).
+    let mut server_keys = std::collections::BTreeMap::new();
+    for node in 1..=3u64 {
+        let key = api.get(node, "/api/enrol/key").await.context("GET /api/enrol/key")?;
+        server_keys.insert(node, key["server_key"].as_str().unwrap_or_default().to_string());
+    }
     let mut enrol = |node: u64| {
         device += 1;
-        let body = json!({
-            "auth_key": secret,
-            "hostname": format!("wan-{device}"),
-            "node_public_key": format!("{device:064x}"),
-        });
+        let (private, public) = ztna_proof::new_key_pair();
+        let body = ztna_proof::enrol_body(
+            &private,
+            &public,
+            &server_keys[&node],
+            &secret,
+            &format!("wan-{device}"),
+            &format!("wan-{device}"),
+            ztna_proof::issued_now(),
+        );
         let api = api.clone();
         async move {
             let started = Instant::now();

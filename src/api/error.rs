@@ -82,6 +82,12 @@ impl From<OpError> for ApiError {
             OpError::NodeRemoved(_) => (StatusCode::CONFLICT, "node_removed"),
             OpError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
             OpError::ScopeDenied(_) => (StatusCode::FORBIDDEN, "scope_denied"),
+            OpError::TagNotGranted(_) => (StatusCode::FORBIDDEN, "tag_not_granted"),
+            OpError::MachineDeleted => (StatusCode::FORBIDDEN, "machine_deleted"),
+            OpError::ProofInvalid(_) => (StatusCode::UNAUTHORIZED, "proof_invalid"),
+            OpError::ProofReplayed => (StatusCode::UNAUTHORIZED, "proof_replayed"),
+            OpError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
+            OpError::MachineQuarantined(_) => (StatusCode::FORBIDDEN, "machine_quarantined"),
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
             OpError::Storage(_) => return ApiError::internal(message),
         };

@@ -45,15 +45,28 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     let tags = fields.string_list("tags")?;
     let description = fields.opt_str("description")?.unwrap_or_default();
     let max_uses = fields.opt_u64("max_uses")?;
+    // Device approval: machines enrolled with a key that is not pre-authorized wait for an admin.
+    let preauthorized = fields.bool_or("preauthorized", true)?;
     let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
     fields.finish()?;
+    if !preauthorized && node.rules() < 2 {
+        return Err(ApiError::bad_field(
+            "preauthorized",
+            "device approval needs every node on a build that knows it; until then only true is allowed",
+        ));
+    }
     let min_expiry = node.config().settings().test_only_min_expiry_secs;
     let spec = AuthKeySpec::new(reusable, ephemeral, expires_in, tags, description, max_uses, min_expiry)?;
 
     let (outcome, secret) = write_with_fresh_ids(node, request_id, actor, || {
         let secret = new_credential(CredentialKind::AuthKey, random_base62(ID_LEN));
         let key = NewCredential { id: format!("{AUTH_KEY_ID_PREFIX}{}", secret.id), hash: secret.hash };
-        (Op::CreateAuthKey { org_id: org_id.clone(), key, spec: spec.clone() }, secret)
+        let op = if preauthorized {
+            Op::CreateAuthKey { org_id: org_id.clone(), key, spec: spec.clone() }
+        } else {
+            Op::CreateAuthKeyWith { org_id: org_id.clone(), key, spec: spec.clone(), preauthorized }
+        };
+        (op, secret)
     })
     .await?;
     match outcome? {

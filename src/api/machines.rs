@@ -21,7 +21,11 @@ use crate::secret::{parse_credential, CredentialKind};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
-pub(crate) const ACTIONS: &str = "list_machines, quarantine, unquarantine, delete, set_tags, revoke_node_key";
+pub(crate) const ACTIONS: &str =
+    "list_machines, quarantine, unquarantine, delete, set_tags, revoke_node_key, approve, reject, allow_reenrol";
+
+/// The machine states `list_machines` filters on.
+const STATES: &str = "active, pending, quarantined, node_key_revoked";
 
 /// Tags from a request, checked like an auth key's.
 fn tags(fields: &mut Fields) -> Result<Vec<String>, ApiError> {
@@ -52,13 +56,39 @@ pub async fn admin(
     super::fields::check_org_id("org_id", &org_id)?;
     let actor = api_key_actor(&headers)?;
     if action == "list_machines" {
+        let state = fields.opt_str("state")?;
         fields.finish()?;
+        if let Some(state) = &state {
+            if !STATES.split(", ").any(|s| s == state) {
+                return Err(ApiError::bad_field("state", format!("unknown state {state:?}; must be one of {STATES}")));
+            }
+        }
         return match node.read(&actor, &Query::ListMachines { org_id }).await?? {
             Answer::Machines(machines) => {
-                Ok(Json(json!({ "machines": machines.iter().map(views::machine).collect::<Vec<_>>() })))
+                let listed: Vec<Value> = machines
+                    .iter()
+                    .map(views::machine)
+                    .filter(|m| state.as_ref().is_none_or(|s| m["state"] == **s))
+                    .collect();
+                Ok(Json(json!({ "machines": listed })))
             }
             other => Err(ApiError::internal(format!("list_machines answered {other:?}"))),
         };
+    }
+    if action == "allow_reenrol" {
+        // Lets a deleted (or rejected) machine's public key enrol again.
+        let node_public_key = fields.str("node_public_key")?;
+        let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
+        fields.finish()?;
+        if node_public_key.len() != 64 || !node_public_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_field(
+                "node_public_key",
+                "must be 64 hexadecimal characters (a 32-byte public key)",
+            ));
+        }
+        let op = Op::AllowReenrol { org_id, node_public_key: node_public_key.to_ascii_lowercase() };
+        node.write(Command { request_id, actor, op }).await??;
+        return Ok(Json(json!({ "node_public_key": node_public_key.to_ascii_lowercase(), "allowed": true })));
     }
     let machine_id = fields.str("machine_id")?;
     let action = match action.as_str() {
@@ -67,6 +97,8 @@ pub async fn admin(
         "delete" => MachineAction::Delete,
         "revoke_node_key" => MachineAction::RevokeNodeKey,
         "set_tags" => MachineAction::SetTags(tags(&mut fields)?),
+        "approve" => MachineAction::Approve,
+        "reject" => MachineAction::Reject,
         other => {
             return Err(ApiError::bad_field("action", format!("unknown action {other:?}; must be one of {ACTIONS}")))
         }

@@ -43,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/key-management", post(keys::handle))
         .route("/api/enrol", post(enrol::handle))
+        .route("/api/enrol/key", get(enrol::key))
         .route("/api/org-admin", post(org::handle))
         .route("/api/machine-admin", post(machines::admin))
         .route("/api/machine/heartbeat", post(machines::heartbeat))

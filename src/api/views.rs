@@ -35,6 +35,7 @@ pub fn auth_key(record: &AuthKeyRecord, now: Millis) -> Value {
         "last_used_at": opt_time(record.last_used_at),
         "revoked_at": opt_time(record.revoked_at),
         "state": record.state(now),
+        "preauthorized": record.preauthorized,
     })
 }
 
@@ -44,6 +45,7 @@ pub fn enrolment(e: &Enrolment) -> Value {
         "node_key_fingerprint": e.node_key_fingerprint,
         "at": rfc3339(e.at),
         "log_index": e.log_index,
+        "kind": if e.rekey { "rekey" } else { "enrolment" },
         "deregistered_at": opt_time(e.deregistered.map(|d| d.at)),
         "deregistered_reason": e.deregistered.map(|d| d.reason),
     })
@@ -78,6 +80,7 @@ pub fn machine(m: &Machine) -> Value {
         (true, _) => "node_key_revoked",
         (false, MachineState::Active) => "active",
         (false, MachineState::Quarantined) => "quarantined",
+        (false, MachineState::Pending) => "pending",
     };
     json!({
         "machine_id": m.machine_id,
@@ -90,6 +93,10 @@ pub fn machine(m: &Machine) -> Value {
         "created_at": rfc3339(m.created_at),
         "auth_key_id": m.auth_key_id,
         "auth_key_prefix": format!("tskey-auth-{}…", &key[..key.len().min(5)]),
+        "node_public_key": m.node_public_key,
         "node_key_fingerprint": crate::secret::fingerprint(&m.node_public_key),
+        "granted_tags": m.granted_tags,
+        "approved_by": m.approved_by,
+        "approved_at": opt_time(m.approved_at),
     })
 }

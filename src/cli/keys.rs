@@ -8,11 +8,11 @@ use super::*;
 pub(super) async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(), CliError> {
     let (client, org) = admin(conn)?;
     match command {
-        AuthKeyCommand::Create { reusable, ephemeral, expiry, tags, description, max_uses } => {
+        AuthKeyCommand::Create { reusable, ephemeral, expiry, tags, description, max_uses, approval_required } => {
             let mut body = json!({
                 "action": "create_auth_key", "org_id": org, "reusable": reusable, "ephemeral": ephemeral,
                 "expires_in": parse_expiry(&expiry)?, "tags": tags, "description": description,
-                "request_id": request_id(),
+                "preauthorized": !approval_required, "request_id": request_id(),
             });
             if let Some(max) = max_uses {
                 body["max_uses"] = json!(max);
@@ -31,6 +31,9 @@ pub(super) async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(),
             println!("  Ephemeral:    {}", yes_no(&key["ephemeral"]));
             println!("  Expires:      {expires}");
             println!("  Tags:         {}", super::format::tags_text(&key["tags"]));
+            if key["preauthorized"] == json!(false) {
+                println!("  Approval:     required (machines wait as pending for an admin)");
+            }
             println!("  Description:  {}", key["description"].as_str().unwrap_or_default());
             println!();
             println!("COPY THIS KEY NOW — you cannot retrieve it later.");

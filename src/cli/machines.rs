@@ -27,9 +27,13 @@ pub(super) async fn machine_status(agent: &AgentArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub(super) async fn machines_list(conn: &Conn) -> Result<(), CliError> {
+pub(super) async fn machines_list(conn: &Conn, state: Option<String>) -> Result<(), CliError> {
     let (client, org) = admin(conn)?;
-    let answer = client.post("/api/machine-admin", &json!({ "action": "list_machines", "org_id": org })).await?;
+    let mut body = json!({ "action": "list_machines", "org_id": org });
+    if let Some(state) = state {
+        body["state"] = json!(state);
+    }
+    let answer = client.post("/api/machine-admin", &body).await?;
     if conn.output == Output::Json {
         print_json(&answer);
         return Ok(());
@@ -66,16 +70,34 @@ pub(super) async fn machines_list(conn: &Conn) -> Result<(), CliError> {
 pub(super) async fn machine_admin(
     conn: &Conn,
     action: MachineAdminAction,
-    machine: String,
+    machine: Option<String>,
+    node_public_key: Option<String>,
     tags: Vec<String>,
 ) -> Result<(), CliError> {
     let (client, org) = admin(conn)?;
+    if let MachineAdminAction::AllowReenrol = action {
+        let key =
+            node_public_key.ok_or_else(|| CliError::Usage("--action allow-reenrol needs --node-public-key".into()))?;
+        let body =
+            json!({ "action": "allow_reenrol", "org_id": org, "node_public_key": key, "request_id": request_id() });
+        let answer = client.post("/api/machine-admin", &body).await?;
+        if conn.output == Output::Json {
+            print_json(&answer);
+        } else {
+            println!("✓ the machine with public key {key} may enrol again");
+        }
+        return Ok(());
+    }
+    let machine = machine.ok_or_else(|| CliError::Usage("--machine is needed with this action".into()))?;
     let (name, done) = match action {
         MachineAdminAction::Quarantine => ("quarantine", "quarantined"),
         MachineAdminAction::Unquarantine => ("unquarantine", "unquarantined"),
         MachineAdminAction::Delete => ("delete", "deleted"),
         MachineAdminAction::SetTags => ("set_tags", "retagged"),
         MachineAdminAction::RevokeNodeKey => ("revoke_node_key", "node key revoked"),
+        MachineAdminAction::Approve => ("approve", "approved"),
+        MachineAdminAction::Reject => ("reject", "rejected and deleted"),
+        MachineAdminAction::AllowReenrol => ("allow_reenrol", "allowed to enrol again"),
     };
     let mut body = json!({ "action": name, "org_id": org, "machine_id": machine, "request_id": request_id() });
     if matches!(action, MachineAdminAction::SetTags) {

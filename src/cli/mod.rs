@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::client::{Client, ClientError};
 use crate::config::{ClusterFile, NodeConfig};
@@ -65,15 +65,13 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Enrol one machine with an auth key (for scripts and tests).
+    /// Enrol one new machine with an auth key (for scripts and tests): a fresh key pair, its
+    /// proof of possession, and the node key printed. `ztna up` is the way to run a machine.
     Enrol {
         #[arg(long, env = "ZTNA_AUTH_KEY", hide_env_values = true)]
         auth_key: String,
         #[arg(long)]
         hostname: String,
-        /// The machine's public key, 64 hex digits; a random one when omitted.
-        #[arg(long)]
-        node_public_key: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -95,6 +93,10 @@ enum Command {
         /// this way, then starts the agent with no auth key anywhere.
         #[arg(long)]
         enrol_only: bool,
+        /// Enrol again with --auth-key even though an admin revoked this machine's node key
+        /// (or deleted it); without it `ztna up` stops and says why.
+        #[arg(long)]
+        force_reauth: bool,
     },
     /// This machine as the cluster sees it.
     Status {
@@ -121,13 +123,19 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Quarantine, unquarantine, delete, retag a machine or revoke its node key (API key).
+    /// Quarantine, unquarantine, delete, retag, approve or reject a machine, revoke its node
+    /// key, or let a deleted machine enrol again (API key).
     #[command(name = "machine-admin")]
     MachineAdmin {
         #[arg(long, value_enum)]
         action: MachineAdminAction,
+        /// The machine (every action but allow-reenrol).
+        #[arg(long, required_unless_present = "node_public_key")]
+        machine: Option<String>,
+        /// With --action allow-reenrol: the deleted machine's public key (`ztna machines list`
+        /// showed it; the machine's `ztna status --output json` shows it too).
         #[arg(long)]
-        machine: String,
+        node_public_key: Option<String>,
         /// With --action set-tags: comma-separated tags.
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
@@ -214,8 +222,12 @@ impl AgentArgs {
 
 #[derive(Subcommand)]
 enum MachinesCommand {
-    /// Every machine of the org.
-    List,
+    /// The org's machines.
+    List {
+        /// Only machines in this state: active, pending, quarantined, node_key_revoked.
+        #[arg(long)]
+        state: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -225,6 +237,12 @@ enum MachineAdminAction {
     Delete,
     SetTags,
     RevokeNodeKey,
+    /// Device approval: a pending machine becomes active.
+    Approve,
+    /// Device approval refused: the machine is deleted and stays out.
+    Reject,
+    /// A deleted or rejected machine (by --node-public-key) may enrol again.
+    AllowReenrol,
 }
 
 #[derive(Args)]
@@ -280,6 +298,10 @@ enum AuthKeyCommand {
         /// At most this many enrolments (reusable keys only).
         #[arg(long)]
         max_uses: Option<u64>,
+        /// Machines it enrols wait as `pending` until an admin approves them (device approval);
+        /// by default they are pre-approved.
+        #[arg(long)]
+        approval_required: bool,
     },
     /// List the org's auth keys.
     List,
@@ -517,9 +539,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => server(args).await,
         Command::AuthKey { command, conn } => keys::auth_key(command, &conn).await,
-        Command::Enrol { auth_key, hostname, node_public_key, conn } => {
-            enrol(&conn, &auth_key, &hostname, node_public_key).await
-        }
+        Command::Enrol { auth_key, hostname, conn } => enrol(&conn, &auth_key, &hostname).await,
         Command::Cluster {
             command: ClusterCommand::Up { cluster, data_dir, ephemeral_inactivity_timeout, restart_delay, no_restart },
             ..
@@ -556,7 +576,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             admin::restore(&from, &data_dir, &cluster, id).await
         }
         Command::Cluster { command, conn } => admin::cluster(command, &conn).await,
-        Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval, enrol_only } => {
+        Command::Up { auth_key, userspace: _, hostname, agent, heartbeat_interval, enrol_only, force_reauth } => {
             let heartbeat_interval =
                 std::time::Duration::from_millis(crate::config::parse_duration_ms(&heartbeat_interval)?);
             let options = crate::agent::UpOptions {
@@ -566,6 +586,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 state_dir: agent.dir(),
                 heartbeat_interval,
                 enrol_only,
+                force_reauth,
             };
             Ok(crate::agent::up(options, wait_for_stop_signal()).await?)
         }
@@ -584,9 +605,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("✓ Logged out: {machine_id} was deleted and its node key forgotten");
             Ok(())
         }
-        Command::Machines { command: MachinesCommand::List, conn } => machines::machines_list(&conn).await,
-        Command::MachineAdmin { action, machine, tags, conn } => {
-            machines::machine_admin(&conn, action, machine, tags).await
+        Command::Machines { command: MachinesCommand::List { state }, conn } => {
+            machines::machines_list(&conn, state).await
+        }
+        Command::MachineAdmin { action, machine, node_public_key, tags, conn } => {
+            machines::machine_admin(&conn, action, machine, node_public_key, tags).await
         }
         Command::OrgAdmin { command, operator, conn } => admin::org_admin(command, &conn, operator.resolve()?).await,
     }
@@ -755,17 +778,10 @@ fn yes_no(value: &Value) -> &'static str {
     }
 }
 
-async fn enrol(conn: &Conn, auth_key: &str, hostname: &str, node_public_key: Option<String>) -> Result<(), CliError> {
+async fn enrol(conn: &Conn, auth_key: &str, hostname: &str) -> Result<(), CliError> {
     let client = client(conn, None)?;
-    let node_public_key = node_public_key.unwrap_or_else(|| {
-        let mut bytes = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-        hex::encode(bytes)
-    });
-    let body = json!({
-        "auth_key": auth_key, "hostname": hostname, "node_public_key": node_public_key, "request_id": request_id(),
-    });
-    let machine = client.post("/api/enrol", &body).await?;
+    let mut identity = crate::agent::new_identity(hostname.to_string());
+    let machine = crate::agent::enrol_with_proof(&client, &mut identity, auth_key).await?;
     if conn.output == Output::Json {
         print_json(&machine);
         return Ok(());

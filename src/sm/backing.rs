@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
@@ -29,6 +28,38 @@ pub trait RowSource: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
     /// Visits the rows whose keys are `>= from`, in key order, until `visit` returns false.
     fn scan(&self, from: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), String>;
+}
+
+/// How a stored value is read back: in this build's form, or — for records that gained fields —
+/// in the form an older build wrote, converted (the row is rewritten in the new form when it
+/// next changes).
+pub trait Stored: Sized {
+    fn decode_stored(bytes: &[u8]) -> Result<Self, codec::CodecError>;
+}
+
+/// Values stored in one form only.
+macro_rules! stored_as_is {
+    ($($t:ty),* $(,)?) => {
+        $(impl Stored for $t {
+            fn decode_stored(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+                codec::decode(bytes)
+            }
+        })*
+    };
+}
+
+stored_as_is!(String, (), u32);
+
+/// A record that gained fields: this build's form first, else the older one.
+#[macro_export]
+macro_rules! stored_with_older {
+    ($new:ty, $old:ty) => {
+        impl $crate::sm::backing::Stored for $new {
+            fn decode_stored(bytes: &[u8]) -> Result<Self, $crate::codec::CodecError> {
+                $crate::codec::decode::<$new>(bytes).or_else(|_| $crate::codec::decode::<$old>(bytes).map(<$new>::from))
+            }
+        }
+    };
 }
 
 /// Writes waiting to be persisted: `None` deletes the row.
@@ -81,9 +112,9 @@ impl Rows {
     }
 
     /// The decoded value of `key`.
-    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+    pub fn get<T: Stored>(&self, key: &[u8]) -> Option<T> {
         let bytes = self.get_raw(key)?;
-        codec::decode(&bytes).map_err(|e| self.record_fault(format!("decoding row {}: {e}", show_key(key)))).ok()
+        T::decode_stored(&bytes).map_err(|e| self.record_fault(format!("decoding row {}: {e}", show_key(key)))).ok()
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -152,17 +183,12 @@ impl Rows {
 
     /// Visits the decoded rows whose keys start with `prefix`, from `from` (which must start
     /// with `prefix`), until `visit` returns false.
-    pub fn scan_prefix<T: DeserializeOwned>(
-        &self,
-        prefix: &[u8],
-        from: &[u8],
-        mut visit: impl FnMut(&[u8], T) -> bool,
-    ) {
+    pub fn scan_prefix<T: Stored>(&self, prefix: &[u8], from: &[u8], mut visit: impl FnMut(&[u8], T) -> bool) {
         self.scan(from, |key, value| {
             if !key.starts_with(prefix) {
                 return false;
             }
-            match codec::decode(value) {
+            match T::decode_stored(value) {
                 Ok(decoded) => visit(key, decoded),
                 Err(e) => {
                     self.record_fault(format!("decoding row {}: {e}", show_key(key)));

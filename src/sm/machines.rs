@@ -37,29 +37,99 @@ impl KeyStore {
         machine_id: &str,
         action: &MachineAction,
     ) -> Outcome {
-        self.authorize_org_for(actor, org_id, Permission::Machines)?;
+        let grants = self.authorize_org_for(actor, org_id, Permission::Machines)?.clone();
+        if let MachineAction::SetTags(tags) = action {
+            // A tag-scoped API key sets only tags it may put on keys.
+            super::check_tags_granted(&grants, tags)?;
+        }
+        let admin = match actor {
+            Actor::ApiKey { api_key_id, .. } => api_key_id.clone(),
+            _ => "?".to_string(),
+        };
+        let rules = self.meta.rules;
         let not_found = || OpError::NotFound(format!("no machine {machine_id:?} in this org"));
         let machine = self.machines.get_mut(machine_id).filter(|m| m.org_id == org_id).ok_or_else(not_found)?;
+        let row = super::decision_key(org_id, &machine.node_public_key);
+        let mut decision = self.decisions.get(&row).cloned().unwrap_or_default();
         match action {
-            MachineAction::Quarantine => machine.state = MachineState::Quarantined,
-            MachineAction::Unquarantine => machine.state = MachineState::Active,
-            MachineAction::SetTags(tags) => machine.tags = tags.clone(),
-            MachineAction::RevokeNodeKey => machine.node_key_revoked = true,
-            MachineAction::Delete => {
+            MachineAction::Quarantine => {
+                machine.state = MachineState::Quarantined;
+                decision.quarantined = true;
+            }
+            MachineAction::Unquarantine => {
+                // Back to active, or to pending if it was never approved.
+                let approved = rules < 2 || machine.approved_at.is_some();
+                machine.state = if approved { MachineState::Active } else { MachineState::Pending };
+                decision.quarantined = false;
+            }
+            MachineAction::SetTags(tags) => {
+                // An admin may widen: what it sets is what the machine is granted.
+                machine.tags = tags.clone();
+                machine.granted_tags = tags.clone();
+            }
+            MachineAction::RevokeNodeKey => {
+                machine.node_key_revoked = true;
+                decision.node_key_revoked_for = Some(machine.auth_key_id.clone());
+            }
+            MachineAction::Approve => {
+                if machine.state == MachineState::Pending {
+                    machine.state = MachineState::Active;
+                }
+                if machine.approved_at.is_none() {
+                    machine.approved_by = Some(admin);
+                    machine.approved_at = Some(now);
+                }
+            }
+            MachineAction::Delete | MachineAction::Reject => {
+                if rules >= 2 {
+                    decision.deleted = Some(Actioned { by: admin, at: now });
+                    self.put_decision(row, decision);
+                }
                 self.remove_machine(machine_id, now, DeregisterReason::Deleted);
                 return Ok(OpOk::MachineRemoved { machine_id: machine_id.to_string() });
             }
         }
         let machine = machine.clone();
         self.dirty.insert(Row::Machine(machine_id.to_string()));
+        if rules >= 2 {
+            self.put_decision(row, decision);
+        }
         Ok(OpOk::Machine(machine))
     }
 
     pub(crate) fn machine_self(&mut self, now: Millis, actor: &Actor, action: &SelfAction) -> Outcome {
         let machine_id = self.authenticate_machine(actor)?.machine_id.clone();
+        let rules = self.meta.rules;
         match action {
             SelfAction::SetTags(tags) => {
                 let machine = self.machines.get_mut(&machine_id).ok_or(OpError::UnknownNodeKey)?;
+                if rules >= 2 {
+                    // A machine may narrow its tags within what it was granted, nothing more, and
+                    // not while an admin holds it.
+                    match machine.state {
+                        MachineState::Quarantined => {
+                            return Err(OpError::MachineQuarantined(
+                                "this machine is quarantined: its tags can only be changed by an admin".into(),
+                            ))
+                        }
+                        MachineState::Pending => return Err(OpError::PendingApproval),
+                        MachineState::Active => {}
+                    }
+                    let extra: Vec<&str> =
+                        tags.iter().filter(|t| !machine.granted_tags.contains(t)).map(String::as_str).collect();
+                    if !extra.is_empty() {
+                        return Err(OpError::TagNotGranted(format!(
+                            "{} {} not granted to this machine (granted: {}); an admin can set wider tags",
+                            extra.join(", "),
+                            if extra.len() == 1 { "was" } else { "were" },
+                            if machine.granted_tags.is_empty() {
+                                "none".to_string()
+                            } else {
+                                machine.granted_tags.join(", ")
+                            }
+                        )));
+                    }
+                }
                 machine.tags = tags.clone();
                 let machine = machine.clone();
                 self.dirty.insert(Row::Machine(machine_id));

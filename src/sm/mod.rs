@@ -125,6 +125,8 @@ pub struct KeyStore {
     pub(crate) machine_by_node_key: BTreeMap<String, String>,
     /// Each org's limits and today's use of them (rows; in memory like orgs).
     pub(crate) org_quotas: BTreeMap<String, OrgQuota>,
+    /// Admin decisions about machines, by org and node public key ([`decision_key`]).
+    pub(crate) decisions: BTreeMap<String, Decision>,
     /// Machines per org (derived), for the machine limit.
     pub(crate) machines_per_org: BTreeMap<String, u64>,
     /// In-memory records changed since the last [`KeyStore::take_writes`].
@@ -188,6 +190,9 @@ impl KeyStore {
                 seen.outcome.clone()
             } else if matches!(cmd.op, Op::Enrol { .. }) {
                 self.apply_op(at, now, &cmd.actor, &cmd.op)
+            } else if matches!(cmd.op, Op::EnrolProven { .. }) {
+                // The proof binds the request id: the same id again is the same proof again.
+                Err(OpError::ProofReplayed)
             } else {
                 Err(OpError::RequestIdReused(cmd.request_id.clone()))
             };
@@ -235,7 +240,8 @@ impl KeyStore {
         match (&cmd.actor, &cmd.op) {
             (Actor::ApiKey { .. }, _) => self.authenticate(&cmd.actor).map(|_| ()),
             (Actor::NodeKey { .. }, _) => self.authenticate_machine(&cmd.actor).map(|_| ()),
-            (Actor::Anonymous, Op::Enrol { auth_key_id, auth_key_hash, .. }) => {
+            (Actor::Anonymous, Op::Enrol { auth_key_id, auth_key_hash, .. })
+            | (Actor::Anonymous, Op::EnrolProven { auth_key_id, auth_key_hash, .. }) => {
                 let key = self.auth_key_record(auth_key_id).ok_or(OpError::InvalidAuthKey)?;
                 if hashes_equal(&key.secret_hash, auth_key_hash) {
                     Ok(())
@@ -393,6 +399,62 @@ impl KeyStore {
                 self.dirty.insert(Row::OrgQuota(org_id.clone()));
                 Ok(OpOk::OrgLimits { org_id: org_id.clone(), limits: limits.unwrap_or_default() })
             }
+            Op::EnrolProven {
+                auth_key_id,
+                auth_key_hash,
+                hostname,
+                node_public_key,
+                machine_id,
+                node_key,
+                proved_at,
+            } => {
+                if now.abs_diff(*proved_at) > crate::proof::MAX_AGE_MS {
+                    return Err(OpError::ProofInvalid(format!(
+                        "the proof was issued {} s from cluster time (at most {} s): check this machine's clock",
+                        now.abs_diff(*proved_at) / 1000,
+                        crate::proof::MAX_AGE_MS / 1000
+                    )));
+                }
+                let enrol = EnrolRequest {
+                    auth_key_id,
+                    auth_key_hash,
+                    hostname,
+                    node_public_key,
+                    machine_id,
+                    node_key,
+                    proved_at: Some(*proved_at),
+                };
+                match self.enrol(at.index, now, enrol)? {
+                    OpOk::Enrolled(enrolled) => {
+                        let state = self.machines.get(&enrolled.machine_id).map_or(MachineState::Active, |m| m.state);
+                        Ok(OpOk::EnrolledAs { enrolled, state })
+                    }
+                    other => Ok(other),
+                }
+            }
+            Op::CreateAuthKeyWith { org_id, key, spec, preauthorized } => {
+                let grants = self.authorize_org_for(actor, org_id, Permission::AuthKeys)?.clone();
+                check_tags_granted(&grants, spec.tags())?;
+                self.count_key_against_quota(now, org_id)?;
+                let created = self.create_auth_key(now, org_id, key, spec)?;
+                match created {
+                    OpOk::AuthKey(mut record) if !preauthorized => {
+                        record.preauthorized = false;
+                        self.rows.put(rows::auth_key_row(&record.key_id), &record);
+                        Ok(OpOk::AuthKey(record))
+                    }
+                    other => Ok(other),
+                }
+            }
+            Op::AllowReenrol { org_id, node_public_key } => {
+                self.authorize_org_for(actor, org_id, Permission::Machines)?;
+                let row = decision_key(org_id, node_public_key);
+                let mut decision = self.decisions.get(&row).cloned().unwrap_or_default();
+                decision.deleted = None;
+                decision.node_key_revoked_for = None;
+                self.put_decision(row, decision);
+                Ok(OpOk::Count(0))
+            }
             Op::AdoptRules { version } => {
                 // Proposed by the leader once every member runs a build that knows `version`.
                 if *version > self.meta.rules && *version <= RULES {
@@ -406,8 +468,21 @@ impl KeyStore {
             Op::RegisterNode { node_id, incarnation } => self.register_node(now, *node_id, incarnation),
             Op::RetireNode { node_id } => self.retire_node(now, actor, *node_id),
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
-                let enrol =
-                    EnrolRequest { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
+                if self.meta.rules >= 2 {
+                    // Rules 2: the public key is not a credential; every enrolment proves.
+                    return Err(OpError::ProofInvalid(
+                        "enrolment needs a proof of possession of node_public_key's private key".into(),
+                    ));
+                }
+                let enrol = EnrolRequest {
+                    auth_key_id,
+                    auth_key_hash,
+                    hostname,
+                    node_public_key,
+                    machine_id,
+                    node_key,
+                    proved_at: None,
+                };
                 self.enrol(at.index, now, enrol)
             }
         }
@@ -567,6 +642,7 @@ impl KeyStore {
             last_used_at: None,
             revoked_at: None,
             seq,
+            preauthorized: true,
         };
         self.rows.put(rows::org_key_row(org_id, seq), &key.id);
         self.rows.put(rows::auth_key_row(&key.id), &record);
@@ -628,9 +704,22 @@ impl KeyStore {
         }) {
             return Ok(OpOk::Enrolled(enrolled_answer(machine, true)));
         }
+        // A proven enrolment (rules 2) is held to the machine's remembered admin decisions,
+        // device approval and a proof later than the one it last used.
+        let proven = req.proved_at.is_some();
 
         if key.revoked_at.is_some() {
             return Err(OpError::KeyRevoked);
+        }
+        let decision_row = decision_key(&key.org_id, req.node_public_key);
+        let decision = self.decisions.get(&decision_row).cloned().unwrap_or_default();
+        if proven {
+            if decision.deleted.is_some() {
+                return Err(OpError::MachineDeleted);
+            }
+            if decision.node_key_revoked_for.as_deref() == Some(req.auth_key_id) {
+                return Err(OpError::NodeKeyRevoked);
+            }
         }
         let node = (req.auth_key_id.to_string(), req.node_public_key.to_string());
         let newest = self.machine_by_key_and_node.get(&node).and_then(|m| m.values().next_back()).cloned();
@@ -640,15 +729,37 @@ impl KeyStore {
         }
         if let Some(machine_id) = newest {
             if let Some(machine) = self.machines.get_mut(&machine_id).filter(|m| !m.node_key_revoked) {
-                // The same machine asking again (its first answer was lost): same machine, a
-                // fresh node key that works, and no further use spent. A machine whose node key
-                // was revoked does not get here: it must enrol anew.
+                // The same machine asking again (its first answer was lost, or it re-keys): same
+                // machine, a fresh node key that works, and no further use spent. A machine whose
+                // node key was revoked does not get here.
+                if let (Some(proved_at), Some(last)) = (req.proved_at, machine.proved_at) {
+                    if proved_at <= last {
+                        // A delayed copy of an older attempt: it rotates nothing.
+                        return Err(OpError::ProofReplayed);
+                    }
+                }
                 self.machine_by_node_key.remove(&machine.node_key_id);
                 machine.node_key_id = req.node_key.id.clone();
                 machine.node_key_hash = req.node_key.hash;
+                if proven {
+                    machine.proved_at = req.proved_at;
+                }
                 self.machine_by_node_key.insert(machine.node_key_id.clone(), machine_id.clone());
                 let enrolled = enrolled_answer(machine, true);
-                self.dirty.insert(Row::Machine(machine_id));
+                self.dirty.insert(Row::Machine(machine_id.clone()));
+                if proven {
+                    // The re-key is in the key's history like an enrolment (it spent no use).
+                    let seq = self.next_seq();
+                    let rekey = Enrolment {
+                        machine_id,
+                        node_key_fingerprint: crate::secret::fingerprint(req.node_public_key),
+                        at: now,
+                        log_index,
+                        deregistered: None,
+                        rekey: true,
+                    };
+                    self.rows.put(rows::enrolment_row(req.auth_key_id, seq), &rekey);
+                }
                 return Ok(OpOk::Enrolled(enrolled));
             }
         }
@@ -665,6 +776,21 @@ impl KeyStore {
             self.check_machine_quota(&key.org_id)?;
         }
         let (org_id, tags, ephemeral) = (key.org_id.clone(), key.tags.clone(), key.ephemeral);
+        let (state, approved_by, approved_at) = if !proven {
+            (MachineState::Active, None, None)
+        } else if !key.preauthorized {
+            (MachineState::Pending, None, None)
+        } else {
+            let state = if decision.quarantined { MachineState::Quarantined } else { MachineState::Active };
+            (state, Some(format!("{} (pre-authorized)", key.key_id)), Some(now))
+        };
+        let state = if proven && decision.quarantined { MachineState::Quarantined } else { state };
+        if decision.node_key_revoked_for.is_some() {
+            // Enrolled again with another auth key: the operator gave it a fresh one.
+            let mut cleared = decision.clone();
+            cleared.node_key_revoked_for = None;
+            self.put_decision(decision_row, cleared);
+        }
         let seq = self.next_seq();
         let machine = Machine {
             machine_id: req.machine_id.to_string(),
@@ -674,13 +800,17 @@ impl KeyStore {
             node_key_id: req.node_key.id.clone(),
             node_key_hash: req.node_key.hash,
             auth_key_id: req.auth_key_id.to_string(),
+            granted_tags: tags.clone(),
             tags,
             ephemeral,
             created_at: now,
-            state: MachineState::Active,
+            state,
             node_key_revoked: false,
             last_seen: None,
             enrolment_seq: seq,
+            proved_at: req.proved_at,
+            approved_by,
+            approved_at,
         };
         key.uses += 1;
         key.last_used_at = Some(now);
@@ -690,6 +820,7 @@ impl KeyStore {
             at: now,
             log_index,
             deregistered: None,
+            rekey: false,
         };
         let answer = enrolled_answer(&machine, false);
         self.rows.put(rows::auth_key_row(req.auth_key_id), &key);
@@ -701,6 +832,21 @@ impl KeyStore {
         self.machines.insert(machine.machine_id.clone(), machine);
         Ok(OpOk::Enrolled(answer))
     }
+
+    /// Replaces the decision stored under `row` (an empty one is deleted).
+    pub(crate) fn put_decision(&mut self, row: String, decision: Decision) {
+        if decision == Decision::default() {
+            self.decisions.remove(&row);
+        } else {
+            self.decisions.insert(row.clone(), decision);
+        }
+        self.dirty.insert(Row::Decision(row));
+    }
+}
+
+/// The key of a decision about the machine with `node_public_key` in `org_id`.
+pub(crate) fn decision_key(org_id: &str, node_public_key: &str) -> String {
+    format!("{org_id}\u{0}{node_public_key}")
 }
 
 struct EnrolRequest<'a> {
@@ -710,6 +856,8 @@ struct EnrolRequest<'a> {
     node_public_key: &'a str,
     machine_id: &'a str,
     node_key: &'a NewCredential,
+    /// When its proof of possession was issued (`EnrolProven`); `None` for the legacy op.
+    proved_at: Option<Millis>,
 }
 
 fn enrolled_answer(machine: &Machine, repeated: bool) -> Enrolled {
@@ -724,7 +872,7 @@ fn enrolled_answer(machine: &Machine, repeated: bool) -> Enrolled {
 }
 
 /// With tag-limited grants, every tag of a new key must be granted, and there must be some.
-fn check_tags_granted(grants: &Grants, tags: &[String]) -> Result<(), OpError> {
+pub(crate) fn check_tags_granted(grants: &Grants, tags: &[String]) -> Result<(), OpError> {
     let Some(granted) = &grants.tags else { return Ok(()) };
     if tags.is_empty() {
         return Err(OpError::ScopeDenied(format!(
@@ -751,7 +899,7 @@ fn request_scope(cmd: &Command) -> &str {
     match (&cmd.actor, &cmd.op) {
         (Actor::ApiKey { api_key_id, .. }, _) => api_key_id,
         (Actor::NodeKey { node_key_id, .. }, _) => node_key_id,
-        (Actor::Anonymous, Op::Enrol { auth_key_id, .. }) => auth_key_id,
+        (Actor::Anonymous, Op::Enrol { auth_key_id, .. } | Op::EnrolProven { auth_key_id, .. }) => auth_key_id,
         (Actor::Anonymous, _) => SCOPE_CLUSTER,
     }
 }

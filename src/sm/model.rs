@@ -196,6 +196,50 @@ pub struct AuthKeyRecord {
     pub revoked_at: Option<Millis>,
     /// Creation order; listings page by it.
     pub seq: u64,
+    /// Machines it enrols are active at once (`true`, the default) or wait for an admin's
+    /// approval (`pending`).
+    pub preauthorized: bool,
+}
+
+/// [`AuthKeyRecord`] as builds before device approval stored it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthKeyRecordV1 {
+    key_id: String,
+    org_id: String,
+    secret_hash: SecretHash,
+    reusable: bool,
+    ephemeral: bool,
+    max_uses: Option<u32>,
+    uses: u64,
+    tags: Vec<String>,
+    description: String,
+    created_at: Millis,
+    expires_at: Millis,
+    last_used_at: Option<Millis>,
+    revoked_at: Option<Millis>,
+    seq: u64,
+}
+
+impl From<AuthKeyRecordV1> for AuthKeyRecord {
+    fn from(o: AuthKeyRecordV1) -> Self {
+        AuthKeyRecord {
+            key_id: o.key_id,
+            org_id: o.org_id,
+            secret_hash: o.secret_hash,
+            reusable: o.reusable,
+            ephemeral: o.ephemeral,
+            max_uses: o.max_uses,
+            uses: o.uses,
+            tags: o.tags,
+            description: o.description,
+            created_at: o.created_at,
+            expires_at: o.expires_at,
+            last_used_at: o.last_used_at,
+            revoked_at: o.revoked_at,
+            seq: o.seq,
+            preauthorized: true,
+        }
+    }
 }
 
 /// The lifecycle state of an auth key at a given time.
@@ -267,6 +311,32 @@ pub struct Enrolment {
     pub log_index: u64,
     /// When and why the machine was removed, if it was.
     pub deregistered: Option<Deregistration>,
+    /// This row records a re-key (the same machine enrolling again with a new node key), not
+    /// a new machine: it spent no use.
+    pub rekey: bool,
+}
+
+/// [`Enrolment`] as builds before re-keys were recorded stored it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnrolmentV1 {
+    machine_id: String,
+    node_key_fingerprint: String,
+    at: Millis,
+    log_index: u64,
+    deregistered: Option<Deregistration>,
+}
+
+impl From<EnrolmentV1> for Enrolment {
+    fn from(o: EnrolmentV1) -> Self {
+        Enrolment {
+            machine_id: o.machine_id,
+            node_key_fingerprint: o.node_key_fingerprint,
+            at: o.at,
+            log_index: o.log_index,
+            deregistered: o.deregistered,
+            rekey: false,
+        }
+    }
 }
 
 /// Why a machine left.
@@ -294,6 +364,9 @@ pub enum MachineState {
     Active,
     /// Kept, with its record, but cut off until unquarantined.
     Quarantined,
+    /// Enrolled with a key that is not pre-authorized: waits for an admin's approval, with no
+    /// tags' rights meanwhile.
+    Pending,
 }
 
 /// An enrolled machine.
@@ -319,6 +392,77 @@ pub struct Machine {
     pub last_seen: Option<Millis>,
     /// The enrolment history row of this machine: (auth key id, seq).
     pub enrolment_seq: u64,
+    /// The tags its auth key granted (or an admin set): it may only narrow its tags within these.
+    pub granted_tags: Vec<String>,
+    /// When the proof of possession that enrolled or last re-keyed it was issued: a re-key must
+    /// prove later (a delayed copy of an older attempt rotates nothing).
+    pub proved_at: Option<Millis>,
+    /// Who approved it and when (device approval), if it needed approval.
+    pub approved_by: Option<String>,
+    pub approved_at: Option<Millis>,
+}
+
+/// [`Machine`] as builds before grants, proofs and approval stored it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MachineV1 {
+    machine_id: String,
+    org_id: String,
+    hostname: String,
+    node_public_key: String,
+    node_key_id: String,
+    node_key_hash: SecretHash,
+    auth_key_id: String,
+    tags: Vec<String>,
+    ephemeral: bool,
+    created_at: Millis,
+    state: MachineState,
+    node_key_revoked: bool,
+    last_seen: Option<Millis>,
+    enrolment_seq: u64,
+}
+
+impl From<MachineV1> for Machine {
+    fn from(o: MachineV1) -> Self {
+        Machine {
+            granted_tags: o.tags.clone(),
+            machine_id: o.machine_id,
+            org_id: o.org_id,
+            hostname: o.hostname,
+            node_public_key: o.node_public_key,
+            node_key_id: o.node_key_id,
+            node_key_hash: o.node_key_hash,
+            auth_key_id: o.auth_key_id,
+            tags: o.tags,
+            ephemeral: o.ephemeral,
+            created_at: o.created_at,
+            state: o.state,
+            node_key_revoked: o.node_key_revoked,
+            last_seen: o.last_seen,
+            enrolment_seq: o.enrolment_seq,
+            proved_at: None,
+            approved_by: None,
+            approved_at: None,
+        }
+    }
+}
+
+/// What an admin decided about a machine, remembered against its public key so that it sticks
+/// through log-out and re-enrolment (`sm::machines`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Deleted by an admin: it may not enrol again until an admin allows it.
+    pub deleted: Option<Actioned>,
+    /// Quarantined: it enrols again quarantined.
+    pub quarantined: bool,
+    /// Its node key was revoked: it may not enrol again with the auth key that enrolled it.
+    pub node_key_revoked_for: Option<String>,
+}
+
+/// Who did something, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actioned {
+    pub by: String,
+    pub at: Millis,
 }
 
 /// What an admin can do to a machine.
@@ -329,6 +473,11 @@ pub enum MachineAction {
     Delete,
     SetTags(Vec<String>),
     RevokeNodeKey,
+    // New variants go at the end.
+    /// Device approval: a pending machine becomes active.
+    Approve,
+    /// Device approval refused: the machine is deleted, and stays out like a deleted one.
+    Reject,
 }
 
 /// What a machine can do to itself with its node key.
@@ -593,6 +742,30 @@ pub enum Op {
         org_id: String,
         limits: Option<OrgLimits>,
     },
+    /// An enrolment with a proof of possession, checked by the node that received it
+    /// (`proof`), made at `proved_at` by the machine's clock.
+    EnrolProven {
+        auth_key_id: String,
+        auth_key_hash: SecretHash,
+        hostname: String,
+        node_public_key: String,
+        machine_id: String,
+        node_key: NewCredential,
+        proved_at: Millis,
+    },
+    /// `create_auth_key` with device approval (`preauthorized: false`: machines wait for an
+    /// admin).
+    CreateAuthKeyWith {
+        org_id: String,
+        key: NewCredential,
+        spec: AuthKeySpec,
+        preauthorized: bool,
+    },
+    /// An admin lets a deleted (or rejected) machine's public key enrol again.
+    AllowReenrol {
+        org_id: String,
+        node_public_key: String,
+    },
 }
 
 /// A command as proposed: the op, who asked, and a request id that makes retries apply once.
@@ -639,6 +812,12 @@ pub enum OpOk {
     OrgLimits {
         org_id: String,
         limits: OrgLimits,
+    },
+    /// A proven enrolment's answer: the machine and the state it is in (`pending` when it
+    /// waits for approval).
+    EnrolledAs {
+        enrolled: Enrolled,
+        state: MachineState,
     },
 }
 
@@ -689,6 +868,18 @@ pub enum OpError {
     /// An API key's grants do not allow this.
     #[error("{0}")]
     ScopeDenied(String),
+    #[error("{0}")]
+    TagNotGranted(String),
+    #[error("an admin deleted this machine; it may enrol again only once an admin allows it (ztna machine-admin --action allow-reenrol)")]
+    MachineDeleted,
+    #[error("{0}")]
+    ProofInvalid(String),
+    #[error("this proof of possession was used already: prove again with a new request_id")]
+    ProofReplayed,
+    #[error("this machine is pending an admin's approval")]
+    PendingApproval,
+    #[error("{0}")]
+    MachineQuarantined(String),
 }
 
 /// The outcome of one command.

@@ -19,6 +19,24 @@ use super::{KeyStore, Meta, RememberedRequest};
 use crate::codec::{self, CodecError};
 use crate::sm::model::*;
 
+// How each stored type reads back (see `backing::Stored`).
+crate::stored_with_older!(Meta, super::MetaV1);
+crate::stored_with_older!(ApiKeyRecord, ApiKeyRecordV1);
+crate::stored_with_older!(AuthKeyRecord, AuthKeyRecordV1);
+crate::stored_with_older!(Enrolment, EnrolmentV1);
+crate::stored_with_older!(Machine, MachineV1);
+
+macro_rules! stored_as_is {
+    ($($t:ty),* $(,)?) => {
+        $(impl super::backing::Stored for $t {
+            fn decode_stored(bytes: &[u8]) -> Result<Self, CodecError> {
+                codec::decode(bytes)
+            }
+        })*
+    };
+}
+stored_as_is!(Org, RememberedRequest, OrgQuota, Decision, super::nodes::NodeRecord);
+
 /// A changed record of an in-memory table, named by table and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Row {
@@ -28,6 +46,8 @@ pub enum Row {
     Machine(String),
     Node(String),
     OrgQuota(String),
+    /// (org, node public key), joined by a 0 byte.
+    Decision(String),
 }
 
 const TAG_META: u8 = b'M';
@@ -37,6 +57,7 @@ const TAG_API_KEY: u8 = b'a';
 const TAG_MACHINE: u8 = b'm';
 const TAG_NODE: u8 = b'n';
 const TAG_ORG_QUOTA: u8 = b'q';
+const TAG_DECISION: u8 = b'd';
 const TAG_AUTH_KEY: u8 = b'k';
 const TAG_ORG_KEY: u8 = b'K';
 const TAG_ENROLMENT: u8 = b'e';
@@ -145,6 +166,7 @@ impl Row {
             Row::Machine(id) => tagged(TAG_MACHINE, id),
             Row::Node(id) => tagged(TAG_NODE, id),
             Row::OrgQuota(id) => tagged(TAG_ORG_QUOTA, id),
+            Row::Decision(id) => tagged(TAG_DECISION, id),
         }
     }
 }
@@ -177,6 +199,7 @@ impl KeyStore {
             machine_by_node_key: Default::default(),
             org_quotas: Default::default(),
             machines_per_org: Default::default(),
+            decisions: Default::default(),
             rows: Rows::new(source),
             expiry_seek: request_expiry_prefix(),
             oldest_request_at: None,
@@ -184,7 +207,8 @@ impl KeyStore {
         };
         store.meta = store.load_meta()?;
         store.orgs = store.load_table(TAG_ORG)?;
-        store.api_keys = store.load_api_keys()?;
+        store.api_keys = store.load_table(TAG_API_KEY)?;
+        store.decisions = store.load_table(TAG_DECISION)?;
         store.org_quotas = store.load_table(TAG_ORG_QUOTA)?;
         store.machines = store.load_table(TAG_MACHINE)?;
         store.nodes = store.load_table(TAG_NODE)?;
@@ -202,52 +226,23 @@ impl KeyStore {
         Ok(store)
     }
 
-    /// The API keys, as written by this build or by one before key lifetimes and grants.
-    fn load_api_keys(&self) -> Result<std::collections::BTreeMap<String, ApiKeyRecord>, RowError> {
-        let mut table = std::collections::BTreeMap::new();
-        let mut failed = None;
-        self.rows.scan(&[TAG_API_KEY], |key, value| {
-            if !key.starts_with(&[TAG_API_KEY]) {
-                return false;
-            }
-            match codec::decode::<ApiKeyRecord>(value)
-                .or_else(|_| codec::decode::<ApiKeyRecordV1>(value).map(ApiKeyRecord::from))
-            {
-                Ok(record) => {
-                    table.insert(String::from_utf8_lossy(&key[1..]).into_owned(), record);
-                    true
-                }
-                Err(source) => {
-                    failed = Some(RowError::Codec { key: key.escape_ascii().to_string(), source });
-                    false
-                }
-            }
-        });
-        self.check_fault()?;
-        failed.map_or(Ok(table), Err)
-    }
-
-    /// The meta row, as written by this build or by one before rule versions.
+    /// The meta row (a new store: the defaults).
     fn load_meta(&self) -> Result<Meta, RowError> {
-        let key = Row::Meta.key();
-        let Some(bytes) = self.rows.get_raw(&key) else { return self.check_fault().map(|()| Meta::default()) };
-        codec::decode::<Meta>(&bytes)
-            .or_else(|_| codec::decode::<super::MetaV1>(&bytes).map(Meta::from))
-            .map_err(|source| RowError::Codec { key: key.escape_ascii().to_string(), source })
+        Ok(self.load_one(&Row::Meta.key())?.unwrap_or_default())
     }
 
     fn check_fault(&self) -> Result<(), RowError> {
         self.rows.fault().map_or(Ok(()), |fault| Err(RowError::Storage(fault)))
     }
 
-    fn load_one<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, RowError> {
+    fn load_one<T: super::backing::Stored>(&self, key: &[u8]) -> Result<Option<T>, RowError> {
         let Some(bytes) = self.rows.get_raw(key) else { return self.check_fault().map(|()| None) };
-        codec::decode(&bytes)
+        T::decode_stored(&bytes)
             .map(Some)
             .map_err(|source| RowError::Codec { key: key.escape_ascii().to_string(), source })
     }
 
-    fn load_table<T: serde::de::DeserializeOwned>(
+    fn load_table<T: super::backing::Stored>(
         &self,
         tag: u8,
     ) -> Result<std::collections::BTreeMap<String, T>, RowError> {
@@ -295,6 +290,7 @@ impl KeyStore {
                 Row::Machine(id) => self.machines.get(id).map(codec::encode).transpose()?,
                 Row::Node(id) => self.nodes.get(id).map(codec::encode).transpose()?,
                 Row::OrgQuota(id) => self.org_quotas.get(id).map(codec::encode).transpose()?,
+                Row::Decision(id) => self.decisions.get(id).map(codec::encode).transpose()?,
             };
             match value {
                 Some(bytes) => self.rows.put_encoded(key, bytes),

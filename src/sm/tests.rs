@@ -62,7 +62,12 @@ impl Fixture {
         let outcome = self.store.apply_entry(at, &[cmd]).remove(0);
         assert_eq!(self.store.fault(), None);
         self.rows.write(self.store.take_writes().unwrap());
-        outcome
+        // A proven enrolment also answers the machine's state; the tests of approval read it
+        // from the machine, the others compare enrolments.
+        match outcome {
+            Ok(OpOk::EnrolledAs { enrolled, .. }) => Ok(OpOk::Enrolled(enrolled)),
+            other => other,
+        }
     }
 
     fn create(&mut self, time: Millis, id: &str, reusable: bool, max_uses: Option<u64>) -> AuthKeyRecord {
@@ -83,13 +88,15 @@ impl Fixture {
 
     /// A new enrolment request from machine `node`: fresh machine id and node key.
     fn enrol_attempt(&mut self, time: Millis, key_id: &str, node: &str, attempt: &str) -> Outcome {
-        let op = Op::Enrol {
+        let op = Op::EnrolProven {
             auth_key_id: key_id.into(),
             auth_key_hash: hash(key_id),
             hostname: "host".into(),
             node_public_key: node.into(),
             machine_id: format!("m_{node}{attempt}"),
             node_key: cred(&format!("{node}{attempt}")),
+            // The machine's clock is right: its proof is as fresh as the cluster's time.
+            proved_at: time.max(self.store.clock()),
         };
         self.run(time, Actor::Anonymous, op)
     }
@@ -206,13 +213,14 @@ fn time_never_moves_backwards() {
 fn wrong_secret_and_unknown_key_are_refused_alike() {
     let mut f = Fixture::new();
     f.create(T0, "ak_x", false, None);
-    let op = Op::Enrol {
+    let op = Op::EnrolProven {
         auth_key_id: "ak_x".into(),
         auth_key_hash: hash("wrong"),
         hostname: "h".into(),
         node_public_key: "n".into(),
         machine_id: "m_1".into(),
         node_key: cred("n"),
+        proved_at: T0,
     };
     assert_eq!(f.run(T0, Actor::Anonymous, op), Err(OpError::InvalidAuthKey));
     assert_eq!(f.enrol(T0, "ak_missing", "n"), Err(OpError::InvalidAuthKey));
@@ -426,9 +434,10 @@ proptest! {
                     let spec = AuthKeySpec::new(reusable, false, expiry_secs, vec![], String::new(), max_uses.map(u64::from), MIN_EXPIRY_SECS).unwrap();
                     (Op::CreateAuthKey { org_id: "org_a".into(), key: cred(&format!("ak_{key}")), spec }, f.admin.clone())
                 }
-                Step::Enrol { key, node } => (Op::Enrol {
+                Step::Enrol { key, node } => (Op::EnrolProven {
                     auth_key_id: format!("ak_{key}"), auth_key_hash: hash(&format!("ak_{key}")), hostname: "h".into(),
                     node_public_key: format!("{node}"), machine_id: format!("m_{key}_{node}_{}", log.len()), node_key: cred("n"),
+                    proved_at: now,
                 }, Actor::Anonymous),
                 Step::Revoke { key } => (Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId(format!("ak_{key}")) }, f.admin.clone()),
             };
@@ -436,7 +445,7 @@ proptest! {
             let cmd = Command { request_id: format!("p{}", f.request), actor, op };
             log.push((now, cmd.clone()));
             let outcome = f.run_cmd(now, cmd.clone());
-            if let (Op::Enrol { auth_key_id, node_public_key, .. }, Ok(OpOk::Enrolled(e))) = (&cmd.op, &outcome) {
+            if let (Op::EnrolProven { auth_key_id, node_public_key, .. }, Ok(OpOk::Enrolled(e))) = (&cmd.op, &outcome) {
                 let key = f.key(auth_key_id);
                 // Never after a revoke, never at or past expiry (a repeat is not a new enrolment).
                 prop_assert!(!revoked_at.contains_key(auth_key_id));
@@ -491,17 +500,22 @@ fn admin_actions_change_machines_and_deletion_is_recorded_in_the_history() {
     assert_eq!(status(&f), Err(OpError::UnknownNodeKey));
     let history: Vec<_> = f.store.enrolments_of("ak_r");
     assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Deleted));
-    // The same device may enrol again with a valid key, as a new machine.
-    let op = Op::Enrol {
+    // The same device comes back only once an admin allows it, then as a new machine.
+    let op = Op::EnrolProven {
         auth_key_id: "ak_r".into(),
         auth_key_hash: hash("ak_r"),
         hostname: "h".into(),
         node_public_key: "n1".into(),
         machine_id: "m_again".into(),
         node_key: cred("n1b"),
+        proved_at: T0 + 20,
     };
+    assert_eq!(f.run(T0 + 20, Actor::Anonymous, op.clone()), Err(OpError::MachineDeleted));
+    assert_eq!(f.key("ak_r").uses, 1, "a refusal spends nothing");
+    let allow = Op::AllowReenrol { org_id: "org_a".into(), node_public_key: "n1".into() };
+    f.run(T0 + 21, f.admin.clone(), allow).unwrap();
     assert!(
-        matches!(f.run(T0 + 20, Actor::Anonymous, op), Ok(OpOk::Enrolled(e)) if !e.repeated && e.machine_id == "m_again")
+        matches!(f.run(T0 + 22, Actor::Anonymous, op), Ok(OpOk::Enrolled(e)) if !e.repeated && e.machine_id == "m_again")
     );
 }
 
@@ -512,8 +526,9 @@ fn a_revoked_node_key_is_refused_until_the_machine_enrols_anew() {
     f.enrol(T0 + 1, "ak_one", "n1").unwrap();
     admin_op(&mut f, "m_n1", MachineAction::RevokeNodeKey).unwrap();
     assert_eq!(f.store.query(&node_actor("n1"), &Query::MachineStatus), Err(OpError::NodeKeyRevoked));
-    // A new request with the spent one-shot key does not bring it back: it must enrol anew.
-    assert_eq!(f.enrol_attempt(T0 + 2, "ak_one", "n1", "-again"), Err(OpError::KeyUsed));
+    // A new request with the spent one-shot key does not bring it back: it must enrol anew
+    // with a key an operator gives it.
+    assert_eq!(f.enrol_attempt(T0 + 2, "ak_one", "n1", "-again"), Err(OpError::NodeKeyRevoked));
     // The identical first command applied again answers as it did, and revives nothing.
     assert!(matches!(f.enrol(T0 + 3, "ak_one", "n1"), Ok(OpOk::Enrolled(e)) if e.repeated));
     assert_eq!(f.store.query(&node_actor("n1"), &Query::MachineStatus), Err(OpError::NodeKeyRevoked));
@@ -538,8 +553,8 @@ fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_t
     let history: Vec<_> = f.store.enrolments_of("ak_eph");
     assert_eq!(history[0].deregistered.map(|d| d.reason), Some(DeregisterReason::Inactive));
 
-    let set = Op::MachineSelf { action: SelfAction::SetTags(vec!["tag:db".into()]) };
-    assert!(matches!(f.run(T0 + 6, node_actor("p1"), set), Ok(OpOk::Machine(m)) if m.tags == ["tag:db"]));
+    let set = Op::MachineSelf { action: SelfAction::SetTags(vec![]) };
+    assert!(matches!(f.run(T0 + 6, node_actor("p1"), set), Ok(OpOk::Machine(m)) if m.tags.is_empty()));
     let record = Op::RecordLastSeen { seen: vec![("m_p1".into(), T0 + 7), ("m_p1".into(), T0 + 3)] };
     f.run(T0 + 8, Actor::Anonymous, record).unwrap();
     assert_eq!(f.store.machines["m_p1"].last_seen, Some(T0 + 7), "last_seen never moves back");
@@ -555,15 +570,17 @@ fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_t
 fn machine_indexes_rebuilt_on_load_match_the_live_ones() {
     let mut f = Fixture::new();
     f.create(T0, "ak_r", true, None);
+    f.create(T0, "ak_fresh", true, None);
     f.enrol(T0 + 1, "ak_r", "n1").unwrap();
     admin_op(&mut f, "m_n1", MachineAction::RevokeNodeKey).unwrap();
-    let again = Op::Enrol {
-        auth_key_id: "ak_r".into(),
-        auth_key_hash: hash("ak_r"),
+    let again = Op::EnrolProven {
+        auth_key_id: "ak_fresh".into(),
+        auth_key_hash: hash("ak_fresh"),
         hostname: "h".into(),
         node_public_key: "n1".into(),
         machine_id: "m_n1b".into(),
         node_key: cred("n1b"),
+        proved_at: T0 + 20,
     };
     f.run(T0 + 20, Actor::Anonymous, again).unwrap();
     let copy = f.reopen();
@@ -604,13 +621,14 @@ fn enrol_command(key_id: &str, node: &str, request_id: &str) -> Command {
     Command {
         request_id: request_id.into(),
         actor: Actor::Anonymous,
-        op: Op::Enrol {
+        op: Op::EnrolProven {
             auth_key_id: key_id.into(),
             auth_key_hash: hash(key_id),
             hostname: "host".into(),
             node_public_key: node.into(),
             machine_id: format!("m_{node}"),
             node_key: cred(node),
+            proved_at: T0,
         },
     }
 }
@@ -635,10 +653,18 @@ fn a_delayed_copy_of_an_enrolment_brings_back_no_removed_machine_and_spends_noth
         assert_eq!(f.key("ak_r").uses, 1, "{removal}: one request spends one use");
         assert_eq!(f.store.enrolments_of("ak_r").len(), 1);
         // The same machine enrolling again with a new request is a new enrolment.
+        // (An admin's delete sticks until an admin allows the machine back.)
         let mut again = enrol_command("ak_r", "n1", "enrol-2");
-        if let Op::Enrol { machine_id, node_key, .. } = &mut again.op {
+        if let Op::EnrolProven { machine_id, node_key, proved_at, .. } = &mut again.op {
             *machine_id = "m_n1b".into();
             *node_key = cred("n1b");
+            *proved_at = T0 + 4;
+        }
+        if removal == "delete" {
+            assert_eq!(f.run_cmd(T0 + 4, again.clone()), Err(OpError::MachineDeleted));
+            let allow = Op::AllowReenrol { org_id: "org_a".into(), node_public_key: "n1".into() };
+            f.run(T0 + 4, f.admin.clone(), allow).unwrap();
+            again.request_id = "enrol-3".into();
         }
         assert!(f.run_cmd(T0 + 4, again).is_ok());
         assert_eq!(f.key("ak_r").uses, 2);
@@ -646,20 +672,41 @@ fn a_delayed_copy_of_an_enrolment_brings_back_no_removed_machine_and_spends_noth
 }
 
 #[test]
-fn a_client_retrying_an_enrolment_under_its_request_id_gets_its_machine_back() {
+fn a_client_retrying_an_enrolment_proves_again_and_gets_its_machine_back() {
     let mut f = Fixture::new();
     f.create(T0, "ak_one", false, None);
     let first = f.run_cmd(T0 + 1, enrol_command("ak_one", "n1", "same")).unwrap();
-    // The retry reached another node, which made new ids for it: not a copy, the same machine.
-    let mut retry = enrol_command("ak_one", "n1", "same");
-    if let Op::Enrol { machine_id, node_key, .. } = &mut retry.op {
+    // The same request id with other ids: the same proof presented again, refused.
+    let mut replay = enrol_command("ak_one", "n1", "same");
+    if let Op::EnrolProven { machine_id, node_key, .. } = &mut replay.op {
+        *machine_id = "m_other".into();
+        *node_key = cred("n1-replay");
+    }
+    assert_eq!(f.run_cmd(T0 + 2, replay), Err(OpError::ProofReplayed));
+    // A retry (its first answer was lost) proves again under a new request id: the same
+    // machine, a fresh node key, no use spent, and the re-key in the key's history.
+    let mut retry = enrol_command("ak_one", "n1", "retry");
+    if let Op::EnrolProven { machine_id, node_key, proved_at, .. } = &mut retry.op {
         *machine_id = "m_other".into();
         *node_key = cred("n1-retry");
+        *proved_at = T0 + 2;
     }
-    let (OpOk::Enrolled(a), Ok(OpOk::Enrolled(b))) = (first, f.run_cmd(T0 + 2, retry)) else { panic!() };
+    let (OpOk::Enrolled(a), Ok(OpOk::Enrolled(b))) = (first, f.run_cmd(T0 + 2, retry.clone())) else { panic!() };
     assert_eq!(a.machine_id, b.machine_id);
     assert!(b.repeated);
     assert_eq!(f.key("ak_one").uses, 1);
+    let history = f.store.enrolments_of("ak_one");
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().any(|e| e.rekey));
+    // A delayed copy of an older attempt (an earlier proof) rotates nothing back.
+    let mut older = enrol_command("ak_one", "n1", "older");
+    if let Op::EnrolProven { machine_id, node_key, proved_at, .. } = &mut older.op {
+        *machine_id = "m_older".into();
+        *node_key = cred("n1-older");
+        *proved_at = T0 + 1;
+    }
+    assert_eq!(f.run_cmd(T0 + 3, older), Err(OpError::ProofReplayed));
+    assert_eq!(f.store.machines.get(&a.machine_id).unwrap().node_key_id, "n1-retry");
 }
 
 #[test]
@@ -682,4 +729,167 @@ fn an_entry_forgets_a_bounded_number_of_old_requests() {
     quiet(&mut f, 1).unwrap();
     quiet(&mut f, 2).unwrap();
     assert_eq!(remembered(&f), 3, "only the three newest requests are left");
+}
+
+#[test]
+fn the_legacy_enrolment_without_a_proof_is_refused_once_the_rules_require_one() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    let op = Op::Enrol {
+        auth_key_id: "ak_r".into(),
+        auth_key_hash: hash("ak_r"),
+        hostname: "h".into(),
+        node_public_key: "n1".into(),
+        machine_id: "m_n1".into(),
+        node_key: cred("n1"),
+    };
+    assert!(matches!(f.run(T0 + 1, Actor::Anonymous, op), Err(OpError::ProofInvalid(_))));
+    assert_eq!(f.key("ak_r").uses, 0);
+    // And a proof issued too long ago (by cluster time) is refused too.
+    assert!(f.enrol_attempt(T0 + crate::proof::MAX_AGE_MS + 10, "ak_r", "n1", "late").is_ok());
+    let mut stale = enrol_command("ak_r", "n2", "stale");
+    if let Op::EnrolProven { proved_at, .. } = &mut stale.op {
+        *proved_at = T0;
+    }
+    assert!(matches!(f.run_cmd(T0 + crate::proof::MAX_AGE_MS + 10, stale), Err(OpError::ProofInvalid(_))));
+}
+
+#[test]
+fn the_retry_path_needs_a_key_still_in_date_and_not_revoked() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    f.enrol(T0 + 1, "ak_r", "n1").unwrap();
+    let expired = T0 + 3600 * 1000 + 5;
+    assert_eq!(f.enrol_attempt(expired, "ak_r", "n1", "-late"), Err(OpError::KeyExpired));
+    let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_r".into()) };
+    f.run(T0 + 2, f.admin.clone(), revoke).unwrap();
+    assert_eq!(f.enrol_attempt(T0 + 3, "ak_r", "n1", "-revoked"), Err(OpError::KeyRevoked));
+    assert_eq!(f.store.machines["m_n1"].node_key_id, "n1", "the machine keeps its node key");
+}
+
+#[test]
+fn admin_decisions_stick_through_logout_and_re_enrolment() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_r", true, None);
+    f.create(T0, "ak_fresh", false, None);
+    f.enrol(T0 + 1, "ak_r", "n1").unwrap();
+    // Quarantined, logged out, enrolled again: still quarantined.
+    admin_op(&mut f, "m_n1", MachineAction::Quarantine).unwrap();
+    f.run(T0 + 11, node_actor("n1"), Op::MachineSelf { action: SelfAction::Logout }).unwrap();
+    f.enrol_attempt(T0 + 12, "ak_r", "n1", "-2").unwrap();
+    assert_eq!(f.store.machines["m_n1-2"].state, MachineState::Quarantined);
+    // A quarantined machine cannot change its own tags.
+    let set = Op::MachineSelf { action: SelfAction::SetTags(vec![]) };
+    assert!(matches!(f.run(T0 + 13, node_actor("n1-2"), set), Err(OpError::MachineQuarantined(_))));
+    admin_op(&mut f, "m_n1-2", MachineAction::Unquarantine).unwrap();
+    // Its node key revoked: not back with the same auth key; a fresh key from an operator works.
+    admin_op(&mut f, "m_n1-2", MachineAction::RevokeNodeKey).unwrap();
+    assert_eq!(f.enrol_attempt(T0 + 14, "ak_r", "n1", "-3"), Err(OpError::NodeKeyRevoked));
+    assert!(f.enrol_attempt(T0 + 15, "ak_fresh", "n1", "-4").is_ok());
+    assert_eq!(f.store.machines["m_n1-4"].state, MachineState::Active);
+    // The decisions are rows: a reopened store holds them.
+    assert_eq!(f.reopen().decisions, f.store.decisions);
+}
+
+#[test]
+fn a_machine_only_narrows_its_tags_within_what_was_granted() {
+    let mut f = Fixture::new();
+    let spec = AuthKeySpec::new(
+        true,
+        false,
+        3600,
+        vec!["tag:ci".into(), "tag:linux".into()],
+        String::new(),
+        None,
+        MIN_EXPIRY_SECS,
+    )
+    .unwrap();
+    f.run(T0, f.admin.clone(), Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_ci"), spec }).unwrap();
+    f.enrol(T0 + 1, "ak_ci", "n1").unwrap();
+    let set =
+        |tags: &[&str]| Op::MachineSelf { action: SelfAction::SetTags(tags.iter().map(|t| t.to_string()).collect()) };
+    assert!(
+        matches!(f.run(T0 + 2, node_actor("n1"), set(&["tag:prod"])), Err(OpError::TagNotGranted(m)) if m.contains("tag:prod"))
+    );
+    assert!(matches!(f.run(T0 + 3, node_actor("n1"), set(&["tag:ci"])), Ok(OpOk::Machine(m)) if m.tags == ["tag:ci"]));
+    // Narrowed, it may widen back within the grant, not beyond.
+    assert!(f.run(T0 + 4, node_actor("n1"), set(&["tag:ci", "tag:linux"])).is_ok());
+    // An admin may widen; what it sets is the new grant.
+    admin_op(&mut f, "m_n1", MachineAction::SetTags(vec!["tag:prod".into()])).unwrap();
+    assert!(f.run(T0 + 12, node_actor("n1"), set(&["tag:prod"])).is_ok());
+    assert!(matches!(f.run(T0 + 13, node_actor("n1"), set(&["tag:ci"])), Err(OpError::TagNotGranted(_))));
+}
+
+#[test]
+fn a_key_that_is_not_pre_authorized_enrols_machines_pending_until_an_admin_approves() {
+    let mut f = Fixture::new();
+    let spec = AuthKeySpec::new(true, false, 3600, vec!["tag:x".into()], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    let op = Op::CreateAuthKeyWith { org_id: "org_a".into(), key: cred("ak_ask"), spec, preauthorized: false };
+    assert!(matches!(f.run(T0, f.admin.clone(), op), Ok(OpOk::AuthKey(k)) if !k.preauthorized));
+    assert!(!f.reopen().auth_key("ak_ask").unwrap().preauthorized);
+    f.request += 1;
+    let cmd = enrol_command("ak_ask", "n1", "p1");
+    let at = EntryStamp { index: 999, term: TERM, time: T0 + 1 };
+    let outcome = f.store.apply_entry(at, &[cmd]).remove(0);
+    f.rows.write(f.store.take_writes().unwrap());
+    assert!(matches!(outcome, Ok(OpOk::EnrolledAs { state: MachineState::Pending, .. })));
+    let status = |f: &Fixture| f.store.query(&node_actor("n1"), &Query::MachineStatus);
+    assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.state == MachineState::Pending));
+    let set = Op::MachineSelf { action: SelfAction::SetTags(vec![]) };
+    assert_eq!(f.run(T0 + 2, node_actor("n1"), set), Err(OpError::PendingApproval));
+    // Unquarantine does not approve.
+    admin_op(&mut f, "m_n1", MachineAction::Quarantine).unwrap();
+    admin_op(&mut f, "m_n1", MachineAction::Unquarantine).unwrap();
+    assert!(matches!(status(&f), Ok(Answer::Machine(m)) if m.state == MachineState::Pending));
+    admin_op(&mut f, "m_n1", MachineAction::Approve).unwrap();
+    assert!(matches!(status(&f), Ok(Answer::Machine(m))
+        if m.state == MachineState::Active && m.approved_by.as_deref() == Some("api_admin") && m.approved_at == Some(T0 + 10)));
+    // A reject deletes, and the machine stays out like a deleted one.
+    f.enrol(T0 + 20, "ak_ask", "n2").unwrap();
+    admin_op(&mut f, "m_n2", MachineAction::Reject).unwrap();
+    assert_eq!(f.enrol_attempt(T0 + 21, "ak_ask", "n2", "-again"), Err(OpError::MachineDeleted));
+}
+
+#[test]
+fn a_tag_scoped_api_key_mints_only_within_its_tags_and_sets_machine_tags_only_within_them() {
+    let mut f = Fixture::new();
+    let grants = Grants { permissions: None, tags: Some(vec!["tag:ci".into()]) };
+    let op = Op::CreateApiKeyWith {
+        org_id: "org_a".into(),
+        key: cred("api_ci"),
+        description: "ci".into(),
+        expires_in_secs: None,
+        grants,
+    };
+    f.run(T0, f.operator.clone(), op).unwrap();
+    let scoped = actor("api_ci");
+    let spec = |tags: &[&str]| {
+        AuthKeySpec::new(
+            false,
+            false,
+            3600,
+            tags.iter().map(|t| t.to_string()).collect(),
+            String::new(),
+            None,
+            MIN_EXPIRY_SECS,
+        )
+        .unwrap()
+    };
+    let create =
+        |key: &str, tags: &[&str]| Op::CreateAuthKey { org_id: "org_a".into(), key: cred(key), spec: spec(tags) };
+    assert!(
+        matches!(f.run(T0 + 1, scoped.clone(), create("ak_1", &["tag:prod"])), Err(OpError::ScopeDenied(m)) if m.contains("tag:prod"))
+    );
+    assert!(matches!(
+        f.run(T0 + 1, scoped.clone(), create("ak_2", &["tag:ci", "tag:prod"])),
+        Err(OpError::ScopeDenied(_))
+    ));
+    assert!(f.run(T0 + 1, scoped.clone(), create("ak_3", &["tag:ci"])).is_ok());
+    f.enrol(T0 + 2, "ak_3", "n1").unwrap();
+    let widen = Op::MachineAdmin {
+        org_id: "org_a".into(),
+        machine_id: "m_n1".into(),
+        action: MachineAction::SetTags(vec!["tag:prod".into()]),
+    };
+    assert!(matches!(f.run(T0 + 3, scoped, widen), Err(OpError::ScopeDenied(_))));
 }

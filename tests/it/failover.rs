@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::Cluster;
+use crate::support::{proven_enrol_body, Cluster};
 
 /// Reads a key's record and enrolments straight from node `id`'s RocksDB (the node is stopped).
 async fn stored_key(cluster: &Cluster, id: u64, key_id: &str) -> (u64, Vec<String>) {
@@ -35,8 +35,15 @@ async fn killing_the_leader_mid_rollout_loses_no_acknowledged_enrolment() {
 
     let clients: Vec<_> = (0..4)
         .map(|client| {
-            let (alive, acknowledged, stop, next_device, http, urls, secret) =
-                (cluster_ref.clone(), acknowledged.clone(), stop.clone(), next_device.clone(), http.clone(), urls.clone(), secret.clone());
+            let (alive, acknowledged, stop, next_device, http, urls, secret) = (
+                cluster_ref.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                next_device.clone(),
+                http.clone(),
+                urls.clone(),
+                secret.clone(),
+            );
             tokio::spawn(async move {
                 let mut turn = client;
                 while !stop.load(Ordering::Relaxed) {
@@ -46,8 +53,18 @@ async fn killing_the_leader_mid_rollout_loses_no_acknowledged_enrolment() {
                         turn += 1;
                         alive[turn % alive.len()]
                     };
-                    let body = json!({"auth_key": secret, "hostname": format!("d{device}"), "node_public_key": format!("{device:064x}")});
-                    let sent = http.post(format!("{}/api/enrol", urls[node as usize - 1])).timeout(Duration::from_secs(8)).json(&body).send().await;
+                    let Ok(body) =
+                        proven_enrol_body(&http, &urls[node as usize - 1], &secret, &format!("d{device}"), device)
+                            .await
+                    else {
+                        continue;
+                    };
+                    let sent = http
+                        .post(format!("{}/api/enrol", urls[node as usize - 1]))
+                        .timeout(Duration::from_secs(8))
+                        .json(&body)
+                        .send()
+                        .await;
                     if let Ok(response) = sent {
                         if response.status() == 200 {
                             let answer: Value = response.json().await.unwrap_or(Value::Null);
@@ -161,14 +178,9 @@ async fn without_a_quorum_requests_answer_503_with_retry_after_and_recover() {
     let key = cluster.create_key(1, json!({"reusable": true})).await;
     cluster.kill(2);
     cluster.kill(3);
+    let body = proven_enrol_body(&cluster.http, &cluster.url(1), key["key"].as_str().unwrap(), "h", 5).await.unwrap();
     let started = Instant::now();
-    let response = cluster
-        .http
-        .post(format!("{}/api/enrol", cluster.url(1)))
-        .json(&json!({"auth_key": key["key"], "hostname": "h", "node_public_key": format!("{:064x}", 5)}))
-        .send()
-        .await
-        .unwrap();
+    let response = cluster.http.post(format!("{}/api/enrol", cluster.url(1))).json(&body).send().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::ztna;
+use crate::support::{proven_enrol_body, ztna};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
@@ -99,8 +99,9 @@ async fn cluster_up_keeps_serving_when_its_leader_is_killed_and_brings_it_back()
     };
     let secret = key["key"].as_str().expect("the secret").to_string();
     for (n, api) in survivors.iter().enumerate() {
-        let body =
-            json!({"auth_key": secret, "hostname": format!("laptop-{n}"), "node_public_key": format!("{n:064x}")});
+        let body = proven_enrol_body(&http, &format!("http://{api}"), &secret, &format!("laptop-{n}"), n as u64)
+            .await
+            .expect("the node's enrolment key");
         let r = http.post(format!("http://{api}/api/enrol")).json(&body).send().await.expect("enrol");
         assert_eq!(r.status(), 200, "enrol through {api}");
     }

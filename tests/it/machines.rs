@@ -70,7 +70,9 @@ async fn live_ephemeral_machines_survive_failover_and_restarts_while_dead_ones_v
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_reach_the_running_agent() {
     let cluster = Cluster::start_with(FAST).await;
-    let key = cluster.create_key(1, json!({"reusable": true, "max_uses": 2, "tags": ["tag:server"]})).await;
+    let key = cluster
+        .create_key(1, json!({"reusable": true, "max_uses": 2, "tags": ["tag:server", "tag:db", "tag:eu"]}))
+        .await;
     let secret = key["key"].as_str().unwrap();
     let mut agent = cluster.agent(secret, "a");
     agent.wait_for("state: active").await;
@@ -83,7 +85,7 @@ async fn admin_actions_reach_the_running_agent() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(agent.output().matches("state: active").count() >= 2, "{}", agent.output());
 
-    // The machine retags itself; the listing shows it at once.
+    // The machine narrows its tags within its grant; the listing shows it at once.
     let (ok, out, err) = agent_cli(&cluster, &agent.state_dir, &["set", "--tags", "tag:db,tag:eu"]);
     assert!(ok, "{out}{err}");
     let row = cluster.machines(1).await.into_iter().find(|m| m["machine_id"] == machine.as_str()).unwrap();

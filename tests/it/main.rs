@@ -14,4 +14,5 @@ mod security;
 mod support;
 mod time;
 mod tls;
+mod trust;
 mod walkthrough;

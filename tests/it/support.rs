@@ -41,6 +41,36 @@ pub struct Cluster {
     pub bootstrap_token: String,
 }
 
+/// The key pair of test machine `device`: the same device has the same keys every time.
+pub fn device_keys(device: u64) -> (String, String) {
+    ztna_proof::key_pair_from_seed(&format!("test-device-{device}"))
+}
+
+/// The enrolment body of test machine `device` for the node at `url`: its key pair, a fresh
+/// request id and a fresh proof made for that node's enrolment key (as `ztna up` does). Every
+/// attempt, retries included, makes a new one.
+pub async fn proven_enrol_body(
+    http: &reqwest::Client,
+    url: &str,
+    auth_key: &str,
+    hostname: &str,
+    device: u64,
+) -> Result<Value, String> {
+    let key: Value = http
+        .get(format!("{url}/api/enrol/key"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| format!("{url}/api/enrol/key: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{url}/api/enrol/key: {e}"))?;
+    let server_key = key["server_key"].as_str().ok_or_else(|| format!("{url}/api/enrol/key answered {key}"))?;
+    let (private, public) = device_keys(device);
+    let request_id = format!("t-{}-{}", device, ztna_proof::issued_now());
+    Ok(ztna_proof::enrol_body(&private, &public, server_key, auth_key, hostname, &request_id, ztna_proof::issued_now()))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -326,13 +356,12 @@ impl Cluster {
         key
     }
 
+    /// Enrols test machine `device` at node `id`, with its proof of possession.
     pub async fn enrol(&self, id: u64, auth_key: &str, device: u64) -> (u16, Value) {
-        let body = json!({
-            "auth_key": auth_key,
-            "hostname": format!("device-{device}"),
-            "node_public_key": format!("{device:064x}"),
-        });
-        self.post(id, "/api/enrol", &body, None).await
+        match proven_enrol_body(&self.http, &self.url(id), auth_key, &format!("device-{device}"), device).await {
+            Ok(body) => self.post(id, "/api/enrol", &body, None).await,
+            Err(e) => (0, json!({ "transport_error": e })),
+        }
     }
 
     pub async fn cluster_info(&self, id: u64) -> Option<Value> {
@@ -492,9 +521,14 @@ impl Cluster {
 
     /// [`Cluster::agent`] heartbeating every `interval` to `servers` (in that order).
     pub fn agent_with(&self, auth_key: &str, name: &str, interval: &str, servers: &str) -> Agent {
+        self.agent_args(auth_key, name, interval, servers, &[])
+    }
+
+    /// [`Cluster::agent_with`] with more arguments for `ztna up` (such as `--force-reauth`).
+    pub fn agent_args(&self, auth_key: &str, name: &str, interval: &str, servers: &str, extra: &[&str]) -> Agent {
         let state_dir = self.dir.path().join(format!("agent-{name}"));
         let out = self.dir.path().join(format!("agent-{name}.log"));
-        let child = self.spawn_agent(auth_key, &state_dir, &out, interval, servers);
+        let child = self.spawn_agent(auth_key, &state_dir, &out, interval, servers, extra);
         Agent { child: Some(child), state_dir, out }
     }
 
@@ -505,12 +539,15 @@ impl Cluster {
         out: &std::path::Path,
         interval: &str,
         servers: &str,
+        extra: &[&str],
     ) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(out).expect("agent log");
+        // Each run starts its own log, so waiting for a line waits for this run to print it.
+        let log = std::fs::File::create(out).expect("agent log");
         let err = log.try_clone().expect("agent log");
         Command::new(ztna())
             .args(["up", "--userspace", "--heartbeat-interval", interval, "--hostname", "agent-host", "--state-dir"])
             .arg(state_dir)
+            .args(extra)
             .env("ZTNA_SERVER", servers)
             .envs(self.ca_cert.iter().map(|ca| ("ZTNA_CA_CERT", ca.as_os_str())))
             .env("ZTNA_AUTH_KEY", auth_key)
@@ -550,9 +587,13 @@ impl Agent {
 
     /// The machine id from the agent's state file.
     pub fn machine_id(&self) -> String {
+        self.state()["machine_id"].as_str().expect("machine id").to_string()
+    }
+
+    /// The agent's state file.
+    pub fn state(&self) -> Value {
         let text = std::fs::read_to_string(self.state_dir.join("ztna-state.json")).expect("state file");
-        let state: Value = serde_json::from_str(&text).expect("state json");
-        state["machine_id"].as_str().expect("machine id").to_string()
+        serde_json::from_str(&text).expect("state json")
     }
 
     /// Waits for the agent to exit on its own; answers whether it succeeded.
@@ -621,18 +662,32 @@ impl Load {
                     let mut turn = client as usize;
                     while !stop.load(Ordering::Relaxed) {
                         device += 1;
-                        let body = json!({
-                            "auth_key": auth_key,
-                            "hostname": format!("load-{device}"),
-                            "node_public_key": format!("{device:064x}"),
-                        });
                         let deadline = Instant::now() + Duration::from_secs(30);
                         loop {
                             turn += 1;
-                            let url = {
+                            let target = {
                                 let targets = targets.lock().unwrap();
-                                format!("{}/api/enrol", targets[turn % targets.len()])
+                                targets[turn % targets.len()].clone()
                             };
+                            let url = format!("{target}/api/enrol");
+                            // A retry on another node proves again, for that node.
+                            let body =
+                                match proven_enrol_body(&http, &target, &auth_key, &format!("load-{device}"), device)
+                                    .await
+                                {
+                                    Ok(body) => body,
+                                    Err(e) => {
+                                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                        if Instant::now() > deadline {
+                                            failures
+                                                .lock()
+                                                .unwrap()
+                                                .push(format!("device {device} never enrolled: {e}"));
+                                            break;
+                                        }
+                                        continue;
+                                    }
+                                };
                             let answer = http.post(&url).json(&body).send().await;
                             let retry = match answer {
                                 Ok(r) if r.status() == 200 => {

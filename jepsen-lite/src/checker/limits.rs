@@ -4,7 +4,9 @@
 //! - acknowledged enrolments ≤ the limit (one-shot 1, `max_uses` N);
 //! - every acknowledged device is in the final record (no lost acknowledgement);
 //! - every device in the final record was sent by some client (no phantom);
-//! - no device whose request completed `fail` is in the final record (honest failures);
+//! - no device whose every request completed `fail` is in the final record (honest failures);
+//! - no device is in the final record twice: a machine enrolling again is a re-key, not a
+//!   second enrolment (no workload removes machines);
 //! - `uses` equals the number of enrolments in the final record, which is within the limit.
 
 use super::{devices_sent, devices_with, Analysis, Results};
@@ -18,6 +20,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
         results.examined(NAME, 1);
         let acked = devices_with(key, OpType::Ok);
         let failed = devices_with(key, OpType::Fail);
+        let unknown = devices_with(key, OpType::Info);
         let create = key.meta.create.indexes();
         if let Some(limit) = key.meta.limit {
             if acked.len() as u64 > limit {
@@ -61,11 +64,20 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 let message = format!("phantom: device {device} is in the final record but no client sent it");
                 results.anomaly(NAME, Some(key_id), message, final_read.clone());
             }
-            if let Some(p) = failed.get(device) {
+            // A machine that enrols again may have one attempt refused and another succeed.
+            if let Some(p) = failed.get(device).filter(|_| !acked.contains_key(device) && !unknown.contains_key(device))
+            {
                 let mut ops = p.indexes();
                 ops.extend(&final_read);
                 let error = p.error().unwrap_or("fail");
                 results.anomaly(NAME, Some(key_id), format!("device {device} was refused ({error}) yet enrolled"), ops);
+            }
+        }
+        let mut once = std::collections::BTreeSet::new();
+        for device in &record.devices {
+            if !once.insert(device) {
+                let message = format!("device {device} is in the final record twice: a re-enrolment spent a use");
+                results.anomaly(NAME, Some(key_id), message, final_read.clone());
             }
         }
         if record.uses != record.devices.len() as u64 {

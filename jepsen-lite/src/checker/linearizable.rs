@@ -9,6 +9,11 @@
 //! other failures changed nothing and are left out. The key may expire at any point whose real
 //! time is within the clock-skew bound of its `expires_at`. A search over its time limit makes
 //! the verdict `unknown`, never `valid`.
+//!
+//! Machines that enrol more than once with the same key (the `reenrol` workload) are tracked by
+//! the model: the first success enrols the machine and spends a use; later ones are re-keys,
+//! which need a key still in date and not revoked, and spend nothing, even when the key is used
+//! up. A machine seen once is a new enrolment, as before.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -21,8 +26,11 @@ const NAME: &str = "linearizable";
 /// What one operation did, as the model sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    /// An enrolment that succeeded (or, when `info`, may have).
-    Enrol,
+    /// An enrolment that succeeded (or, when `info`, may have); `machine` numbers a machine
+    /// that enrols with this key more than once.
+    Enrol {
+        machine: Option<u8>,
+    },
     /// An enrolment the state machine refused with this code.
     Refused(Refusal),
     Revoke,
@@ -37,7 +45,10 @@ pub enum Call {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    Used,
+    /// Used up; never for a machine already enrolled (it re-keys instead).
+    Used {
+        machine: Option<u8>,
+    },
     Revoked,
     Expired,
 }
@@ -61,6 +72,14 @@ pub struct KeyModel {
     pub uses: u64,
     pub revoked: bool,
     pub expired: bool,
+    /// The numbered machines enrolled so far (bit n: machine n).
+    pub enrolled: u64,
+}
+
+impl KeyModel {
+    fn has(&self, machine: Option<u8>) -> bool {
+        machine.is_some_and(|m| self.enrolled & (1 << m) != 0)
+    }
 }
 
 /// The fixed facts of the key.
@@ -94,10 +113,18 @@ impl Rules {
     fn apply(&self, s: KeyModel, call: &Call) -> Option<KeyModel> {
         let used_up = self.limit.is_some_and(|limit| s.uses >= limit);
         match call {
-            Call::Enrol => (!s.revoked && !s.expired && !used_up).then_some(KeyModel { uses: s.uses + 1, ..s }),
+            // A re-key: the machine is in, the key must still be good.
+            Call::Enrol { machine } if s.has(*machine) => (!s.revoked && !s.expired).then_some(s),
+            Call::Enrol { machine } => (!s.revoked && !s.expired && !used_up).then_some(KeyModel {
+                uses: s.uses + 1,
+                enrolled: s.enrolled | machine.map_or(0, |m| 1 << m),
+                ..s
+            }),
             Call::Refused(Refusal::Revoked) => s.revoked.then_some(s),
             Call::Refused(Refusal::Expired) => (!s.revoked && s.expired).then_some(s),
-            Call::Refused(Refusal::Used) => (!s.revoked && !s.expired && used_up).then_some(s),
+            Call::Refused(Refusal::Used { machine }) => {
+                (!s.revoked && !s.expired && used_up && !s.has(*machine)).then_some(s)
+            }
             Call::Revoke => Some(KeyModel { revoked: true, ..s }),
             Call::Read { uses, revoked, expired } => {
                 let same_expiry = expired.is_none_or(|e| e == s.expired);
@@ -146,14 +173,27 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
 /// The key's operations the model knows, with the final read when it found the key.
 fn entries(key: &KeyHistory<'_>) -> Vec<Entry> {
     let final_read = key.final_record.as_ref().filter(|r| !r.missing).map(|r| &r.read);
-    key.ops.iter().chain(final_read).filter_map(entry).collect()
+    // Number the machines that enrol more than once (at most 64 per key).
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for p in key.ops.iter().filter(|p| p.invoke.f == f::ENROL) {
+        if let Some(device) = p.device() {
+            *seen.entry(device).or_default() += 1;
+        }
+    }
+    let numbered: std::collections::BTreeMap<&str, u8> =
+        seen.into_iter().filter(|(_, n)| *n > 1).take(64).enumerate().map(|(i, (d, _))| (d, i as u8)).collect();
+    key.ops
+        .iter()
+        .chain(final_read)
+        .filter_map(|p| entry(p, p.device().and_then(|d| numbered.get(d).copied())))
+        .collect()
 }
 
-fn entry(p: &Pair<'_>) -> Option<Entry> {
+fn entry(p: &Pair<'_>, machine: Option<u8>) -> Option<Entry> {
     let call = match (p.invoke.f.as_str(), p.kind()) {
-        (f::ENROL, OpType::Ok | OpType::Info) => Call::Enrol,
+        (f::ENROL, OpType::Ok | OpType::Info) => Call::Enrol { machine },
         (f::ENROL, OpType::Fail) => match p.error()? {
-            "key_used" | "key_exhausted" => Call::Refused(Refusal::Used),
+            "key_used" | "key_exhausted" => Call::Refused(Refusal::Used { machine }),
             "key_revoked" => Call::Refused(Refusal::Revoked),
             "key_expired" => Call::Refused(Refusal::Expired),
             _ => return None,
@@ -217,7 +257,7 @@ pub fn search(rules: &Rules, entries: &[Entry], deadline: Instant) -> Option<boo
     order.sort_by_key(|&i| entries[i].invoked);
     let entries: Vec<&Entry> = order.iter().map(|&i| &entries[i]).collect();
     let mut search = Search { rules, entries: &entries, seen: HashSet::new(), steps: 0, deadline, timed_out: false };
-    let start = KeyModel { uses: 0, revoked: false, expired: false };
+    let start = KeyModel { uses: 0, revoked: false, expired: false, enrolled: 0 };
     let done = vec![0u64; entries.len().div_ceil(64)];
     let found = search.explore(&done, start);
     if search.timed_out {

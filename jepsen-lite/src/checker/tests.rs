@@ -256,7 +256,7 @@ fn the_search_answers_unknown_not_valid_when_out_of_time() {
     // every subset, which cannot finish before a deadline that has already passed.
     let mut entries: Vec<Entry> = (0..20)
         .map(|i| Entry {
-            call: Call::Enrol,
+            call: Call::Enrol { machine: None },
             invoked: i,
             completed: u64::MAX,
             invoked_wall_ms: WALL0,
@@ -298,4 +298,45 @@ fn the_seed_547784_history_uses_a_key_after_a_read_saw_it_expired() {
     let without_read: Vec<_> = ops.iter().filter(|o| o.index != 1118 && o.index != 1134).cloned().collect();
     let results = check_all(&without_read, Config { skew_ms: 3_500, search_limit: Duration::from_secs(20) });
     assert!(!results.anomalies.iter().any(|a| a.checker == "linearizable"), "{:?}", results.anomalies);
+}
+
+#[test]
+fn a_machine_enrolling_again_re_keys_and_a_second_use_for_it_is_caught() {
+    // A max_uses 1 key: d1 enrols, then enrols again (a re-key, even though the key is used
+    // up), d2 is refused. One use, d1 once in the record: valid.
+    let mut h = H::default();
+    h.create("ak_r", true, Some(1), LATER);
+    h.enrol(1, "ak_r", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_r", "d1", 30, 40, OpType::Ok, None);
+    h.enrol(3, "ak_r", "d2", 50, 60, OpType::Fail, Some("key_exhausted"));
+    h.enrol(4, "ak_r", "d1", 70, 80, OpType::Fail, Some("proof_replayed"));
+    h.read(5, "ak_r", (8000, 8001), 1, false, &["d1"], true);
+    h.final_list(&["ak_r"], 8100);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+
+    // The same history where the second request spent a use (d1 twice in the record): caught.
+    let mut h = H::default();
+    h.create("ak_r", true, Some(2), LATER);
+    h.enrol(1, "ak_r", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_r", "d1", 30, 40, OpType::Ok, None);
+    h.read(5, "ak_r", (8000, 8001), 2, false, &["d1", "d1"], true);
+    h.final_list(&["ak_r"], 8100);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Invalid);
+    assert!(
+        results.anomalies.iter().any(|a| a.checker == "limits" && a.message.contains("twice")),
+        "{:?}",
+        results.anomalies
+    );
+    assert!(results.anomalies.iter().any(|a| a.checker == "linearizable"), "{:?}", results.anomalies);
+
+    // A machine already in refused as used up: the model says a re-key cannot be.
+    let mut h = H::default();
+    h.create("ak_r", true, Some(1), LATER);
+    h.enrol(1, "ak_r", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_r", "d1", 30, 40, OpType::Fail, Some("key_exhausted"));
+    h.read(5, "ak_r", (8000, 8001), 1, false, &["d1"], true);
+    h.final_list(&["ak_r"], 8100);
+    assert_eq!(h.check().verdict(), Verdict::Invalid);
 }

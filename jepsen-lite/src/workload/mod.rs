@@ -8,6 +8,10 @@
 //! | `revoke`      | a revoke at a random point in a stream of enrolments that goes on after it |
 //! | `expiry`      | keys that expire during the run, enrolments straddling the boundary      |
 //! | `create-list` | unique creations and periodic paginated listings                        |
+//! | `reenrol`     | the same few machines enrolling again and again with one `max_uses` key  |
+//!
+//! Every enrolment proves possession of its machine's private key, made for the node it is
+//! sent to (`ztna_proof`), as `ztna up` does.
 //!
 //! Clients follow the outcome table in `api.rs`. This module must not judge results; the
 //! checkers do.
@@ -16,6 +20,7 @@ mod create_list;
 mod expiry;
 mod max_uses;
 mod one_shot;
+mod reenrol;
 mod revoke;
 
 use std::sync::{Arc, Mutex};
@@ -32,7 +37,7 @@ use crate::cluster::Cluster;
 use crate::history::{f, History, OpType};
 
 /// Workload names accepted by `--workload`.
-pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list"];
+pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol"];
 
 /// Most operations in flight at once per workload; a burst that would exceed it is skipped.
 const MAX_IN_FLIGHT: usize = 320;
@@ -48,6 +53,22 @@ pub struct Ctx {
     run_tag: String,
     seed: u64,
     free_processes: Mutex<Vec<u64>>,
+    /// Each node's enrolment key (`GET /api/enrol/key`), fetched once.
+    server_keys: Mutex<std::collections::BTreeMap<u64, String>>,
+}
+
+/// A machine's key pair (hex): what it enrols and proves with.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub private_key: String,
+    pub public_key: String,
+}
+
+impl Machine {
+    pub fn fresh() -> Machine {
+        let (private_key, public_key) = ztna_proof::new_key_pair();
+        Machine { private_key, public_key }
+    }
 }
 
 /// A created key, as the workloads need it.
@@ -68,6 +89,7 @@ impl Ctx {
             run_tag: format!("{seed:x}"),
             seed,
             free_processes: Mutex::new(Vec::new()),
+            server_keys: Mutex::new(Default::default()),
         })
     }
 
@@ -93,6 +115,17 @@ impl Ctx {
             () = tokio::time::sleep(d) => !self.stopped(),
             _ = stop.wait_for(|s| *s) => false,
         }
+    }
+
+    /// Node `node`'s enrolment key, fetched the first time it is needed.
+    async fn server_key(&self, node: u64) -> Option<String> {
+        if let Some(key) = self.server_keys.lock().unwrap_or_else(|e| e.into_inner()).get(&node) {
+            return Some(key.clone());
+        }
+        let answer = self.cluster.api.get(node, "/api/enrol/key").await?;
+        let key = answer["server_key"].as_str()?.to_string();
+        self.server_keys.lock().unwrap_or_else(|e| e.into_inner()).insert(node, key.clone());
+        Some(key)
     }
 
     fn request_id(&self) -> String {
@@ -156,19 +189,27 @@ impl Client {
         })
     }
 
-    /// Enrols a new device (a random node public key) with `key`.
+    /// Enrols a new device (a fresh key pair) with `key`.
     pub async fn enrol(&mut self, node: u64, key: &Key) -> Outcome {
-        let mut public_key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut public_key);
-        let public_key = hex::encode(public_key);
-        let device = fingerprint(&public_key);
-        let hostname = format!("jl-{device}");
-        let body = json!({
-            "auth_key": key.secret,
-            "hostname": hostname,
-            "node_public_key": public_key,
-            "request_id": self.ctx.request_id(),
-        });
+        self.enrol_machine(node, key, &Machine::fresh()).await
+    }
+
+    /// Enrols `machine` with `key`: a new request id and a new proof for `node` every time. A
+    /// node whose enrolment key cannot be fetched (down, cut off) is not sent anything.
+    pub async fn enrol_machine(&mut self, node: u64, key: &Key, machine: &Machine) -> Outcome {
+        let Some(server_key) = self.ctx.server_key(node).await else {
+            return Outcome { kind: OpType::Fail, body: Value::Null, error: Some("no_enrol_key".into()) };
+        };
+        let device = fingerprint(&machine.public_key);
+        let body = ztna_proof::enrol_body(
+            &machine.private_key,
+            &machine.public_key,
+            &server_key,
+            &key.secret,
+            &format!("jl-{device}"),
+            &self.ctx.request_id(),
+            ztna_proof::issued_now(),
+        );
         self.call(f::ENROL, Some(&key.key_id), json!({ "device": device }), node, body).await
     }
 
@@ -230,16 +271,18 @@ fn completion_value(f: &str, outcome: &Outcome) -> Value {
         f::ENROL => json!({ "machine_id": b["machine_id"] }),
         f::REVOKE => json!({ "revoked": true }),
         f::READ => {
-            let devices: Vec<&Value> = b["enrolments"]
+            // Enrolments only: a re-key (the same machine again) is in the history too but
+            // spends no use; it is counted apart.
+            let enrolments: Vec<&Value> = b["enrolments"]
                 .as_array()
-                .map(|e| e.iter().map(|e| &e["node_key_fingerprint"]).collect())
+                .map(|e| e.iter().filter(|e| e["kind"] != "rekey").collect())
                 .unwrap_or_default();
-            let ats: Vec<Value> = b["enrolments"]
-                .as_array()
-                .map(|e| e.iter().map(|e| json!(parse_ms(e["at"].as_str()))).collect())
-                .unwrap_or_default();
+            let devices: Vec<&Value> = enrolments.iter().map(|e| &e["node_key_fingerprint"]).collect();
+            let ats: Vec<Value> = enrolments.iter().map(|e| json!(parse_ms(e["at"].as_str()))).collect();
+            let rekeys = b["enrolments"].as_array().map_or(0, |e| e.iter().filter(|e| e["kind"] == "rekey").count());
             json!({
                 "uses": b["uses"],
+                "rekeys": rekeys,
                 "revoked": !b["revoked_at"].is_null(),
                 "state": b["state"],
                 "devices": devices,
@@ -283,6 +326,7 @@ pub async fn run(ctx: Arc<Ctx>, names: Vec<String>) {
                     .await;
                 }
                 "create-list" => create_list::run(ctx, salt as u64).await,
+                "reenrol" => reenrol::run(ctx, limit, salt as u64).await,
                 _ => {}
             }
         });
