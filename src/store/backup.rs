@@ -122,6 +122,11 @@ pub async fn restore(
     let applied = codec::encode(&(Some(last), membership)).map_err(encoding)?;
     batch.put_cf(cf(&db, CF_SM_META), super::state_machine::KEY_APPLIED, applied);
     batch.put_cf(cf(&db, CF_RAFT), super::log::KEY_LAST_PURGED, codec::encode(&last).map_err(encoding)?);
+    // The vote starts at the backup's term. The log's last id carries that term; a node whose
+    // vote started at 0 would lead at a lower term than its own last entry, and openraft orders
+    // log ids by term first, so nothing it appended would ever count as committed.
+    let vote = crate::raft_types::Vote::new(last.leader_id.term, node_id);
+    batch.put_cf(cf(&db, CF_RAFT), super::log::KEY_VOTE, codec::encode(&vote).map_err(encoding)?);
     let mut synced = WriteOptions::default();
     synced.set_sync(true);
     db.write_opt(batch, &synced).map_err(|e| BackupError::Io(e.to_string()))?;

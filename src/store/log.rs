@@ -22,7 +22,7 @@ use super::{cf, CF_LOG, CF_RAFT};
 use crate::codec;
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 

@@ -128,7 +128,16 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
-    let old = Cluster::start().await;
+    let mut old = Cluster::start().await;
+    // A cluster that has lived: two leaders killed, so the backup's entries are from a term
+    // well above 1 (a restore once never committed then).
+    for _ in 0..2 {
+        let leader = old.wait_ready().await;
+        old.kill(leader);
+        old.wait_ready().await;
+        old.spawn(leader);
+        old.wait_caught_up().await;
+    }
     let used = old.create_key(1, json!({"expires_in": 3600})).await;
     let reusable = old.create_key(2, json!({"reusable": true, "max_uses": 10, "expires_in": 3600})).await;
     let revoked = old.create_key(3, json!({"expires_in": 3600})).await;
@@ -168,8 +177,11 @@ async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
     let (status, _) = old.post(leader, "/api/cluster/backup", &json!({}), Some(&old.api_key)).await;
     assert_eq!(status, 403);
 
+    let term = old.cluster_info(leader).await.and_then(|i| i["term"].as_u64()).unwrap_or_default();
+    assert!(term >= 3, "the backup comes from term {term}");
+
     // A new cluster: nodes 1 and 2 restored from the file, node 3 empty (it gets a snapshot).
-    let new = Cluster::restore_from(&file, &old, &[1, 2]).await;
+    let mut new = Cluster::restore_from(&file, &old, &[1, 2]).await;
     drop(old);
     new.wait_caught_up().await;
     for id in 1..=3 {
@@ -186,6 +198,15 @@ async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
     assert_eq!((status, again["error"]["code"].as_str()), (403, Some("key_used")), "{again}");
     assert_eq!(new.enrol(2, reusable["key"].as_str().unwrap(), 9).await.0, 200);
     new.create_key(3, json!({"expires_in": 3600})).await;
+    // And after its own leader is killed, the survivors elect another and take writes too.
+    let leader = new.wait_ready().await;
+    new.kill(leader);
+    let survivor = new.wait_ready().await;
+    assert_eq!(new.enrol(survivor, reusable["key"].as_str().unwrap(), 10).await.0, 200);
+    new.spawn(leader);
+    new.wait_caught_up().await;
+    let key = new.get_key(leader, reusable["key_id"].as_str().unwrap()).await;
+    assert_eq!(key["uses"], 5, "{key}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
