@@ -153,6 +153,10 @@ pub async fn enrol_with_proof(client: &Client, state: &mut AgentState, auth_key:
         };
         match attempt.await {
             Err(ClientError::Unreachable(why)) => tried.push(why),
+            // Behind a load balancer the key and the enrolment reached different nodes: again.
+            Err(ClientError::Api { code, message, .. }) if code == "wrong_server_key" => {
+                tried.push(format!("{server} ({message})"))
+            }
             Err(ClientError::Api { status: 503 | 507, message, .. }) => tried.push(format!("{server} ({message})")),
             other => return other,
         }

@@ -199,6 +199,16 @@ impl Client {
 }
 
 fn describe(e: &reqwest::Error) -> &'static str {
+    // A TLS failure is a connect error too: say which, it is the usual misconfiguration.
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text.contains("certificate") || text.contains("Certificate") || text.contains("tls") || text.contains("TLS")
+        {
+            return "TLS failed: is ZTNA_CA_CERT the cluster CA, and does the URL's scheme (https) match the node?";
+        }
+        source = cause.source();
+    }
     if e.is_connect() {
         "connection refused or unreachable"
     } else if e.is_timeout() {

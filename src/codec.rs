@@ -52,6 +52,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes the leading part of a value written by [`encode`] as `T`, ignoring what follows:
+/// for reading the fixed head of a record whose tail an older build wrote in another form.
+pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion { found: version });
+    }
+    Ok(bincode::serde::decode_from_slice(body, config())?.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ pub mod forwarder;
 pub mod identity;
 pub mod listener;
 pub mod liveness;
+pub mod log_every;
 pub mod membership;
 pub mod metrics;
 pub mod network;

@@ -53,7 +53,7 @@ pub fn serve(
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let mut refused_logged = Instant::now() - Duration::from_secs(60);
         let mut refused = 0u64;
-        let refusals = Arc::new(LogEvery::new(Duration::from_secs(10)));
+        let refusals = Arc::new(crate::log_every::LogEvery::new(crate::log_every::PERIOD));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -91,8 +91,8 @@ pub fn serve(
                         let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await;
                         let stream = match handshake {
                             Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => return refusals.note(format_args!("TLS handshake refused from {peer}: {e}")),
-                            Err(_) => return refusals.note(format_args!("TLS handshake from {peer} timed out")),
+                            Ok(Err(e)) => return refusals.warn(format_args!("TLS handshake refused from {peer}: {e}")),
+                            Err(_) => return refusals.warn(format_args!("TLS handshake from {peer} timed out")),
                         };
                         let cert = stream
                             .get_ref()
@@ -140,31 +140,6 @@ async fn connection<S>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
-    }
-}
-
-/// A warning logged at most once per period, with how many like it were not logged.
-struct LogEvery {
-    period: Duration,
-    last: std::sync::Mutex<Option<Instant>>,
-    suppressed: std::sync::atomic::AtomicU64,
-}
-
-impl LogEvery {
-    fn new(period: Duration) -> Self {
-        LogEvery { period, last: std::sync::Mutex::new(None), suppressed: std::sync::atomic::AtomicU64::new(0) }
-    }
-
-    fn note(&self, what: std::fmt::Arguments<'_>) {
-        use std::sync::atomic::Ordering;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|at| at.elapsed() < self.period) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(Instant::now());
-        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-        tracing::warn!(suppressed, "{what}");
     }
 }
 

@@ -405,7 +405,7 @@ pub async fn keep_registered(node: Weak<Node>, incarnation: String) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(node) = node.upgrade() else { return };
         let id = node.id();
-        if !node.is_ready() {
+        if !node.is_member_with_leader() {
             // Not a member, or no leader: after a while, ask whether this node was removed
             // (a removed node hears from no leader again).
             let since = *without_leader_since.get_or_insert_with(Instant::now);
@@ -449,6 +449,26 @@ pub async fn keep_registered(node: Weak<Node>, incarnation: String) {
             Err(e) => tracing::debug!("cannot register this node yet: {e}"),
         }
     }
+}
+
+/// At the start of a node with data, before Raft: asks every other node of the cluster file at
+/// once (1.5 s each at most) whether this node's id was removed. No answer is no news: a whole
+/// cluster restarting finds its peers down and starts.
+pub async fn removed_at_start(config: &NodeConfig, peers: &PeerClient) -> Option<String> {
+    let asks = config.cluster.nodes.iter().filter(|n| n.id != config.id).map(|n| {
+        let addr = config.settings().dial_addr(n.id, &n.raft_addr);
+        async move {
+            let request = WhoisRequest { node_id: config.id };
+            let answer = peers.whois(&addr, &request, Duration::from_millis(1500)).await.ok()?;
+            answer.record.as_ref().is_some_and(|r| r.removed_at.is_some()).then(|| {
+                format!(
+                    "node {} was removed from the cluster (node {} says so); its id is retired",
+                    config.id, answer.answered_by
+                )
+            })
+        }
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().next()
 }
 
 /// Asks every other node this one knows whether its id was removed.

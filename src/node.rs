@@ -94,6 +94,9 @@ pub struct Node {
     enrol_key: crate::proof::EnrolKey,
 }
 
+/// A node this far from applying what it has received is catching up, not ready.
+pub const CATCHING_UP_ENTRIES: u64 = 1000;
+
 /// What `GET /api/cluster` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterInfo {
@@ -243,6 +246,22 @@ impl Node {
         let (log_store, mut sm_store) = crate::store::open(&config.data_dir).await?;
         let snapshot_due = sm_store.snapshot_every(settings.snapshot_every_commands);
         let state = sm_store.shared();
+        // A removed node refuses before it takes any part in Raft (no vote request, no 503s):
+        // its own state may say so, or, if it stopped before learning it, another node.
+        if read_state(&state).store.node_record(config.id).is_some_and(|r| r.removed_at.is_some()) {
+            return Err(StartError::Refused(format!(
+                "node {} was removed from the cluster; its id is retired (this data directory says so). \
+                 To bring this host back, start it with a new id and an empty data directory and add it",
+                config.id
+            )));
+        }
+        if peer_view.is_none() {
+            if let Some(reason) = crate::membership::removed_at_start(&config, &peers).await {
+                return Err(StartError::Refused(format!(
+                    "{reason}. To bring this host back, start it with a new id and an empty data directory and add it"
+                )));
+            }
+        }
         let backups = sm_store.clone();
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
@@ -683,11 +702,55 @@ impl Node {
         }
     }
 
-    /// Whether this node is a member that knows a leader.
+    /// Whether this node can serve (see [`Node::readiness`]).
     pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+
+    /// Whether this node is a member that knows a leader.
+    pub fn is_member_with_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         metrics.current_leader.is_some() && metrics.membership_config.membership().get_node(&self.id).is_some()
+    }
+
+    /// Why this node's Raft takes no part any more (its disk filled, or Raft stopped on a fatal
+    /// error), if it does not: it then refuses Raft calls at once, without involving Raft.
+    pub fn raft_stopped(&self) -> Option<String> {
+        if self.disk.is_full() {
+            return Some(format!("raft stopped on node {}: its disk is full", self.id));
+        }
+        let state = self.raft.metrics().borrow().state;
+        (state == ServerState::Shutdown).then(|| format!("raft stopped on node {}", self.id))
+    }
+
+    /// Whether this node can serve, for `GET /readyz`: the leader it knows, or the code and
+    /// reason it cannot (`disk_full`, `raft_stopped`, `not_a_member`, `no_leader`,
+    /// `catching_up`: more than [`CATCHING_UP_ENTRIES`] entries received but not applied yet).
+    pub fn readiness(&self) -> Result<Option<NodeId>, (&'static str, String)> {
+        if self.disk.is_full() {
+            return Err(("disk_full", self.disk_full_message()));
+        }
+        if let Some(reason) = self.fatal.borrow().clone() {
+            return Err(("raft_stopped", reason));
+        }
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Shutdown {
+            return Err(("raft_stopped", format!("raft stopped on node {}", self.id)));
+        }
+        if metrics.membership_config.membership().get_node(&self.id).is_none() {
+            return Err(("not_a_member", format!("node {} is not a member of the cluster", self.id)));
+        }
+        let Some(leader) = metrics.current_leader else {
+            return Err(("no_leader", "this node knows no leader".to_string()));
+        };
+        let received = metrics.last_log_index.unwrap_or(0);
+        let applied = metrics.last_applied.map_or(0, |a| a.index);
+        if received.saturating_sub(applied) > CATCHING_UP_ENTRIES {
+            return Err(("catching_up", format!("catching up: {applied} of {received} entries applied")));
+        }
+        Ok(Some(leader))
     }
 
     pub fn cluster_info(&self) -> ClusterInfo {

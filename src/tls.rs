@@ -134,7 +134,7 @@ impl NodeTls {
             .map_err(config_error)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs.clone(), key.clone_key())
-            .map_err(config_error)?;
+            .map_err(|e| TlsError::Config(format!("{} and {}: {e}", paths.cert.display(), paths.key.display())))?;
         let api = match &paths.api {
             Some((api_cert, api_key)) => {
                 let config = ServerConfig::builder_with_provider(provider())
@@ -152,7 +152,7 @@ impl NodeTls {
             .map_err(config_error)?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
-            .map_err(config_error)?;
+            .map_err(|e| TlsError::Config(format!("{} and {}: {e}", paths.cert.display(), paths.key.display())))?;
         Ok(NodeTls { internal: Arc::new(internal), api, peer })
     }
 }

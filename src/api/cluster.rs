@@ -20,11 +20,12 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The node is a cluster member that knows a leader.
+/// The node can serve: a member whose Raft runs, that knows a leader, with room on its disk
+/// and not far behind. Otherwise 503 with the reason's code (`disk_full`, `raft_stopped`,
+/// `not_a_member`, `no_leader`, `catching_up`), so a load balancer stops sending it traffic.
 pub async fn readyz(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    if node.is_ready() {
-        Ok(Json(json!({ "status": "ready", "leader": node.cluster_info().leader })))
-    } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "this node knows no leader yet"))
+    match node.readiness() {
+        Ok(leader) => Ok(Json(json!({ "status": "ready", "leader": leader }))),
+        Err((code, why)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, why)),
     }
 }

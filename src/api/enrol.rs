@@ -41,10 +41,15 @@ pub async fn handle(
         return Err(ApiError::bad_field("node_public_key", "must be 64 hexadecimal characters (a 32-byte public key)"));
     }
     let node_public_key = node_public_key.to_ascii_lowercase();
+    if node.rules() >= 3 && !ztna_proof::is_canonical_public_key(&node_public_key) {
+        // One machine, one spelling: X25519 aliases would dodge the decisions kept per key.
+        return Err(ApiError::bad_field("node_public_key", "must be a canonical X25519 public key (below 2^255 - 19)"));
+    }
     let presented = parse_credential(CredentialKind::AuthKey, &auth_key).ok_or(OpError::InvalidAuthKey)?;
     let auth_key_id = format!("{AUTH_KEY_ID_PREFIX}{}", presented.id);
-    // Proof of possession (rules 2; until every node runs this build, enrolment is as before).
-    let proved_at = if node.rules() >= 2 {
+    // Proof of possession (rules 3: once every node runs a build that knows `EnrolProven` and
+    // the cluster adopted them; until then enrolment is as before).
+    let proved_at = if node.rules() >= 3 {
         let (Some(proof), Some(issued_at), Some(server_key), Some(request_id)) =
             (&proof, issued_at, &server_key, &client_request_id)
         else {
@@ -63,10 +68,15 @@ pub async fn handle(
             request_id,
             issued_at,
         };
-        node.enrol_key()
-            .verify(&statement, proof)
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "proof_invalid", e.to_string()))?;
-        let skew = node.clock().wall().now_ms().abs_diff(issued_at);
+        node.enrol_key().verify(&statement, proof).map_err(|e| {
+            // Made for another node's key (a load balancer sent the key request and this one
+            // to different nodes): the client fetches this node's key and proves again.
+            let code = if e == crate::proof::ProofError::OtherNode { "wrong_server_key" } else { "proof_invalid" };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        })?;
+        // By the cluster's clock as this node sees it (the median with its peers), not its own
+        // wall clock alone; the state machine checks again by the time stamped on the entry.
+        let skew = node.clock().estimate().abs_diff(issued_at);
         if skew > crate::proof::MAX_AGE_MS {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -88,6 +88,7 @@ impl From<OpError> for ApiError {
             OpError::ProofReplayed => (StatusCode::UNAUTHORIZED, "proof_replayed"),
             OpError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
             OpError::MachineQuarantined(_) => (StatusCode::FORBIDDEN, "machine_quarantined"),
+            OpError::AnswerForgotten => (StatusCode::CONFLICT, "answer_forgotten"),
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
             OpError::Storage(_) => return ApiError::internal(message),
         };
@@ -100,7 +101,8 @@ impl From<Unavailable> for ApiError {
         if e.disk_full {
             return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.last_error);
         }
-        tracing::warn!("request unavailable: {e}");
+        static UNAVAILABLE: crate::log_every::LogEvery = crate::log_every::LogEvery::new(crate::log_every::PERIOD);
+        UNAVAILABLE.warn(format_args!("request unavailable: {e}"));
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -49,7 +49,7 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     let preauthorized = fields.bool_or("preauthorized", true)?;
     let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
     fields.finish()?;
-    if !preauthorized && node.rules() < 2 {
+    if !preauthorized && node.rules() < 3 {
         return Err(ApiError::bad_field(
             "preauthorized",
             "device approval needs every node on a build that knows it; until then only true is allowed",

@@ -75,6 +75,13 @@ pub async fn admin(
             other => Err(ApiError::internal(format!("list_machines answered {other:?}"))),
         };
     }
+    if matches!(action.as_str(), "allow_reenrol" | "approve" | "reject") && node.rules() < 3 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "upgrade_in_progress",
+            format!("{action} needs every node on a build that knows it (the cluster has not adopted its rules yet)"),
+        ));
+    }
     if action == "allow_reenrol" {
         // Lets a deleted (or rejected) machine's public key enrol again.
         let node_public_key = fields.str("node_public_key")?;

@@ -43,8 +43,10 @@ pub async fn handle(
         other => return Err(ApiError::bad_field("action", format!("unknown action {other:?}; use one of {ACTIONS}"))),
     };
     fields.finish()?;
+    // Only for the answer's wording: the change itself is decided on the leader.
+    let already_removed = matches!(change, Change::Remove { node_id } if node.node_record(node_id).is_some_and(|r| r.removed_at.is_some()));
     let members = node.change_membership(&actor, &change).await.map_err(error)?;
-    Ok(Json(json!({ "members": members })))
+    Ok(Json(json!({ "members": members, "already_removed": already_removed })))
 }
 
 /// A `host:port` address.

@@ -61,11 +61,32 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_when_disk_full))
         .layer(axum::middleware::from_fn_with_state(node.clone(), throttle::layer))
         .layer(axum::middleware::from_fn(metrics::record))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(node.config().settings().body_read_timeout()))
         .with_state(node)
+}
+
+/// A node whose disk is full answers every `POST /api/…` (reads and writes alike, well-formed
+/// or not) with 507 `disk_full` before looking at it: the caller should ask another node.
+async fn refuse_when_disk_full(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if node.disk_full() && request.method() == axum::http::Method::POST && request.uri().path().starts_with("/api/") {
+        let (free, _) = node.disk_state();
+        let minimum = node.config().settings().min_free_disk_mb << 20;
+        let message = crate::disk::full_message(&node.config().data_dir, free, minimum);
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            message,
+        ));
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

@@ -13,54 +13,19 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
         | ClusterCommand::Certs { .. }
         | ClusterCommand::BootstrapToken { .. } => return Err(CliError::Usage("this command runs on its own".into())),
         ClusterCommand::Backup { out, operator } => backup(conn, operator, &out).await?,
-        ClusterCommand::Status => {
-            let mut views = Vec::new();
-            for server in client.servers() {
-                let view = match client.get_from(server, "/api/cluster").await {
-                    Ok(info) => info,
-                    Err(e) => json!({ "server": server, "error": e.to_string() }),
-                };
-                views.push((server.clone(), view));
-            }
-            if conn.output == Output::Json {
-                print_json(&Value::Array(views.into_iter().map(|(_, v)| v).collect()));
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = views
-                .iter()
-                .map(|(server, v)| {
-                    if v.get("error").is_some() {
-                        return vec![
-                            "?".into(),
-                            "unreachable".into(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            server.clone(),
-                        ];
-                    }
-                    let num = |f: &str| v[f].as_u64().map_or("-".to_string(), |n| n.to_string());
-                    vec![
-                        num("node_id"),
-                        v["role"].as_str().unwrap_or("?").to_string(),
-                        num("term"),
-                        num("last_log_index"),
-                        num("last_applied_index"),
-                        num("leader"),
-                        server.clone(),
-                    ]
-                })
-                .collect();
-            println!("{}", table(&["NODE", "ROLE", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
-        }
+        ClusterCommand::Status => cluster_status(conn, &client).await?,
         ClusterCommand::AddNode { node, operator } => {
             let members = change_membership(conn, operator, add_node(&node)).await?;
             report_members(conn, &format!("node {} added and voting", node.id), &members);
         }
         ClusterCommand::RemoveNode { id, operator } => {
             let members = change_membership(conn, operator, remove_node(id)).await?;
-            report_members(conn, &format!("node {id} removed; its id is retired"), &members);
+            let done = if members["already_removed"] == true {
+                format!("node {id} was already removed; its id is retired")
+            } else {
+                format!("node {id} removed; its id is retired")
+            };
+            report_members(conn, &done, &members);
         }
         ClusterCommand::ReplaceNode { old_id, node, operator } => {
             change_membership(conn, operator.clone(), add_node(&node)).await?;
@@ -379,4 +344,106 @@ pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: St
         }
     }
     Ok(())
+}
+
+/// `ztna cluster status`: every member of the cluster, as the cluster lists them (not only the
+/// nodes in `ZTNA_SERVER`), each asked for its own view; unreachable ones marked with the
+/// reason. Fails (exit 1) when any member does not answer.
+async fn cluster_status(conn: &Conn, client: &crate::client::Client) -> Result<(), CliError> {
+    let mut views: Vec<(String, Value)> = Vec::new();
+    for server in client.servers() {
+        let view = match client.get_from(server, "/api/cluster").await {
+            Ok(info) => info,
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+        views.push((server.clone(), view));
+    }
+    // The members, from the leader's view if one answered, else any member's.
+    let members: Vec<Value> = views
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["members"].is_array())
+        .max_by_key(|v| (v["role"] == "leader", v["term"].as_u64()))
+        .and_then(|v| v["members"].as_array().cloned())
+        .unwrap_or_default();
+    // Members reached at their API address, with the scheme the given servers use.
+    let scheme = client.servers().first().and_then(|s| s.split_once("://")).map_or("http", |(scheme, _)| scheme);
+    for member in &members {
+        let url = format!("{scheme}://{}", member["api_addr"].as_str().unwrap_or_default());
+        let known = views.iter().any(|(_, v)| v["node_id"] == member["id"]) || views.iter().any(|(s, _)| *s == url);
+        if !known {
+            let view = match client.get_from(&url, "/api/cluster").await {
+                Ok(info) => info,
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            views.push((url, view));
+        }
+    }
+    let member_ids: Vec<u64> = members.iter().filter_map(|m| m["id"].as_u64()).collect();
+    let down: Vec<String> = views.iter().filter(|(_, v)| v.get("error").is_some()).map(|(s, _)| s.clone()).collect();
+    if conn.output == Output::Json {
+        print_json(&json!({
+            "members": members,
+            "nodes": views.iter().map(|(s, v)| json!({ "server": s, "view": v })).collect::<Vec<_>>(),
+        }));
+    } else {
+        let rows: Vec<Vec<String>> = views
+            .iter()
+            .map(|(server, v)| {
+                if let Some(error) = v["error"].as_str() {
+                    let id = members
+                        .iter()
+                        .find(|m| server.ends_with(m["api_addr"].as_str().unwrap_or("\u{0}")))
+                        .and_then(|m| m["id"].as_u64())
+                        .map_or("?".to_string(), |id| id.to_string());
+                    return vec![
+                        id,
+                        "unreachable".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        format!("{server}: {error}"),
+                    ];
+                }
+                let num = |f: &str| v[f].as_u64().map_or("-".to_string(), |n| n.to_string());
+                let member = match v["node_id"].as_u64() {
+                    Some(id) if member_ids.contains(&id) => {
+                        let voter = members.iter().any(|m| m["id"] == id && m["voter"] == true);
+                        if voter {
+                            "voter"
+                        } else {
+                            "learner"
+                        }
+                    }
+                    _ if members.is_empty() => "?",
+                    _ => "not a member",
+                };
+                vec![
+                    num("node_id"),
+                    v["role"].as_str().unwrap_or("?").to_string(),
+                    member.to_string(),
+                    num("term"),
+                    num("last_log_index"),
+                    num("last_applied_index"),
+                    num("leader"),
+                    server.clone(),
+                ]
+            })
+            .collect();
+        println!("{}", table(&["NODE", "ROLE", "MEMBER", "TERM", "LAST-LOG", "APPLIED", "LEADER", "API"], &rows));
+    }
+    if down.is_empty() {
+        Ok(())
+    } else {
+        let hint = if down.iter().any(|s| s.starts_with("https://"))
+            && std::env::var_os(crate::client::CA_CERT_ENV).is_none()
+        {
+            " (these nodes serve HTTPS: set ZTNA_CA_CERT to the cluster CA)"
+        } else {
+            ""
+        };
+        Err(CliError::Unhealthy(format!("{} node(s) did not answer: {}{hint}", down.len(), down.join(", "))))
+    }
 }

@@ -492,6 +492,9 @@ enum CliError {
     Backup(#[from] crate::store::backup::BackupError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The command ran, and found something wrong (a node down).
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// Runs the command line; the binary's whole `main`.

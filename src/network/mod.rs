@@ -12,7 +12,7 @@ pub mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -206,6 +206,11 @@ impl PeerClient {
     }
 }
 
+/// The waits between retries to a peer that does not take part: 50 ms doubling to 2 s.
+fn peer_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    std::iter::successors(Some(Duration::from_millis(50)), |d| Some((*d * 2).min(Duration::from_secs(2))))
+}
+
 #[derive(Debug, thiserror::Error)]
 enum CallError {
     #[error("unreachable: {0}")]
@@ -255,12 +260,15 @@ impl PeerNetwork {
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>> {
         match self.client.call::<_, RpcAnswer<Resp>>(&self.addr, path, req, option.hard_ttl()).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(RPCError::Network(NetworkError::new(&Message(format!(
+            // The peer answered but cannot take part (its Raft stopped, it is not a member, it
+            // refused our certificate), or the call failed on the way: both back off (openraft
+            // retries a `Network` error at once, thousands of times a second, each logged).
+            // Raft's calls are idempotent, so a retry after a lost answer is safe.
+            Ok(Err(remote)) => Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
                 "node {} refused {path}: {remote}",
                 self.target
             ))))),
-            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&Message(e)))),
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
         }
     }
 }
@@ -292,7 +300,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
-        // Retry an unreachable peer quickly: a restarted node should rejoin within a heartbeat or two.
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+        // Retry an unreachable peer quickly at first (a restarted node rejoins within a heartbeat
+        // or two), then less and less often, to one try every 2 s: a peer that is down for long
+        // costs a few log lines a second, not thousands.
+        openraft::network::Backoff::new(peer_backoff())
     }
 }

@@ -56,7 +56,8 @@ async fn authenticate_peer(
     let cert = request.extensions().get::<crate::listener::PeerCertificate>();
     let refused = |status: StatusCode, why: String| {
         crate::metrics::global().peer_refused();
-        tracing::warn!(peer = ?claimed, "internal call to {} refused: {why}", request.uri().path());
+        static REFUSED: crate::log_every::LogEvery = crate::log_every::LogEvery::new(crate::log_every::PERIOD);
+        REFUSED.warn(format_args!("internal call to {} from {claimed:?} refused: {why}", request.uri().path()));
         (status, why).into_response()
     };
     let (Some(id), Some(cert)) = (claimed, cert) else {
@@ -95,6 +96,9 @@ fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, (StatusCode, String)> 
 }
 
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    if let Some(why) = node.raft_stopped() {
+        return reply(&Err::<(), String>(why));
+    }
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().append_entries(rpc).await.map_err(|e| e.to_string())),
         Err(bad) => bad.into_response(),
@@ -102,6 +106,9 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    if let Some(why) = node.raft_stopped() {
+        return reply(&Err::<(), String>(why));
+    }
     match decode::<openraft::raft::VoteRequest<crate::raft_types::NodeId>>(&body) {
         Ok(rpc) if !crate::membership::vote_allowed(&node, rpc.vote.leader_id().voted_for()) => {
             let refused: Result<(), String> = Err(format!(
@@ -132,6 +139,9 @@ async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    if let Some(why) = node.raft_stopped() {
+        return reply(&Err::<(), String>(why));
+    }
     let _holding_elections = node.snapshot_chunk();
     match decode(&body) {
         Ok(rpc) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),

@@ -42,6 +42,20 @@ impl KeyStore {
             // A tag-scoped API key sets only tags it may put on keys.
             super::check_tags_granted(&grants, tags)?;
         }
+        if let (Some(scope), Some(machine)) = (&grants.tags, self.machines.get(machine_id)) {
+            // …and acts only on machines whose every granted tag is within its scope.
+            if machine.org_id == org_id {
+                let outside: Vec<&str> =
+                    machine.granted_tags.iter().filter(|t| !scope.contains(t)).map(String::as_str).collect();
+                if !outside.is_empty() {
+                    return Err(OpError::ScopeDenied(format!(
+                        "this API key may act only on machines tagged within {}; this one is granted {}",
+                        scope.join(", "),
+                        outside.join(", ")
+                    )));
+                }
+            }
+        }
         let admin = match actor {
             Actor::ApiKey { api_key_id, .. } => api_key_id.clone(),
             _ => "?".to_string(),
@@ -58,7 +72,8 @@ impl KeyStore {
             }
             MachineAction::Unquarantine => {
                 // Back to active, or to pending if it was never approved.
-                let approved = rules < 2 || machine.approved_at.is_some();
+                // (A machine enrolled before device approval, without a proof, never waited.)
+                let approved = rules < 3 || machine.approved_at.is_some() || machine.proved_at.is_none();
                 machine.state = if approved { MachineState::Active } else { MachineState::Pending };
                 decision.quarantined = false;
             }
@@ -76,12 +91,14 @@ impl KeyStore {
                     machine.state = MachineState::Active;
                 }
                 if machine.approved_at.is_none() {
+                    // Its tags' rights begin now.
+                    machine.tags = machine.granted_tags.clone();
                     machine.approved_by = Some(admin);
                     machine.approved_at = Some(now);
                 }
             }
             MachineAction::Delete | MachineAction::Reject => {
-                if rules >= 2 {
+                if rules >= 3 {
                     decision.deleted = Some(Actioned { by: admin, at: now });
                     self.put_decision(row, decision);
                 }
@@ -91,7 +108,7 @@ impl KeyStore {
         }
         let machine = machine.clone();
         self.dirty.insert(Row::Machine(machine_id.to_string()));
-        if rules >= 2 {
+        if rules >= 3 {
             self.put_decision(row, decision);
         }
         Ok(OpOk::Machine(machine))
@@ -103,7 +120,7 @@ impl KeyStore {
         match action {
             SelfAction::SetTags(tags) => {
                 let machine = self.machines.get_mut(&machine_id).ok_or(OpError::UnknownNodeKey)?;
-                if rules >= 2 {
+                if rules >= 3 {
                     // A machine may narrow its tags within what it was granted, nothing more, and
                     // not while an admin holds it.
                     match machine.state {

@@ -38,7 +38,7 @@ pub const MAX_FORGET_PER_ENTRY: usize = 4096;
 const SCOPE_CLUSTER: &str = "\u{1}cluster";
 
 /// The rules this build applies (see [`Meta::rules`]).
-pub const RULES: u32 = 2;
+pub const RULES: u32 = 3;
 
 /// Counters and the logical clock, persisted as one row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,8 @@ pub struct Meta {
     /// `InitCluster` of a new cluster starts at [`RULES`]; a cluster made by an older build
     /// stays at its rules until its leader proposes `AdoptRules` (once every member runs a
     /// build that knows them). 1: the rules before request ids were scoped to their caller.
+    /// 3: enrolment proves possession of the machine's key (`EnrolProven`; the bare `Enrol` is
+    /// refused), admin decisions stick, tags as granted, device approval.
     /// 2: request ids per caller, credentials checked before the request memory, enrolments
     /// remembered, bounded forgetting, re-enrolment only with an unexpired key.
     pub rules: u32,
@@ -200,10 +202,9 @@ impl KeyStore {
         let outcome = self.apply_op(at, now, &cmd.actor, &cmd.op);
         // A collision is retried by the proposer with a fresh id under the same request id. A
         // refused credential is not remembered: it would let anyone occupy a caller's ids.
-        let unauthenticated = matches!(
-            outcome,
-            Err(OpError::Unauthorized | OpError::UnknownNodeKey | OpError::NodeKeyRevoked | OpError::InvalidAuthKey)
-        );
+        let unauthenticated =
+            matches!(outcome, Err(OpError::Unauthorized | OpError::UnknownNodeKey | OpError::InvalidAuthKey))
+                || (outcome == Err(OpError::NodeKeyRevoked) && matches!(cmd.actor, Actor::NodeKey { .. }));
         if outcome != Err(OpError::IdCollision) && !unauthenticated {
             self.remember(now, row, digest, outcome.clone());
         }
@@ -468,7 +469,7 @@ impl KeyStore {
             Op::RegisterNode { node_id, incarnation } => self.register_node(now, *node_id, incarnation),
             Op::RetireNode { node_id } => self.retire_node(now, actor, *node_id),
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
-                if self.meta.rules >= 2 {
+                if self.meta.rules >= 3 {
                     // Rules 2: the public key is not a credential; every enrolment proves.
                     return Err(OpError::ProofInvalid(
                         "enrolment needs a proof of possession of node_public_key's private key".into(),
@@ -704,7 +705,7 @@ impl KeyStore {
         }) {
             return Ok(OpOk::Enrolled(enrolled_answer(machine, true)));
         }
-        // A proven enrolment (rules 2) is held to the machine's remembered admin decisions,
+        // A proven enrolment (rules 3) is held to the machine's remembered admin decisions,
         // device approval and a proof later than the one it last used.
         let proven = req.proved_at.is_some();
 
@@ -785,6 +786,9 @@ impl KeyStore {
             (state, Some(format!("{} (pre-authorized)", key.key_id)), Some(now))
         };
         let state = if proven && decision.quarantined { MachineState::Quarantined } else { state };
+        // A machine waiting for approval has no tags' rights: its grant waits in `granted_tags`.
+        let granted = tags.clone();
+        let tags = if state == MachineState::Pending { Vec::new() } else { tags };
         if decision.node_key_revoked_for.is_some() {
             // Enrolled again with another auth key: the operator gave it a fresh one.
             let mut cleared = decision.clone();
@@ -800,7 +804,7 @@ impl KeyStore {
             node_key_id: req.node_key.id.clone(),
             node_key_hash: req.node_key.hash,
             auth_key_id: req.auth_key_id.to_string(),
-            granted_tags: tags.clone(),
+            granted_tags: granted,
             tags,
             ephemeral,
             created_at: now,

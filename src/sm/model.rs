@@ -880,6 +880,8 @@ pub enum OpError {
     PendingApproval,
     #[error("{0}")]
     MachineQuarantined(String),
+    #[error("this request was applied before an upgrade and its answer was not kept in a form this build reads; read the state to see its effect")]
+    AnswerForgotten,
 }
 
 /// The outcome of one command.

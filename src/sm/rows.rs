@@ -35,7 +35,21 @@ macro_rules! stored_as_is {
         })*
     };
 }
-stored_as_is!(Org, RememberedRequest, OrgQuota, Decision, super::nodes::NodeRecord);
+stored_as_is!(Org, OrgQuota, Decision, super::nodes::NodeRecord);
+
+/// A remembered request whose outcome an older build wrote (a record in it has since gained
+/// fields): its time and digest are kept, so it still expires and still tells a retry from a
+/// reused id, but its answer cannot be given again. Every replica reads the same bytes, so every
+/// replica answers the same.
+impl super::backing::Stored for RememberedRequest {
+    fn decode_stored(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+        codec::decode::<RememberedRequest>(bytes).or_else(|_| {
+            let (at, digest) = codec::decode_head::<(Millis, [u8; 32])>(bytes)?;
+            let outcome = Err(OpError::AnswerForgotten);
+            Ok(RememberedRequest { at, digest, outcome })
+        })
+    }
+}
 
 /// A changed record of an in-memory table, named by table and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

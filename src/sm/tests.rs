@@ -891,5 +891,17 @@ fn a_tag_scoped_api_key_mints_only_within_its_tags_and_sets_machine_tags_only_wi
         machine_id: "m_n1".into(),
         action: MachineAction::SetTags(vec!["tag:prod".into()]),
     };
-    assert!(matches!(f.run(T0 + 3, scoped, widen), Err(OpError::ScopeDenied(_))));
+    assert!(matches!(f.run(T0 + 3, scoped.clone(), widen), Err(OpError::ScopeDenied(_))));
+    // Nor does it act on a machine granted tags outside its scope (approve, quarantine, …).
+    let spec =
+        AuthKeySpec::new(false, false, 3600, vec!["tag:prod".into()], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    let op = Op::CreateAuthKeyWith { org_id: "org_a".into(), key: cred("ak_prod"), spec, preauthorized: false };
+    f.run(T0 + 4, f.admin.clone(), op).unwrap();
+    f.enrol(T0 + 5, "ak_prod", "n2").unwrap();
+    for action in [MachineAction::Approve, MachineAction::Quarantine, MachineAction::Delete] {
+        let op = Op::MachineAdmin { org_id: "org_a".into(), machine_id: "m_n2".into(), action };
+        assert!(matches!(f.run(T0 + 6, scoped.clone(), op), Err(OpError::ScopeDenied(m)) if m.contains("tag:prod")));
+    }
+    assert_eq!(f.store.machines["m_n2"].state, MachineState::Pending);
+    assert!(f.store.machines["m_n2"].tags.is_empty(), "no tags' rights while pending");
 }

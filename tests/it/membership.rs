@@ -117,6 +117,39 @@ async fn a_fourth_node_joins_and_the_leader_leaves_under_enrolment_load() {
     .await;
     assert_eq!((status, reused["error"]["code"].as_str()), (409, Some("node_id_used")), "{reused}");
 
+    // Restarted with its old data directory, the removed node refuses before taking any part
+    // in Raft: it exits at once, and the others hear no vote request from it.
+    let refusals_before: usize = remaining.iter().map(|id| cluster.log(*id).matches("refuses to vote").count()).sum();
+    let started = Instant::now();
+    cluster.spawn(leader);
+    let exited = cluster.wait_exit(leader, Duration::from_secs(10)).await;
+    assert_eq!(exited, Some(false), "the removed node must refuse to start:\n{}", cluster.log(leader));
+    assert!(started.elapsed() < Duration::from_secs(5), "it took {:?} to refuse", started.elapsed());
+    assert!(cluster.log(leader).contains("refusing to start"), "{}", cluster.log(leader));
+    let refusals_after: usize = remaining.iter().map(|id| cluster.log(*id).matches("refuses to vote").count()).sum();
+    assert_eq!(refusals_before, refusals_after, "the removed node asked for votes");
+
+    // Removing it again says so and succeeds.
+    let out = cluster
+        .cli()
+        .env("ZTNA_SERVER", cluster.url(new_leader))
+        .args(["cluster", "remove-node", "--id", &leader.to_string()])
+        .env("ZTNA_OPERATOR_KEY", &cluster.operator_key)
+        .output()
+        .expect("ztna cluster remove-node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "remove-node again: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("already removed"), "{stdout}");
+
+    // `ztna cluster status` given one node lists every member, as the cluster knows them.
+    let out = cluster.cli().env("ZTNA_SERVER", cluster.url(new_leader)).args(["cluster", "status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for id in &remaining {
+        assert!(stdout.lines().any(|l| l.split_whitespace().next() == Some(&id.to_string())), "node {id}: {stdout}");
+    }
+    assert!(!stdout.lines().any(|l| l.split_whitespace().next() == Some(&leader.to_string())), "{stdout}");
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acknowledged, failures) = load.finish().await;
     assert!(failures.is_empty(), "enrolments failed beyond the documented retry: {failures:?}");
@@ -127,6 +160,14 @@ async fn a_fourth_node_joins_and_the_leader_leaves_under_enrolment_load() {
         let record = cluster.get_key(*id, key["key_id"].as_str().expect("key id")).await;
         assert_eq!(record["uses"].as_u64(), Some(acknowledged.len() as u64), "node {id}: {record}");
     }
+
+    // A member down: `ztna cluster status` marks it and fails.
+    let down = remaining.iter().copied().find(|id| *id != new_leader).expect("a follower");
+    cluster.kill(down);
+    let out = cluster.cli().env("ZTNA_SERVER", cluster.url(new_leader)).args(["cluster", "status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with(&down.to_string()) && l.contains("unreachable")), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

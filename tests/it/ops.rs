@@ -346,6 +346,29 @@ async fn a_node_whose_disk_fills_refuses_requests_and_rejoins_with_everything_on
     assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("disk is full"), "{refused}");
     assert!(cluster.log(full).contains("disk is full"), "{}", cluster.log(full));
     cluster.wait_leader_among(&others).await;
+    // It says it is not ready, and refuses even a malformed request with 507, unparsed.
+    let ready = cluster.http.get(format!("{}/readyz", cluster.url(full))).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.expect("readyz json");
+    assert_eq!(ready["error"]["code"], "disk_full", "{ready}");
+    let (status, answer) = cluster.post(full, "/api/key-management", &json!({"action": 7}), None).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (507, Some("disk_full")), "{answer}");
+    let info = cluster.cluster_info(full).await.expect("cluster info");
+    assert_eq!(info["role"], "shutdown", "{info}");
+    // No log flood: over four seconds of the incident, every node's log grows by a few KB.
+    let sizes = |c: &Cluster| (1..=3).map(|id| c.log(id).len()).collect::<Vec<_>>();
+    let before = sizes(&cluster);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let grown: Vec<usize> = sizes(&cluster).iter().zip(&before).map(|(after, before)| after - before).collect();
+    for (i, bytes) in grown.iter().enumerate() {
+        // Before the fix: the full node ~650 KB/s, the leader ~1.2 MB/s.
+        assert!(
+            *bytes < 16 * 1024,
+            "node {} logged {bytes} bytes in 4 s of a disk-full incident:\n{}",
+            i + 1,
+            cluster.logs()
+        );
+    }
     for id in &others {
         for _ in 0..3 {
             device += 1;

@@ -49,7 +49,32 @@ async fn a_spent_one_shot_key_and_a_victims_public_key_mint_nothing_and_a_captur
     // A proof made for node 2 is refused by node 3.
     forged["request_id"] = json!("forged-2");
     let (status, answer) = cluster.post(3, "/api/enrol", &forged, None).await;
+    assert_eq!((status, code(&answer)), (401, "wrong_server_key"), "{answer}");
+    // A low-order point (whose shared secret anyone knows) or an alias of a key: refused.
+    let zero = ztna_proof::enrol_body(
+        &attacker_private,
+        &"0".repeat(64),
+        server_key,
+        secret,
+        "h",
+        "low-1",
+        ztna_proof::issued_now(),
+    );
+    let (status, answer) = cluster.post(2, "/api/enrol", &zero, None).await;
     assert_eq!((status, code(&answer)), (401, "proof_invalid"), "{answer}");
+    let mut alias = hex::decode(&victim_public).unwrap();
+    alias[31] |= 0x80;
+    let alias = ztna_proof::enrol_body(
+        &attacker_private,
+        &hex::encode(alias),
+        server_key,
+        secret,
+        "h",
+        "alias-1",
+        ztna_proof::issued_now(),
+    );
+    let (status, answer) = cluster.post(2, "/api/enrol", &alias, None).await;
+    assert_eq!((status, code(&answer)), (400, "invalid_request"), "{answer}");
 
     // Nothing changed: one use, one history row, and the victim keeps heartbeating.
     let record = cluster.get_key(1, key_id).await;
@@ -71,7 +96,7 @@ async fn a_spent_one_shot_key_and_a_victims_public_key_mint_nothing_and_a_captur
     let (status, answer) = cluster.post(1, "/api/enrol", &captured, None).await;
     assert_eq!((status, code(&answer)), (401, "proof_replayed"), "{answer}");
     let (status, answer) = cluster.post(2, "/api/enrol", &captured, None).await;
-    assert_eq!((status, code(&answer)), (401, "proof_invalid"), "{answer}");
+    assert_eq!((status, code(&answer)), (401, "wrong_server_key"), "{answer}");
     // The machine itself re-keys with a fresh proof: same machine, recorded as a re-key.
     let (status, again) = cluster.enrol(3, reusable_secret, 7).await;
     assert_eq!(status, 200, "{again}");
@@ -239,6 +264,10 @@ async fn a_machine_enrolled_with_a_key_needing_approval_waits_until_an_admin_app
     };
     let (status, answer) = cluster.post(1, "/api/machine/set-tags", &json!({"tags": []}), Some(&node_key)).await;
     assert_eq!((status, code(&answer)), (403, "pending_approval"), "{answer}");
+    let (status, beat) = cluster.post(2, "/api/machine/heartbeat", &json!({}), Some(&node_key)).await;
+    assert_eq!((status, beat["state"].as_str()), (200, Some("pending")), "{beat}");
+    assert_eq!(beat["tags"], json!([]), "no tags' rights while pending: {beat}");
+    assert_eq!(beat["granted_tags"], json!(["tag:kiosk"]), "{beat}");
     // The admin approves with the CLI; the running agent hears it.
     let (ok, out, err) = cluster.run_cli(&["machine-admin", "--action", "approve", "--machine", &machine]);
     assert!(ok, "{out}{err}");
@@ -247,6 +276,7 @@ async fn a_machine_enrolled_with_a_key_needing_approval_waits_until_an_admin_app
     let approved = row(&listed, &machine).unwrap();
     assert!(approved["approved_by"].as_str().is_some_and(|a| a.starts_with("api_")), "{approved}");
     assert!(approved["approved_at"].is_string(), "{approved}");
+    assert_eq!(approved["tags"], json!(["tag:kiosk"]), "its tags once approved: {approved}");
     // A second machine rejected: deleted, and it stays out.
     let (status, second) = cluster.enrol(2, key["key"].as_str().unwrap(), 2).await;
     assert_eq!((status, second["state"].as_str()), (200, Some("pending")), "{second}");
