@@ -45,6 +45,15 @@ fault_switch!(
 );
 
 fault_switch!(
+    /// `ZTNA_FAULT_SKIP_FSYNC=1`: the Raft log's group commit writes the WAL out to the operating
+    /// system but never fsyncs it, and still tells openraft the entries are durable: a real
+    /// missing fsync. `kill -9` cannot see it (the page cache survives); a power cut that loses
+    /// the page cache (jepsen-lite's lazyfs) loses acknowledged writes.
+    skip_fsync,
+    "ZTNA_FAULT_SKIP_FSYNC"
+);
+
+fault_switch!(
     /// `ZTNA_FAULT_SKIP_LIMIT_CHECK=1`: the state machine lets any unrevoked, unexpired key enrol,
     /// ignoring one-shot and `max_uses` limits.
     skip_limit_check,

@@ -648,6 +648,9 @@ impl Node {
     /// the state machine. A machine's own status query is its heartbeat: it only confirms
     /// leadership with a quorum (no log entry), and the leader records it without a Raft write.
     pub async fn query_as_leader(&self, actor: &Actor, query: &Query) -> Result<Result<Answer, OpError>, ForwardError> {
+        if let Some(why) = self.raft_stopped() {
+            return Err(ForwardError::Unavailable(why));
+        }
         let confirmed = if matches!(query, Query::MachineStatus) {
             self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e {
                 RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {

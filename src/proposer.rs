@@ -120,7 +120,13 @@ async fn run(setup: Setup, mut waiting: mpsc::Receiver<Waiting>, last_proposal: 
         let request = Request { time: clock.stamp(term, floor), commands };
         // Handed to openraft here, in order (so an entry with a barrier comes after every entry
         // proposed before it); the outcome is awaited on its own task.
-        let proposed = raft.client_write_ff(request).await;
+        // A Raft that stopped (the disk watchdog shut it down) is not asked: openraft would log
+        // an error for every call, and nothing can be written anyway.
+        let proposed = if raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+            Err(openraft::error::Fatal::Stopped)
+        } else {
+            raft.client_write_ff(request).await
+        };
         tokio::spawn(async move {
             let result = match proposed {
                 Ok(receiver) => match receiver.await {

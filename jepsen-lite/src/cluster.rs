@@ -39,6 +39,8 @@ pub struct Cluster {
     /// The bootstrap token's SHA-256 (in every node's settings) and the token (for init).
     token_sha256: String,
     pub bootstrap_token: String,
+    /// Each node's data directory on lazyfs, when the run uses it (`mount_lazyfs`).
+    lazy: std::sync::Mutex<Vec<crate::lazyfs::LazyMount>>,
 }
 
 #[derive(Default)]
@@ -111,6 +113,7 @@ impl Cluster {
             timing,
             token_sha256,
             bootstrap_token,
+            lazy: std::sync::Mutex::new(Vec::new()),
         };
         for &id in &ids {
             cluster.write_config(id)?;
@@ -136,6 +139,9 @@ impl Cluster {
         text.push_str("cluster_name = \"jepsen-lite\"\n");
         // Keys that expire during the run; snapshots and log purges happen during the run.
         text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_commands = 3000\n");
+        // Every client is one address: a run that lost its state (every call refused) must still
+        // get definite 401s for its final reads, not 429s.
+        text.push_str("auth_failures_per_minute = 1000000\n");
         text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
         text.push_str(&format!("bootstrap_token_sha256 = \"{}\"\n", self.token_sha256));
         text.push_str(&self.timing);
@@ -300,5 +306,37 @@ impl Cluster {
             self.resume(id).await;
             self.stop(id).await;
         }
+    }
+
+    /// Puts every node's data directory on lazyfs (before the nodes first start), over a
+    /// backing directory beside it.
+    pub fn mount_lazyfs(&self) -> anyhow::Result<()> {
+        let mut mounts = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        for &id in &self.ids {
+            let dir = self.data_dir().join(format!("n{id}"));
+            let backing = self.data_dir().join(format!("n{id}.backing"));
+            mounts.push(
+                crate::lazyfs::LazyMount::mount(&dir, &backing)
+                    .with_context(|| format!("lazyfs on {}", dir.display()))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the data directories are on lazyfs.
+    pub fn on_lazyfs(&self) -> bool {
+        !self.lazy.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// The power cut's effect on the disks (every node must be dead): unsynced bytes dropped,
+    /// if the data directories are on lazyfs.
+    pub fn power_cut(&self) -> Option<u64> {
+        let mounts = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        (!mounts.is_empty()).then(|| mounts.iter().map(|m| m.power_cut()).sum())
+    }
+
+    /// Unmounts lazyfs (after the nodes stopped).
+    pub fn unmount_lazyfs(&self) {
+        self.lazy.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

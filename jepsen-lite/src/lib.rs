@@ -14,6 +14,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod hosts;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod options;
 pub mod plot;

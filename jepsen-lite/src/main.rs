@@ -26,7 +26,12 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Check { history, skew_ms } => {
             let (header, ops) = jepsen_lite::history::read_jsonl(&history)?;
             let config = jepsen_lite::checker::Config { skew_ms, search_limit: std::time::Duration::from_secs(10) };
-            let results = jepsen_lite::run::check_in_thread(ops.clone(), config).await?;
+            let mut results = jepsen_lite::run::check_in_thread(ops.clone(), config).await?;
+            let workloads: Vec<String> = header["workload"]
+                .as_array()
+                .map(|w| w.iter().filter_map(|w| w.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            results.coverage = jepsen_lite::checker::coverage::check(&ops, &workloads, &mut results);
             let dir = history.parent().unwrap_or(std::path::Path::new("."));
             let hosts = header["hosts"].as_str().unwrap_or("unknown").to_string();
             jepsen_lite::report::write(dir, &header, &ops, &results, &hosts)?;

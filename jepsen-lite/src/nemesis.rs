@@ -4,8 +4,10 @@
 //! burst), kills every node at once (a power loss), pauses with SIGSTOP beyond the election
 //! timeout, jumps one node's clock, and restarts every node in turn. The network lane
 //! partitions (isolating the leader, isolating a follower, a bridge, a one-way ring) and adds
-//! latency, loss and reordering. Each fault is recorded as a `start` and an `end` event with
-//! process `nemesis`. This module must not look at client results.
+//! latency, loss and reordering. Each fault is recorded as a `start` event once it took effect
+//! (the processes are dead, the rules are in place) and an `end` event once it was lifted, with
+//! process `nemesis`; a fault that could not be applied or lifted is an `error` event, which
+//! makes the run `unknown`. This module must not look at client results.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -120,8 +122,8 @@ async fn kill(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
             (vec![id], format!("kill -9 n{id}"))
         }
     };
-    event(&ctx.history, "kill", "start", &detail);
     futures::future::join_all(victims.iter().map(|&id| cluster.kill(id))).await;
+    event(&ctx.history, "kill", "start", &detail);
     tokio::time::sleep(Duration::from_millis(rng.gen_range(500..3000))).await;
     for &id in &victims {
         cluster.start(id).await?;
@@ -130,11 +132,16 @@ async fn kill(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every node killed at once, as when a site loses power: only what was fsynced survives.
+/// Every node killed at once, as when a site loses power. On lazyfs every byte not fsynced is
+/// dropped too; without it the page cache survives (see `lazyfs`).
 async fn power_loss(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     let cluster = &ctx.cluster;
-    event(&ctx.history, "power", "start", "kill -9 every node at once (power loss)");
     futures::future::join_all(cluster.ids.iter().map(|&id| cluster.kill(id))).await;
+    let detail = match cluster.power_cut() {
+        Some(lost) => format!("kill -9 every node at once; lazyfs dropped {lost} unsynced bytes"),
+        None => "kill -9 every node at once (no lazyfs: the page cache survives)".to_string(),
+    };
+    event(&ctx.history, "power", "start", &detail);
     tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
     cluster.start_all().await?;
     event(&ctx.history, "power", "end", "every node restarted with its data");
@@ -147,8 +154,8 @@ async fn pause(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     let id = if rng.gen_bool(0.5) { leader } else { other_than(cluster, leader, rng) };
     let role = if id == leader { "leader" } else { "follower" };
     let hold = rng.gen_range(1500..4000);
-    event(&ctx.history, "pause", "start", &format!("SIGSTOP {role} n{id} for {hold} ms"));
     cluster.pause(id).await;
+    event(&ctx.history, "pause", "start", &format!("SIGSTOP {role} n{id} for {hold} ms"));
     tokio::time::sleep(Duration::from_millis(hold)).await;
     cluster.resume(id).await;
     event(&ctx.history, "pause", "end", &format!("SIGCONT n{id}"));
@@ -163,8 +170,8 @@ async fn clock(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
         cluster.ids[rng.gen_range(0..cluster.ids.len())]
     };
     let jump = rng.gen_range(500..=MAX_CLOCK_JUMP_MS) * if rng.gen_bool(0.5) { 1 } else { -1 };
-    event(&ctx.history, "clock", "start", &format!("n{id} clock jumps {jump:+} ms"));
     cluster.set_clock_offset(id, jump).await?;
+    event(&ctx.history, "clock", "start", &format!("n{id} clock jumps {jump:+} ms"));
     tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..8000))).await;
     cluster.set_clock_offset(id, 0).await?;
     event(&ctx.history, "clock", "end", &format!("n{id} clock reset"));
@@ -173,9 +180,11 @@ async fn clock(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
 
 async fn rolling_restart(ctx: &Ctx) -> anyhow::Result<()> {
     let cluster = &ctx.cluster;
-    event(&ctx.history, "restart", "start", "rolling restart (SIGTERM, start, wait until it answers)");
-    for &id in &cluster.ids {
+    for (n, &id) in cluster.ids.iter().enumerate() {
         cluster.stop(id).await;
+        if n == 0 {
+            event(&ctx.history, "restart", "start", "rolling restart (SIGTERM, start, wait until it answers)");
+        }
         cluster.start(id).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline && cluster.api.get(id, "/readyz").await.is_none() {
@@ -218,8 +227,8 @@ async fn partition(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
             "one-way ring: n1→n2, n2→n3, n3→n1 dropped".to_string()
         }
     };
-    event(&ctx.history, "partition", "start", &detail);
     cluster.hosts.partition(&links)?;
+    event(&ctx.history, "partition", "start", &detail);
     tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..8000))).await;
     cluster.hosts.partition(&BTreeSet::new())?;
     event(&ctx.history, "partition", "end", "healed");
@@ -228,8 +237,8 @@ async fn partition(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
 
 async fn netem(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     let cluster = &ctx.cluster;
-    event(&ctx.history, "netem", "start", cluster.hosts.netem_description());
     cluster.hosts.netem(true)?;
+    event(&ctx.history, "netem", "start", cluster.hosts.netem_description());
     tokio::time::sleep(Duration::from_millis(rng.gen_range(4000..8000))).await;
     cluster.hosts.netem(false)?;
     event(&ctx.history, "netem", "end", "healed");

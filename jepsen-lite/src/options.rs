@@ -44,7 +44,7 @@ pub struct RunOptions {
     /// Comma-separated nemeses: kill, power, partition, pause, clock, netem, restart; `all` or `none`.
     #[arg(long, default_value = "all")]
     pub nemesis: String,
-    /// Comma-separated workloads: one-shot, max-uses, revoke, expiry, create-list; or `all`.
+    /// Comma-separated workloads: one-shot, max-uses, revoke, expiry, create-list, reenrol; or `all`.
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// The `ztna` binary to run (default: next to this executable).
@@ -63,6 +63,10 @@ pub struct RunOptions {
     /// Seconds the linearizability search may spend per key before answering `unknown`.
     #[arg(long, default_value_t = 10)]
     pub search_limit: u64,
+    /// The `power` nemesis without lazyfs: `kill -9` only, the page cache survives (lazyfs is
+    /// used whenever it can run: /dev/fuse and root).
+    #[arg(long)]
+    pub no_lazyfs: bool,
 }
 
 #[derive(Debug, Clone, Args)]

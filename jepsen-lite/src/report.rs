@@ -48,12 +48,18 @@ pub fn write(dir: &Path, header: &Value, ops: &[Op], results: &Results, hosts: &
         "examined": results.examined,
         "unknown": results.unknown,
         "anomalies": results.anomalies,
+        "coverage": results.coverage,
+        "skipped_rounds": header["skipped_rounds"],
     });
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&summary)?)?;
     std::fs::write(dir.join("anomalies.txt"), anomalies_text(ops, results))?;
     plot::latency(&dir.join("latency.svg"), ops)?;
     plot::rate(&dir.join("rate.svg"), ops)?;
     print!("{}", summary_text(&counts, results, dir));
+    if let Some(skipped) = header["skipped_rounds"].as_object().filter(|s| !s.is_empty()) {
+        let text: Vec<String> = skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("rounds skipped (too many operations in flight): {}", text.join(", "));
+    }
     Ok(())
 }
 
@@ -67,6 +73,15 @@ pub fn summary_text(counts: &Counts, results: &Results, dir: &Path) -> String {
     }
     let faults: Vec<String> = counts.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(out, "faults: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") });
+    if let Some(by_kind) = results.coverage["faults"].as_object() {
+        let shares: Vec<String> = by_kind
+            .iter()
+            .map(|(kind, c)| format!("{kind} {:.0}%", 100.0 * c["share_overlapping"].as_f64().unwrap_or(0.0)))
+            .collect();
+        if !shares.is_empty() {
+            let _ = writeln!(out, "operations overlapping each fault: {}", shares.join(", "));
+        }
+    }
     for (checker, n) in results.by_checker() {
         let examined = results.examined.get(checker).copied().unwrap_or(0);
         let _ = writeln!(out, "checker {checker:<13} examined {examined:>6}  anomalies {n}");

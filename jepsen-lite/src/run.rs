@@ -50,23 +50,36 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     let mode = hosts.mode();
     let env: Vec<(String, String)> = options.faults.iter().map(|f| (f.clone(), "1".to_string())).collect();
     let mut cluster = Cluster::new(hosts, &dir, &ztna, env).await?;
+    // The power nemesis loses unsynced data when the data directories are on lazyfs.
+    let lazy = nemeses.iter().any(|n| n == "power") && !options.no_lazyfs && crate::lazyfs::available();
+    let mounted =
+        if lazy { cluster.mount_lazyfs().map_err(|e| eprintln!("jepsen-lite: lazyfs: {e:#}")).is_ok() } else { false };
+    let power_mode = if mounted {
+        "lazyfs: unsynced writes are lost at a power cut"
+    } else {
+        "kill -9: the page cache survives a power cut"
+    };
+    eprintln!("jepsen-lite: power nemesis mode: {power_mode}");
     let started = start(&mut cluster).await;
     let cluster = Arc::new(cluster);
     let outcome = match started {
-        Ok(()) => drive(cluster.clone(), &options, seed, &nemeses, &workloads, &dir).await,
+        Ok(()) => drive(cluster.clone(), &options, seed, &nemeses, &workloads, &dir, skew_ms).await,
         Err(e) => Err(e),
     };
     cluster.stop_all().await;
+    cluster.unmount_lazyfs();
     cluster.hosts.teardown();
     if !options.keep_data {
         let _ = std::fs::remove_dir_all(cluster.data_dir());
     }
-    let (history, header) = outcome?;
+    let (history, mut header) = outcome?;
+    header["power_mode"] = json!(power_mode);
 
     let ops = history.snapshot();
     crate::history::write_jsonl(&dir.join("history.jsonl"), &header, &ops)?;
     let config = checker::Config { skew_ms, search_limit: Duration::from_secs(options.search_limit) };
-    let results = check_in_thread(ops.clone(), config).await?;
+    let mut results = check_in_thread(ops.clone(), config).await?;
+    results.coverage = checker::coverage::check(&ops, &workloads, &mut results);
     report::write(&dir, &header, &ops, &results, mode)?;
     Ok(RunResult { verdict: results.verdict(), dir, results })
 }
@@ -111,8 +124,9 @@ async fn drive(
     nemeses: &[String],
     workloads: &[String],
     dir: &Path,
+    skew_ms: u64,
 ) -> anyhow::Result<(History, Value)> {
-    let header = json!({
+    let mut header = json!({
         "jepsen_lite": env!("CARGO_PKG_VERSION"),
         "seed": seed,
         "commit": commit(),
@@ -125,7 +139,7 @@ async fn drive(
     });
     let history = History::new();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let ctx = Ctx::new(cluster.clone(), history.clone(), stop, seed);
+    let ctx = Ctx::new(cluster.clone(), history.clone(), stop, seed, skew_ms);
     let work = tokio::spawn(workload::run(ctx.clone(), workloads.to_vec()));
     let faults = tokio::spawn(nemesis::run(ctx.clone(), nemeses.to_vec(), seed));
     tokio::time::sleep(Duration::from_secs(options.time)).await;
@@ -134,6 +148,7 @@ async fn drive(
     let _ = work.await;
 
     final_phase(&ctx).await;
+    header["skipped_rounds"] = json!(ctx.skipped());
     eprintln!("jepsen-lite: run finished, {} history entries", history.snapshot().len());
     Ok((history, header))
 }
@@ -167,7 +182,7 @@ async fn final_phase(ctx: &Arc<Ctx>) {
                 let mut client = ctx.client();
                 let read = client.read(client.random_node(), &key_id, true).await;
                 // A definite answer, found or not, ends the retries.
-                if read.kind == OpType::Ok || read.error.as_deref() == Some("not_found") {
+                if read.kind == OpType::Ok || matches!(read.error.as_deref(), Some("not_found" | "unauthorized")) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;

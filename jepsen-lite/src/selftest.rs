@@ -14,6 +14,8 @@ pub struct Scenario {
     pub expect: Verdict,
     /// The checker that must report the anomaly.
     pub caught_by: &'static [&'static str],
+    /// Run the power nemesis as `kill -9` only (no lazyfs).
+    pub no_lazyfs: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -24,6 +26,7 @@ pub const SCENARIOS: &[Scenario] = &[
         nemesis: "kill,power,partition",
         expect: Verdict::Valid,
         caught_by: &[],
+        no_lazyfs: false,
     },
     Scenario {
         name: "skip the limit check",
@@ -32,6 +35,7 @@ pub const SCENARIOS: &[Scenario] = &[
         nemesis: "none",
         expect: Verdict::Invalid,
         caught_by: &["limits", "linearizable"],
+        no_lazyfs: false,
     },
     Scenario {
         name: "decide use from a stale local read",
@@ -40,6 +44,7 @@ pub const SCENARIOS: &[Scenario] = &[
         nemesis: "none",
         expect: Verdict::Invalid,
         caught_by: &["limits", "linearizable"],
+        no_lazyfs: false,
     },
     Scenario {
         name: "acknowledge before the log is durable",
@@ -48,6 +53,27 @@ pub const SCENARIOS: &[Scenario] = &[
         nemesis: "power",
         expect: Verdict::Invalid,
         caught_by: &["limits", "linearizable", "listing", "revoke"],
+        no_lazyfs: false,
+    },
+    // A real missing fsync: the WAL is written to the OS but never synced. Only a power cut
+    // that loses the page cache (lazyfs) can see it; with `kill -9` alone it must pass.
+    Scenario {
+        name: "skip the log's fsync, power as kill -9",
+        fault: Some("ZTNA_FAULT_SKIP_FSYNC"),
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "power",
+        expect: Verdict::Valid,
+        caught_by: &[],
+        no_lazyfs: true,
+    },
+    Scenario {
+        name: "skip the log's fsync, power on lazyfs",
+        fault: Some("ZTNA_FAULT_SKIP_FSYNC"),
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "power",
+        expect: Verdict::Invalid,
+        caught_by: &["limits", "linearizable", "listing", "revoke"],
+        no_lazyfs: false,
     },
 ];
 
@@ -67,6 +93,7 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
             faults: scenario.fault.iter().map(|f| f.to_string()).collect(),
             keep_data: false,
             search_limit: 10,
+            no_lazyfs: scenario.no_lazyfs,
         };
         let result = crate::run::run(run).await?;
         let caught: Vec<&str> = result.results.anomalies.iter().map(|a| a.checker).collect();

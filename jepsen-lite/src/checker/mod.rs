@@ -12,6 +12,7 @@
 //! (a key with no final read, a search over its time limit) says `unknown`, never `valid`.
 //! This module must not talk to the cluster.
 
+pub mod coverage;
 pub mod expiry;
 pub mod limits;
 pub mod linearizable;
@@ -63,6 +64,9 @@ pub struct Results {
     pub unknown: Vec<(String, String)>,
     /// Per checker: keys (or listings) examined.
     pub examined: BTreeMap<String, usize>,
+    /// What the run exercised (`coverage::check`): operations per workload, faults and the
+    /// share of operations that overlapped them. Null for a history checked on its own.
+    pub coverage: serde_json::Value,
 }
 
 impl Results {
@@ -125,7 +129,7 @@ pub struct KeyMeta<'a> {
 #[derive(Debug, Clone)]
 pub struct FinalRecord<'a> {
     pub read: Pair<'a>,
-    /// The final read answered `not_found`.
+    /// The final read answered `not_found` (or `unauthorized`: the run's API key is gone).
     pub missing: bool,
     pub uses: u64,
     pub revoked: bool,
@@ -177,7 +181,9 @@ impl<'a> Analysis<'a> {
             let Some(key) = p.key().and_then(|k| keys.get_mut(k)) else { continue };
             let is_final = p.invoke.value["final"].as_bool() == Some(true);
             if is_final {
-                if p.kind() == OpType::Ok || p.error() == Some("not_found") {
+                // `unauthorized`: the org API key the acknowledged cluster initialisation made is
+                // gone, so the key is too (the harness never revokes that API key).
+                if p.kind() == OpType::Ok || matches!(p.error(), Some("not_found" | "unauthorized")) {
                     key.final_record = Some(final_record(*p));
                 }
             } else {

@@ -172,6 +172,12 @@ fn a_key_lost_entirely_is_a_lost_acknowledgement() {
     let results = h.check();
     let caught = checkers(&results);
     assert!(caught.contains(&"limits") && caught.contains(&"listing"), "{caught:?}");
+
+    // The whole cluster state lost (its API key answers 401): the same lost acknowledgement.
+    let mut h = H::default();
+    h.create("ak_gone", true, None, LATER);
+    h.call(5, f::READ, "ak_gone", json!({ "final": true }), 100, 101, OpType::Fail, Value::Null, Some("unauthorized"));
+    assert!(h.check().anomalies.iter().any(|a| a.checker == "limits" && a.message.starts_with("lost acknowledgement")));
 }
 
 #[test]
@@ -339,4 +345,76 @@ fn a_machine_enrolling_again_re_keys_and_a_second_use_for_it_is_caught() {
     h.read(5, "ak_r", (8000, 8001), 1, false, &["d1"], true);
     h.final_list(&["ak_r"], 8100);
     assert_eq!(h.check().verdict(), Verdict::Invalid);
+}
+
+impl H {
+    fn nemesis(&mut self, kind: &str, phase: &str, ms: u64) {
+        self.ops.push(Op {
+            index: 0,
+            time: ms * 1_000_000,
+            wall_ms: WALL0 + ms,
+            process: Process::NEMESIS,
+            kind: OpType::Info,
+            f: kind.to_string(),
+            key: None,
+            value: json!({ "phase": phase, "detail": "test" }),
+            node: None,
+            error: None,
+        });
+    }
+
+    fn coverage(mut self, workloads: &[&str]) -> Results {
+        self.ops.sort_by_key(|o| o.time);
+        for (i, op) in self.ops.iter_mut().enumerate() {
+            op.index = i;
+        }
+        let mut results = Results::default();
+        let workloads: Vec<String> = workloads.iter().map(|w| w.to_string()).collect();
+        results.coverage = super::coverage::check(&self.ops, &workloads, &mut results);
+        results
+    }
+}
+
+#[test]
+fn a_run_where_little_happened_or_a_fault_failed_is_unknown_not_valid() {
+    // Busy: keys made and used through a kill, traffic during it and after it.
+    let busy = |h: &mut H| {
+        for k in 0..5 {
+            let key = format!("ak_{k}");
+            h.create(&key, true, None, LATER);
+            h.enrol(10 + k, &key, &format!("d{k}"), 100 * k + 10, 100 * k + 20, OpType::Ok, None);
+        }
+    };
+    let mut h = H::default();
+    busy(&mut h);
+    h.nemesis("kill", "start", 105);
+    h.nemesis("kill", "end", 300);
+    let results = h.coverage(&["test"]);
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.unknown);
+    let kill = &results.coverage["faults"]["kill"];
+    assert_eq!(kill["applied"], 1);
+    assert!(kill["share_overlapping"].as_f64().unwrap() > 0.0, "{kill}");
+
+    // A workload of the run that acknowledged nothing.
+    let mut h = H::default();
+    busy(&mut h);
+    let results = h.coverage(&["test", "expiry"]);
+    assert_eq!(results.verdict(), Verdict::Unknown);
+    assert!(results.unknown.iter().any(|(_, why)| why.contains("workload expiry")), "{:?}", results.unknown);
+
+    // A fault no operation overlapped, and nothing acknowledged after it.
+    let mut h = H::default();
+    busy(&mut h);
+    h.nemesis("partition", "start", 50_000);
+    h.nemesis("partition", "end", 55_000);
+    let results = h.coverage(&["test"]);
+    assert_eq!(results.verdict(), Verdict::Unknown);
+    assert!(results.unknown.iter().any(|(_, why)| why.contains("fault partition")), "{:?}", results.unknown);
+
+    // A nemesis that failed.
+    let mut h = H::default();
+    busy(&mut h);
+    h.nemesis("netem", "error", 200);
+    let results = h.coverage(&["test"]);
+    assert!(results.unknown.iter().any(|(c, why)| c == "coverage" && why.contains("netem nemesis failed")));
 }

@@ -1,6 +1,7 @@
 //! Expiry: reusable keys that expire 2–4 s after creation, with enrolments from three clients
-//! from creation until 1.5 s past the expiry. None may succeed after the expiry (within the
-//! clock-skew bound). Needs the server's test-only `test_only_min_expiry_secs`.
+//! from creation until 1.5 s past the expiry plus the checkers' clock-skew bound (so the
+//! client-side rule can fire even with the clock nemesis). None may succeed after the expiry
+//! (within the bound). Needs the server's test-only `test_only_min_expiry_secs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
         let spec = json!({ "reusable": true, "expires_in": expires_in, "tags": ["tag:jepsen"] });
         let mut admin = ctx.client();
         let Some(key) = admin.create(admin.random_node(), "expiry", spec).await else { continue };
-        let until = tokio::time::Instant::now() + Duration::from_millis(expires_in * 1000 + 1500);
+        let until = tokio::time::Instant::now() + Duration::from_millis(expires_in * 1000 + 1500 + ctx.skew_ms);
         let mut streams = tokio::task::JoinSet::new();
         for _ in 0..STREAMS {
             streams.spawn(stream(ctx.clone(), key.clone(), until));

@@ -16,7 +16,10 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
     while ctx.sleep(Duration::from_millis(rng.gen_range(300..500))).await {
         let max_uses = [2u32, 3, 5][rng.gen_range(0..3)];
         let enrolments = 2 * max_uses + 3;
-        let Ok(permits) = limit.clone().try_acquire_many_owned(enrolments + 3) else { continue };
+        let Ok(permits) = limit.clone().try_acquire_many_owned(enrolments + 3) else {
+            ctx.skip("max-uses");
+            continue;
+        };
         let read_delays = [rng.gen_range(0..40u64), rng.gen_range(0..40u64)];
         let ctx = ctx.clone();
         rounds.spawn(async move {

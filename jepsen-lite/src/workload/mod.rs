@@ -39,7 +39,8 @@ use crate::history::{f, History, OpType};
 /// Workload names accepted by `--workload`.
 pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol"];
 
-/// Most operations in flight at once per workload; a burst that would exceed it is skipped.
+/// Most operations in flight at once per workload; a burst that would exceed it is skipped
+/// (and counted: `skipped_rounds` in the report).
 const MAX_IN_FLIGHT: usize = 320;
 
 /// What every client shares.
@@ -55,6 +56,10 @@ pub struct Ctx {
     free_processes: Mutex<Vec<u64>>,
     /// Each node's enrolment key (`GET /api/enrol/key`), fetched once.
     server_keys: Mutex<std::collections::BTreeMap<u64, String>>,
+    /// Rounds not started because too many operations were in flight, per workload.
+    skipped: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// The checkers' clock-skew bound: the expiry workload enrols past it.
+    pub skew_ms: u64,
 }
 
 /// A machine's key pair (hex): what it enrols and proves with.
@@ -79,7 +84,13 @@ pub struct Key {
 }
 
 impl Ctx {
-    pub fn new(cluster: Arc<Cluster>, history: History, stop: watch::Receiver<bool>, seed: u64) -> Arc<Ctx> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        history: History,
+        stop: watch::Receiver<bool>,
+        seed: u64,
+        skew_ms: u64,
+    ) -> Arc<Ctx> {
         let (bursts, _) = broadcast::channel(16);
         Arc::new(Ctx {
             cluster,
@@ -90,6 +101,8 @@ impl Ctx {
             seed,
             free_processes: Mutex::new(Vec::new()),
             server_keys: Mutex::new(Default::default()),
+            skipped: Mutex::new(Default::default()),
+            skew_ms,
         })
     }
 
@@ -115,6 +128,16 @@ impl Ctx {
             () = tokio::time::sleep(d) => !self.stopped(),
             _ = stop.wait_for(|s| *s) => false,
         }
+    }
+
+    /// Counts a round of `workload` not started for want of in-flight slots.
+    pub fn skip(&self, workload: &'static str) {
+        *self.skipped.lock().unwrap_or_else(|e| e.into_inner()).entry(workload).or_default() += 1;
+    }
+
+    /// Rounds skipped so far, per workload.
+    pub fn skipped(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.skipped.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Node `node`'s enrolment key, fetched the first time it is needed.

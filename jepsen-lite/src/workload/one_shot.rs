@@ -16,7 +16,10 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
     let mut rounds = tokio::task::JoinSet::new();
     while ctx.sleep(Duration::from_millis(rng.gen_range(150..250))).await {
         let clients = rng.gen_range(5..=8u64);
-        let Ok(permits) = limit.clone().try_acquire_many_owned(clients as u32 + 1) else { continue };
+        let Ok(permits) = limit.clone().try_acquire_many_owned(clients as u32 + 1) else {
+            ctx.skip("one-shot");
+            continue;
+        };
         let first = rng.gen_range(0..3u64);
         let ctx = ctx.clone();
         rounds.spawn(async move {

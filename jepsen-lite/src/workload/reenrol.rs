@@ -19,7 +19,10 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
     while ctx.sleep(Duration::from_millis(rng.gen_range(1200..1800))).await {
         let max_uses = rng.gen_range(2..=3u32);
         let clients = 6u32;
-        let Ok(permits) = limit.clone().try_acquire_many_owned(clients + 3) else { continue };
+        let Ok(permits) = limit.clone().try_acquire_many_owned(clients + 3) else {
+            ctx.skip("reenrol");
+            continue;
+        };
         let ctx = ctx.clone();
         let seed = rng.gen::<u64>();
         rounds.spawn(async move {
