@@ -455,20 +455,8 @@ pub async fn keep_registered(node: Weak<Node>, incarnation: String) {
 /// once (1.5 s each at most) whether this node's id was removed. No answer is no news: a whole
 /// cluster restarting finds its peers down and starts.
 pub async fn removed_at_start(config: &NodeConfig, peers: &PeerClient) -> Option<String> {
-    let asks = config.cluster.nodes.iter().filter(|n| n.id != config.id).map(|n| {
-        let addr = config.settings().dial_addr(n.id, &n.raft_addr);
-        async move {
-            let request = WhoisRequest { node_id: config.id };
-            let answer = peers.whois(&addr, &request, Duration::from_millis(1500)).await.ok()?;
-            answer.record.as_ref().is_some_and(|r| r.removed_at.is_some()).then(|| {
-                format!(
-                    "node {} was removed from the cluster (node {} says so); its id is retired",
-                    config.id, answer.answered_by
-                )
-            })
-        }
-    });
-    futures::future::join_all(asks).await.into_iter().flatten().next()
+    let addrs = config.cluster.nodes.iter().map(|n| (n.id, n.raft_addr.clone())).collect();
+    removed_says_a_peer(config, peers, addrs, Duration::from_millis(1500)).await
 }
 
 /// Asks every other node this one knows whether its id was removed.
@@ -478,18 +466,29 @@ async fn removed_per_peers(node: &Arc<Node>) -> Option<String> {
     for member in node.cluster_info().members {
         addrs.insert(member.id, member.raft_addr);
     }
-    for (id, addr) in addrs.into_iter().filter(|(id, _)| *id != node.id()) {
-        let addr = node.config().settings().dial_addr(id, &addr);
-        let request = WhoisRequest { node_id: node.id() };
-        if let Ok(answer) = node.peers().whois(&addr, &request, Duration::from_secs(2)).await {
-            if answer.record.as_ref().is_some_and(|r| r.removed_at.is_some()) {
-                return Some(format!(
+    removed_says_a_peer(node.config(), node.peers(), addrs, Duration::from_secs(2)).await
+}
+
+/// Asks the nodes at `addrs` (by id; this node's own entry is skipped) at once, each within
+/// `timeout`, whether this node's id was removed: the reason, if one says so.
+async fn removed_says_a_peer(
+    config: &NodeConfig,
+    peers: &PeerClient,
+    addrs: BTreeMap<NodeId, String>,
+    timeout: Duration,
+) -> Option<String> {
+    let asks = addrs.into_iter().filter(|(id, _)| *id != config.id).map(|(id, addr)| {
+        let addr = config.settings().dial_addr(id, &addr);
+        async move {
+            let request = WhoisRequest { node_id: config.id };
+            let answer = peers.whois(&addr, &request, timeout).await.ok()?;
+            answer.record.as_ref().is_some_and(|r| r.removed_at.is_some()).then(|| {
+                format!(
                     "node {} was removed from the cluster (node {} says so); its id is retired",
-                    node.id(),
-                    answer.answered_by
-                ));
-            }
+                    config.id, answer.answered_by
+                )
+            })
         }
-    }
-    None
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().next()
 }

@@ -486,7 +486,7 @@ impl Node {
     }
 
     /// What a full disk makes every answer say.
-    fn disk_full_message(&self) -> String {
+    pub fn disk_full_message(&self) -> String {
         let minimum = self.config.settings().min_free_disk_mb << 20;
         crate::disk::full_message(&self.config.data_dir, self.disk.free_bytes(), minimum)
     }

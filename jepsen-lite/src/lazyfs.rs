@@ -222,6 +222,20 @@ impl LazyFs {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Unlink or rmdir: `remove` on the backing path, then the path is forgotten.
+    fn remove(&mut self, parent: u64, name: &OsStr, remove: fn(&Path) -> io::Result<()>, reply: ReplyEmpty) {
+        let mut state = self.state();
+        let result = state.child(parent, name).and_then(|rel| {
+            remove(&state.full(&rel)).map_err(|e| errno(&e))?;
+            state.forget_path(&rel);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for LazyFs {
@@ -297,29 +311,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let result = state.child(parent, name).and_then(|rel| {
-            std::fs::remove_file(state.full(&rel)).map_err(|e| errno(&e))?;
-            state.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |path| std::fs::remove_file(path), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let result = state.child(parent, name).and_then(|rel| {
-            std::fs::remove_dir(state.full(&rel)).map_err(|e| errno(&e))?;
-            state.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |path| std::fs::remove_dir(path), reply);
     }
 
     fn rename(

@@ -123,25 +123,20 @@ pub async fn handle(
         (op, node_key)
     })
     .await?;
-    match outcome? {
-        OpOk::Enrolled(e) => Ok(Json(json!({
-            "machine_id": e.machine_id,
-            "node_key": node_key.text,
-            "org_id": e.org_id,
-            "tags": e.tags,
-            "ephemeral": e.ephemeral,
-            "state": "active",
-        }))),
-        OpOk::EnrolledAs { enrolled: e, state } => Ok(Json(json!({
-            "machine_id": e.machine_id,
-            "node_key": node_key.text,
-            "org_id": e.org_id,
-            "tags": e.tags,
-            "ephemeral": e.ephemeral,
-            "state": state,
-        }))),
-        other => Err(ApiError::internal(format!("enrol answered {other:?}"))),
-    }
+    // The legacy op answers no state: its machines are active.
+    let (e, state) = match outcome? {
+        OpOk::Enrolled(e) => (e, json!("active")),
+        OpOk::EnrolledAs { enrolled, state } => (enrolled, json!(state)),
+        other => return Err(ApiError::internal(format!("enrol answered {other:?}"))),
+    };
+    Ok(Json(json!({
+        "machine_id": e.machine_id,
+        "node_key": node_key.text,
+        "org_id": e.org_id,
+        "tags": e.tags,
+        "ephemeral": e.ephemeral,
+        "state": state,
+    })))
 }
 
 /// `GET /api/enrol/key`: this node's public enrolment key.

@@ -77,14 +77,8 @@ async fn refuse_when_disk_full(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     if node.disk_full() && request.method() == axum::http::Method::POST && request.uri().path().starts_with("/api/") {
-        let (free, _) = node.disk_state();
-        let minimum = node.config().settings().min_free_disk_mb << 20;
-        let message = crate::disk::full_message(&node.config().data_dir, free, minimum);
-        return axum::response::IntoResponse::into_response(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "disk_full",
-            message,
-        ));
+        let refused = ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", node.disk_full_message());
+        return axum::response::IntoResponse::into_response(refused);
     }
     next.run(request).await
 }

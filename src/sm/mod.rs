@@ -470,7 +470,7 @@ impl KeyStore {
             Op::RetireNode { node_id } => self.retire_node(now, actor, *node_id),
             Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } => {
                 if self.meta.rules >= 3 {
-                    // Rules 2: the public key is not a credential; every enrolment proves.
+                    // Rules 3: the public key is not a credential; every enrolment proves.
                     return Err(OpError::ProofInvalid(
                         "enrolment needs a proof of possession of node_public_key's private key".into(),
                     ));
