@@ -10,6 +10,7 @@ mod membership;
 mod ops;
 mod races;
 mod resilience;
+mod runbook;
 mod security;
 mod support;
 mod time;

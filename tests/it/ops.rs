@@ -180,33 +180,45 @@ async fn a_backup_restored_into_a_new_cluster_has_every_key_use_and_machine() {
     let term = old.cluster_info(leader).await.and_then(|i| i["term"].as_u64()).unwrap_or_default();
     assert!(term >= 3, "the backup comes from term {term}");
 
-    // A new cluster: nodes 1 and 2 restored from the file, node 3 empty (it gets a snapshot).
-    let mut new = Cluster::restore_from(&file, &old, &[1, 2]).await;
-    drop(old);
-    new.wait_caught_up().await;
     for id in 1..=3 {
-        let key = new.get_key(id, used["key_id"].as_str().unwrap()).await;
-        assert_eq!(key["uses"], 1, "node {id}: {key}");
-        let key = new.get_key(id, reusable["key_id"].as_str().unwrap()).await;
-        assert_eq!(key["uses"], 3, "node {id}: {key}");
-        let key = new.get_key(id, revoked["key_id"].as_str().unwrap()).await;
-        assert!(!key["revoked_at"].is_null(), "node {id}: {key}");
-        assert_eq!(new.machines(id).await, machines_before, "node {id}");
+        old.kill(id);
     }
-    // The rules hold on the restored state, and it takes new writes.
-    let (status, again) = new.enrol(3, used["key"].as_str().unwrap(), 9).await;
-    assert_eq!((status, again["error"]["code"].as_str()), (403, Some("key_used")), "{again}");
-    assert_eq!(new.enrol(2, reusable["key"].as_str().unwrap(), 9).await.0, 200);
-    new.create_key(3, json!({"expires_in": 3600})).await;
-    // And after its own leader is killed, the survivors elect another and take writes too.
-    let leader = new.wait_ready().await;
-    new.kill(leader);
-    let survivor = new.wait_ready().await;
-    assert_eq!(new.enrol(survivor, reusable["key"].as_str().unwrap(), 10).await.0, 200);
-    new.spawn(leader);
-    new.wait_caught_up().await;
-    let key = new.get_key(leader, reusable["key_id"].as_str().unwrap()).await;
-    assert_eq!(key["uses"], 5, "{key}");
+
+    // New clusters of three nodes (1 and 2 restored from the file, 3 empty: it gets a
+    // snapshot), one node, and five (only node 1 restored).
+    for (size, restored) in [(3, &[1, 2][..]), (1, &[1][..]), (5, &[1][..])] {
+        let mut new = Cluster::restore_from(&file, &old, size, restored).await;
+        new.wait_caught_up().await;
+        for id in 1..=size {
+            let key = new.get_key(id, used["key_id"].as_str().unwrap()).await;
+            assert_eq!(key["uses"], 1, "{size} nodes, node {id}: {key}");
+            let key = new.get_key(id, reusable["key_id"].as_str().unwrap()).await;
+            assert_eq!(key["uses"], 3, "{size} nodes, node {id}: {key}");
+            let key = new.get_key(id, revoked["key_id"].as_str().unwrap()).await;
+            assert!(!key["revoked_at"].is_null(), "{size} nodes, node {id}: {key}");
+            assert_eq!(new.machines(id).await, machines_before, "{size} nodes, node {id}");
+        }
+        // The rules hold on the restored state, and it takes new writes.
+        let (status, again) = new.enrol(size, used["key"].as_str().unwrap(), 9).await;
+        assert_eq!((status, again["error"]["code"].as_str()), (403, Some("key_used")), "{size} nodes: {again}");
+        assert_eq!(new.enrol(1, reusable["key"].as_str().unwrap(), 9).await.0, 200, "{size} nodes");
+        new.create_key(size, json!({"expires_in": 3600})).await;
+        // And after its leader is killed (a single node: restarted), the cluster elects a
+        // leader again and takes writes too.
+        let leader = new.wait_ready().await;
+        new.kill(leader);
+        if size == 1 {
+            new.spawn(leader);
+        }
+        let survivor = new.wait_ready().await;
+        assert_eq!(new.enrol(survivor, reusable["key"].as_str().unwrap(), 10).await.0, 200, "{size} nodes");
+        if size > 1 {
+            new.spawn(leader);
+        }
+        new.wait_caught_up().await;
+        let key = new.get_key(leader, reusable["key_id"].as_str().unwrap()).await;
+        assert_eq!(key["uses"], 5, "{size} nodes: {key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,7 @@ pub async fn proven_enrol_body(
     Ok(ztna_proof::enrol_body(&private, &public, server_key, auth_key, hostname, &request_id, ztna_proof::issued_now()))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -101,11 +101,11 @@ impl Cluster {
         self
     }
 
-    /// A new cluster seeded from `backup` (made by `old`) with `ztna cluster restore` into the
-    /// data directories of `restored` nodes; the others start empty. Keeps `old`'s credentials,
-    /// which the backup holds.
-    pub async fn restore_from(backup: &std::path::Path, old: &Cluster, restored: &[u64]) -> Cluster {
-        let mut cluster = Self::unstarted("");
+    /// A new cluster of `size` nodes seeded from `backup` (made by `old`) with `ztna cluster
+    /// restore` into the data directories of `restored` nodes; the others start empty. Keeps
+    /// `old`'s credentials, which the backup holds.
+    pub async fn restore_from(backup: &std::path::Path, old: &Cluster, size: u64, restored: &[u64]) -> Cluster {
+        let mut cluster = Self::unstarted_of(size, "");
         for id in restored {
             let out = Command::new(ztna())
                 .args(["cluster", "restore", "--from"])
@@ -121,7 +121,7 @@ impl Cluster {
             assert!(out.status.success(), "restore node {id}: {text}");
             assert!(text.contains("Restored the backup at log index"), "{text}");
         }
-        for id in 1..=3 {
+        for id in 1..=size {
             cluster.spawn(id);
         }
         cluster.wait_ready().await;
@@ -174,10 +174,15 @@ impl Cluster {
     /// unless [`Cluster::start_tls`] gives it a certificate. The bootstrap token's hash is in
     /// the settings.
     fn unstarted(settings: &str) -> Cluster {
+        Self::unstarted_of(3, settings)
+    }
+
+    /// [`Cluster::unstarted`] with `size` nodes.
+    fn unstarted_of(size: u64, settings: &str) -> Cluster {
         ztna_keystore::tls::ensure_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let made = Command::new(ztna())
-            .args(["cluster", "certs", "--nodes", "3", "--out"])
+            .args(["cluster", "certs", "--nodes", &size.to_string(), "--out"])
             .arg(dir.path().join("tls"))
             .output()
             .expect("ztna cluster certs");
@@ -191,7 +196,7 @@ impl Cluster {
             hex::encode(token.hash)
         );
         let mut nodes = Vec::new();
-        for id in 1..=3u64 {
+        for id in 1..=size {
             let api_addr = format!("127.0.0.1:{}", free_port());
             let raft_addr = format!("127.0.0.1:{}", free_port());
             text.push_str(&format!("[[nodes]]\nid = {id}\napi_addr = \"{api_addr}\"\nraft_addr = \"{raft_addr}\"\n"));
