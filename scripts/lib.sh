@@ -38,3 +38,6 @@ ensure_rust() {
 
 # Packages every build needs: RocksDB's bindings are generated with libclang.
 BUILD_PACKAGES=(libclang-dev curl binutils)
+# The benchmark (its own workspace, bench/) also needs protoc, its etcd client's gRPC code being
+# generated from etcd's .proto files, and etcd itself.
+BENCH_PACKAGES=(protobuf-compiler etcd-server)

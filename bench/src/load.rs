@@ -24,6 +24,9 @@ pub struct Stats {
     pub p999_ms: f64,
     /// CPU cores the load generator itself used on average.
     pub generator_cpu_cores: f64,
+    /// When the phase ran out of work (pre-made keys) before its end: after how many seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_dry_after_s: Option<f64>,
     /// First error message, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,

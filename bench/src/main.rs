@@ -15,9 +15,15 @@ struct Cli {
 enum Command {
     /// The benchmark: throughput, latency, failover and scale; results under --out.
     Run {
-        /// 5 s phases at 1 and 64 clients and 100,000 keys for the scale test.
+        /// 5 s phases at 1 and 64 clients, two runs, and 100,000 keys for the scale test.
         #[arg(long)]
         quick: bool,
+        /// Runs of each configuration, the systems alternating (default 3; 2 with --quick).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Seconds per phase (default 10; 5 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
         #[command(flatten)]
         systems: Systems,
         #[arg(long, default_value = "docs/bench")]
@@ -25,7 +31,8 @@ enum Command {
         /// Keys for the scale test (default 1,000,000; 100,000 with --quick).
         #[arg(long)]
         keys: Option<u64>,
-        #[arg(long, default_value_t = 5)]
+        /// Leader kills per failover run.
+        #[arg(long, default_value_t = 3)]
         kills: usize,
         #[arg(long)]
         skip_scale: bool,
@@ -41,10 +48,12 @@ enum Command {
         #[arg(long, default_value = "docs/bench")]
         out: PathBuf,
     },
-    /// Throughput phases of one system only (for profiling); prints each phase.
+    /// One workload of one system on a fresh cluster (for profiling); prints each phase.
     Throughput {
         #[arg(long)]
         system: String,
+        #[arg(long, default_value = "one-shot burn")]
+        workload: String,
         #[arg(long, default_value = "64")]
         clients: String,
         #[arg(long, default_value_t = 10)]
@@ -56,6 +65,9 @@ enum Command {
     Selfcheck {
         #[arg(long)]
         ztna: PathBuf,
+        /// Also check the etcd client against this etcd.
+        #[arg(long)]
+        etcd: Option<PathBuf>,
         #[arg(long, default_value = "/var/tmp/ztna-bench-selfcheck")]
         work_dir: PathBuf,
     },
@@ -89,18 +101,38 @@ async fn main() {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { quick, systems: Systems { ztna, etcd, work_dir }, out, keys, kills, skip_scale } => {
+        Command::Run {
+            quick,
+            runs,
+            seconds,
+            systems: Systems { ztna, etcd, work_dir },
+            out,
+            keys,
+            kills,
+            skip_scale,
+        } => {
             ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;
             ztna_bench::systems::require(&etcd, "install etcd-server (scripts/bench does)")?;
             let scale_keys = keys.unwrap_or(if quick { 100_000 } else { 1_000_000 });
-            let options = ztna_bench::bench::Options { quick, ztna, etcd, work_dir, scale_keys, kills, skip_scale };
+            let options = ztna_bench::bench::Options {
+                quick,
+                ztna,
+                etcd,
+                work_dir,
+                scale_keys,
+                kills,
+                skip_scale,
+                runs: runs.unwrap_or(if quick { 2 } else { 3 }),
+                seconds: seconds.unwrap_or(if quick { 5 } else { 10 }),
+                levels: if quick { vec![1, 64] } else { vec![1, 16, 64, 256] },
+            };
             let results = ztna_bench::bench::run(&options).await?;
             let stem = if quick { "results-quick" } else { "results" };
             ztna_bench::report::write(&out, stem, &results)?;
             print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
             Ok(())
         }
-        Command::Throughput { system, clients, seconds, systems: Systems { ztna, etcd, work_dir } } => {
+        Command::Throughput { system, workload, clients, seconds, systems: Systems { ztna, etcd, work_dir } } => {
             let kind = match system.as_str() {
                 "ztna" => ztna_bench::systems::Kind::Ztna,
                 "etcd" => ztna_bench::systems::Kind::Etcd,
@@ -115,8 +147,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scale_keys: 0,
                 kills: 0,
                 skip_scale: true,
+                runs: 1,
+                seconds,
+                levels: levels.clone(),
             };
-            ztna_bench::bench::throughput_only(&options, kind, &levels, seconds).await
+            let phase = std::time::Duration::from_secs(seconds);
+            ztna_bench::bench::workload_on_fresh_cluster(&options, kind, &workload, &levels, phase).await.map(drop)
         }
         Command::Scale { ztna, keys, work_dir, out } => {
             ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;
@@ -133,6 +169,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let results = ztna_bench::bench::Results {
                 quick: false,
                 seconds_per_phase: 0,
+                runs: 0,
                 rows: Vec::new(),
                 failover: Vec::new(),
                 scale: Some(scale),
@@ -141,6 +178,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
             Ok(())
         }
-        Command::Selfcheck { ztna, work_dir } => ztna_bench::selfcheck::run(&ztna, &work_dir).await,
+        Command::Selfcheck { ztna, etcd, work_dir } => {
+            ztna_bench::selfcheck::run(&ztna, etcd.as_deref(), &work_dir).await
+        }
     }
 }

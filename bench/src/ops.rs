@@ -1,19 +1,17 @@
-//! One operation of each workload, for each system.
+//! One operation of each workload, for each system, each the way that system's users write it.
 //!
-//! | workload      | ztna                                                | etcd (v3 JSON gateway)                                             |
-//! |---------------|-----------------------------------------------------|--------------------------------------------------------------------|
-//! | one-shot burn | `POST /api/enrol` with a fresh one-shot key          | `POST /v3/kv/txn`: if `version(key) == 0` then `put(key, device)`   |
-//! | hot key       | `POST /api/enrol` with one shared reusable key       | `range(counter)`, then `txn`: if `mod_revision` unchanged then `put(counter, n + 1)`; retry on conflict |
-//! | key creation  | `create_auth_key`                                    | `put`                                                              |
+//! | workload      | ztna (HTTP/1.1 + JSON, its API)                        | etcd (gRPC, its native client `etcd-client`)                                  |
+//! |---------------|--------------------------------------------------------|-------------------------------------------------------------------------------|
+//! | key creation  | `create_auth_key`                                      | `put(key)`                                                                    |
+//! | one-shot burn | `POST /api/enrol` with a fresh one-shot key (pre-made) | one txn: if `version(key) == 0` then `put(key, device)`                       |
+//! | hot key       | `POST /api/enrol` with one reusable key (`max_uses`)   | one txn: if `version(counter) < N` then `put(counter)`, `put(device)`         |
 //!
-//! Every call is one HTTP/1.1 request on a pooled keep-alive connection; anything but a success
-//! is an error. This module must not measure anything.
+//! A transaction whose compare failed is an error, never a success. This module must not
+//! measure anything.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use serde_json::{json, Value};
 
 /// An HTTP client sized for a few hundred concurrent keep-alive connections.
@@ -62,12 +60,18 @@ impl Ztna {
         Ok(key)
     }
 
-    /// Creates a key; returns `(key_id, secret)`.
-    pub async fn create_key(&self, node: usize, reusable: bool) -> anyhow::Result<(String, String)> {
+    /// Creates a key (reusable ones with an optional `max_uses`); returns `(key_id, secret)`.
+    pub async fn create_key(
+        &self,
+        node: usize,
+        reusable: bool,
+        max_uses: Option<u32>,
+    ) -> anyhow::Result<(String, String)> {
         let body = json!({
             "action": "create_auth_key",
             "org_id": self.org_id,
             "reusable": reusable,
+            "max_uses": max_uses,
             "expires_in": 86_400,
             "tags": ["tag:bench"],
         });
@@ -81,18 +85,35 @@ impl Ztna {
     /// with `secret`.
     pub async fn enrol(&self, node: usize, secret: &str, hostname: &str) -> anyhow::Result<()> {
         let server_key = self.server_key(node).await?;
-        let (private, public) = ztna_proof::new_key_pair();
-        let request_id = format!("b-{}", ztna_proof::issued_now());
-        let body = ztna_proof::enrol_body(
-            &private,
-            &public,
-            &server_key,
-            secret,
-            hostname,
-            &request_id,
-            ztna_proof::issued_now(),
-        );
-        post(&self.http, format!("{}/api/enrol", self.urls[node]), None, &body).await.map(drop)
+        let body = enrolment(&server_key, secret, hostname);
+        self.enrol_prepared(node, &body).await
+    }
+
+    /// Enrolment bodies for node `node`, one per secret, made ahead of a phase: each a fresh
+    /// key pair and its proof, as `ztna up` makes them. That is the enrolling machine's own
+    /// work, done on its own CPU; made here during the phase, it would take the servers' CPU
+    /// on this one machine.
+    pub async fn prepare_enrolments(
+        &self,
+        node: usize,
+        secrets: Vec<String>,
+        hostname_prefix: String,
+    ) -> anyhow::Result<Vec<Value>> {
+        let server_key = self.server_key(node).await?;
+        let bodies = tokio::task::spawn_blocking(move || {
+            secrets
+                .iter()
+                .enumerate()
+                .map(|(i, secret)| enrolment(&server_key, secret, &format!("{hostname_prefix}-{node}-{i}")))
+                .collect()
+        })
+        .await?;
+        Ok(bodies)
+    }
+
+    /// Sends an enrolment body made by [`Ztna::prepare_enrolments`] to the node it was made for.
+    pub async fn enrol_prepared(&self, node: usize, body: &Value) -> anyhow::Result<()> {
+        post(&self.http, format!("{}/api/enrol", self.urls[node]), None, body).await.map(drop)
     }
 
     /// The key's `uses`, read linearizably.
@@ -113,65 +134,82 @@ impl Ztna {
     }
 }
 
-/// etcd's v3 JSON gateway.
+/// One enrolment body: a fresh key pair, a unique request id, the proof.
+fn enrolment(server_key: &str, secret: &str, hostname: &str) -> Value {
+    let (private, public) = ztna_proof::new_key_pair();
+    let request_id = format!("b-{:016x}", rand::random::<u64>());
+    ztna_proof::enrol_body(&private, &public, server_key, secret, hostname, &request_id, ztna_proof::issued_now())
+}
+
+/// etcd through gRPC: per node, a few HTTP/2 connections (one `etcd-client` channel each)
+/// that the load's clients share, as etcd's own benchmark tool does (`--conns`, `--clients`).
 #[derive(Clone)]
 pub struct Etcd {
-    pub http: reqwest::Client,
-    pub urls: Vec<String>,
+    /// `kv[node][connection]`.
+    kv: std::sync::Arc<Vec<Vec<etcd_client::KvClient>>>,
 }
 
-fn b64(s: &str) -> String {
-    B64.encode(s.as_bytes())
-}
+/// Clients per connection: etcd's benchmark documentation runs 1,000 clients over 100.
+const CLIENTS_PER_CONNECTION: usize = 10;
 
 impl Etcd {
-    /// `if version(key) == 0 then put(key, value)`; `Ok(true)` when it put.
-    pub async fn put_if_absent(&self, node: usize, key: &str, value: &str) -> anyhow::Result<bool> {
-        let body = json!({
-            "compare": [{ "key": b64(key), "result": "EQUAL", "target": "VERSION", "version": "0" }],
-            "success": [{ "requestPut": { "key": b64(key), "value": b64(value) } }],
-        });
-        let v = post(&self.http, format!("{}/v3/kv/txn", self.urls[node]), None, &body).await?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
-    }
-
-    pub async fn put(&self, node: usize, key: &str, value: &str) -> anyhow::Result<()> {
-        let body = json!({ "key": b64(key), "value": b64(value) });
-        post(&self.http, format!("{}/v3/kv/put", self.urls[node]), None, &body).await.map(drop)
-    }
-
-    /// Reads the counter and compare-and-swaps it up by one, retrying on conflict, as a
-    /// control plane on etcd counts uses of a key. Returns the retries it took.
-    pub async fn increment(&self, node: usize, counter: &str) -> anyhow::Result<u32> {
-        let url = format!("{}/v3/kv", self.urls[node]);
-        for retry in 0..10_000u32 {
-            let read = post(&self.http, format!("{url}/range"), None, &json!({ "key": b64(counter) })).await?;
-            let kv = &read["kvs"][0];
-            let (uses, compare) = match kv["mod_revision"].as_str() {
-                Some(rev) => {
-                    let value = kv["value"].as_str().and_then(|v| B64.decode(v).ok()).unwrap_or_default();
-                    let uses: u64 = String::from_utf8_lossy(&value).parse().unwrap_or(0);
-                    (uses, json!({ "key": b64(counter), "result": "EQUAL", "target": "MOD", "mod_revision": rev }))
-                }
-                None => (0, json!({ "key": b64(counter), "result": "EQUAL", "target": "VERSION", "version": "0" })),
-            };
-            let body = json!({
-                "compare": [compare],
-                "success": [{ "requestPut": { "key": b64(counter), "value": b64(&(uses + 1).to_string()) } }],
-            });
-            let v = post(&self.http, format!("{url}/txn"), None, &body).await?;
-            if v["succeeded"].as_bool() == Some(true) {
-                return Ok(retry);
+    /// Connects to every node of `urls` with enough connections for `clients` clients.
+    pub async fn connect(urls: &[String], clients: usize) -> anyhow::Result<Etcd> {
+        let per_node = clients.div_ceil(urls.len()).div_ceil(CLIENTS_PER_CONNECTION).max(1);
+        let mut kv = Vec::new();
+        for url in urls {
+            let mut node = Vec::new();
+            for _ in 0..per_node {
+                let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+                let client = etcd_client::Client::connect([url.as_str()], Some(options))
+                    .await
+                    .with_context(|| format!("connect to etcd at {url}"))?;
+                node.push(client.kv_client());
             }
+            kv.push(node);
         }
-        bail!("the counter kept changing")
+        Ok(Etcd { kv: std::sync::Arc::new(kv) })
     }
 
-    /// The counter's value.
-    pub async fn counter(&self, node: usize, counter: &str) -> anyhow::Result<u64> {
-        let read =
-            post(&self.http, format!("{}/v3/kv/range", self.urls[node]), None, &json!({ "key": b64(counter) })).await?;
-        let value = read["kvs"][0]["value"].as_str().and_then(|v| B64.decode(v).ok()).unwrap_or_default();
-        Ok(String::from_utf8_lossy(&value).parse().unwrap_or(0))
+    /// The connection client `client` uses to node `node`.
+    fn kv(&self, node: usize, client: usize) -> etcd_client::KvClient {
+        let connections = &self.kv[node];
+        connections[(client / self.kv.len()) % connections.len()].clone()
+    }
+
+    pub async fn put(&self, node: usize, client: usize, key: &str, value: &str) -> anyhow::Result<()> {
+        self.kv(node, client).put(key, value, None).await?;
+        Ok(())
+    }
+
+    /// `if version(key) == 0 then put(key, value)`; `Ok(true)` when it put.
+    pub async fn put_if_absent(&self, node: usize, client: usize, key: &str, value: &str) -> anyhow::Result<bool> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let txn =
+            Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]);
+        Ok(self.kv(node, client).txn(txn).await?.succeeded())
+    }
+
+    /// One use of a counted key, as a control plane on etcd would write it: `if
+    /// version(counter) < limit then put(counter), put(device)`; `Ok(true)` when it was used.
+    pub async fn use_counter(
+        &self,
+        node: usize,
+        client: usize,
+        counter: &str,
+        device: &str,
+        limit: i64,
+    ) -> anyhow::Result<bool> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let txn = Txn::new()
+            .when([Compare::version(counter, CompareOp::Less, limit)])
+            .and_then([TxnOp::put(counter, "", None), TxnOp::put(device, "device", None)]);
+        Ok(self.kv(node, client).txn(txn).await?.succeeded())
+    }
+
+    /// How many times `counter` was used: its version.
+    pub async fn counter_version(&self, node: usize, counter: &str) -> anyhow::Result<i64> {
+        let answer = self.kv(node, 0).get(counter, None).await?;
+        Ok(answer.kvs().first().map_or(0, etcd_client::KeyValue::version))
     }
 }

@@ -71,7 +71,7 @@ async fn run(cluster: &Cluster, keys: u64) -> anyhow::Result<Scale> {
             if created.fetch_add(1, Ordering::Relaxed) >= keys {
                 return Ok(false);
             }
-            api.create_key(live[client % live.len()], false).await.map(|_| true)
+            api.create_key(live[client % live.len()], false, None).await.map(|_| true)
         }
     })
     .await;

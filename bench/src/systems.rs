@@ -42,6 +42,18 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
+/// The Raft timing a cluster runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// Each system's own defaults (ztna: heartbeat 50 ms, election 100–200 ms; etcd: 100 ms,
+    /// 1,000–2,000 ms): what a throughput phase runs with.
+    Defaults,
+    /// The same for both, for failover: heartbeat 20 ms, election timeout 100 ms randomised up
+    /// to 200 ms (etcd's `--election-timeout` is the low end of its random range and must be at
+    /// least five heartbeats).
+    Same,
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -49,6 +61,11 @@ fn free_port() -> anyhow::Result<u16> {
 impl Cluster {
     /// A fresh ztna cluster with default settings, initialised (org and API key).
     pub async fn start_ztna(ztna: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        Self::start_ztna_timed(ztna, dir, Timing::Defaults).await
+    }
+
+    /// [`Cluster::start_ztna`] with the given Raft timing.
+    pub async fn start_ztna_timed(ztna: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         // As every ztna cluster: mutual TLS between nodes, a bootstrap token for init.
         let run = |args: &[&str], out: &Path| -> anyhow::Result<String> {
@@ -63,6 +80,9 @@ impl Cluster {
         let token_line = printed.lines().find(|l| l.starts_with("bootstrap_token_sha256")).context("no token hash")?;
         let token = std::fs::read_to_string(&token_file)?.trim().to_string();
         let mut file = format!("[settings]\ncluster_name = \"bench\"\n{token_line}\n");
+        if timing == Timing::Same {
+            file.push_str("heartbeat_interval_ms = 20\nelection_timeout_min_ms = 100\nelection_timeout_max_ms = 200\n");
+        }
         let mut urls = Vec::new();
         for id in 1..=3 {
             let (api, raft) = (free_port()?, free_port()?);
@@ -103,11 +123,26 @@ impl Cluster {
             .await?;
         cluster.api_key = init["api_key"].as_str().context("init gave no api_key")?.to_string();
         cluster.org_id = init["org_id"].as_str().context("init gave no org_id")?.to_string();
+        // An org may create 100,000 keys a day and hold 100,000 machines by default; a benchmark
+        // creates and enrols millions. The operator raises them, as an operator would.
+        let operator = init["operator_key"].as_str().context("init gave no operator_key")?;
+        let limits = json!({
+            "action": "set_org_limits", "org_id": cluster.org_id,
+            "auth_keys_per_day": 1_000_000_000u64, "machines": 1_000_000_000u64,
+        });
+        let answer = cluster
+            .http
+            .post(format!("{}/api/org-admin", cluster.urls[leader]))
+            .bearer_auth(operator)
+            .json(&limits)
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "set_org_limits: {}", answer.text().await.unwrap_or_default());
         Ok(cluster)
     }
 
-    /// A fresh etcd cluster with default settings (fsync on).
-    pub async fn start_etcd(etcd: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+    /// A fresh etcd cluster with default settings (fsync on) but for `timing`.
+    pub async fn start_etcd(etcd: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
         let initial: Vec<String> =
@@ -130,6 +165,10 @@ impl Cluster {
                 "--logger=zap".into(),
                 "--log-level=warn".into(),
             ];
+            let mut args = args;
+            if timing == Timing::Same {
+                args.extend(["--heartbeat-interval=20".to_string(), "--election-timeout=100".to_string()]);
+            }
             urls.push(url);
             commands.push((etcd.to_path_buf(), args));
         }
@@ -203,6 +242,18 @@ impl Cluster {
 
     pub async fn pid(&self, node: usize) -> Option<u32> {
         self.children.lock().await[node].as_ref().and_then(Child::id)
+    }
+
+    /// CPU seconds (user + system) node `node`'s process has used so far.
+    pub async fn cpu_seconds(&self, node: usize) -> Option<f64> {
+        let pid = self.pid(node).await?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / per_second.max(1.0))
     }
 
     /// Resident memory of node `node` in bytes.
