@@ -228,7 +228,7 @@ async fn ztna_failover_run(options: &Options, run: usize) -> anyhow::Result<Fail
 
 async fn etcd_failover_run(options: &Options, run: usize) -> anyhow::Result<Failover> {
     let dir = options.work_dir.join(format!("etcd-failover-{run}"));
-    let cluster = Cluster::start_etcd(&options.etcd, &dir, Timing::Same).await?;
+    let cluster = Cluster::start_etcd(&options.etcd, &options.ztna, &dir, Timing::Same).await?;
     let result = async {
         let api = Etcd::connect(&cluster.urls, 16).await?;
         failover::measure(&cluster, options.kills, 16, move |client, node, seq| {
@@ -273,7 +273,7 @@ pub async fn workload_on_fresh_cluster(
     let _ = std::fs::remove_dir_all(&dir);
     let cluster = match kind {
         Kind::Ztna => Cluster::start_ztna(&options.ztna, &dir).await?,
-        Kind::Etcd => Cluster::start_etcd(&options.etcd, &dir, Timing::Defaults).await?,
+        Kind::Etcd => Cluster::start_etcd(&options.etcd, &options.ztna, &dir, Timing::Defaults).await?,
     };
     let mut measured = Vec::new();
     let mut result = Ok(());

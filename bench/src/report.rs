@@ -79,7 +79,7 @@ pub fn markdown(results: &Results, machine: &serde_json::Value) -> String {
     if !results.rows.is_empty() {
         let _ = writeln!(
             out,
-            "Three ztna nodes and three etcd {} nodes on loopback and the same disk, fsync on, each system's default settings. Every workload starts on a fresh cluster of each system; each configuration ran {} times, the systems alternating (ztna, etcd, ztna, …); {} s per phase. One closed-loop load generator spreads the clients over the three nodes: ztna over HTTP/1.1 keep-alive with its JSON API, etcd over gRPC with its native client (`etcd-client`, one HTTP/2 connection per 10 clients), each operation one transaction as an etcd user would write it (see `docs/bench/README.md`). A transaction whose compare failed counts as an error, never as throughput.\n",
+            "Three ztna nodes and three etcd {} nodes on loopback and the same disk, fsync on, each system's default settings, mutual TLS between the nodes of both. Every workload starts on a fresh cluster of each system; each configuration ran {} times, the systems alternating (ztna, etcd, ztna, …); {} s per phase. One closed-loop load generator spreads the clients over the three nodes: ztna over HTTP/1.1 keep-alive with its JSON API, etcd over gRPC with its native client (`etcd-client`, one HTTP/2 connection per 10 clients), each operation one transaction as an etcd user would write it (see `docs/bench/README.md`). A transaction whose compare failed counts as an error, never as throughput.\n",
             etcd_version(),
             results.runs,
             results.seconds_per_phase,

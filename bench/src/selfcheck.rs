@@ -22,7 +22,7 @@ pub async fn run(ztna: &Path, etcd: Option<&Path>, dir: &Path) -> anyhow::Result
     cluster.stop().await;
     result?;
     if let Some(etcd) = etcd {
-        let cluster = Cluster::start_etcd(etcd, &dir.join("etcd"), Timing::Defaults).await?;
+        let cluster = Cluster::start_etcd(etcd, ztna, &dir.join("etcd"), Timing::Defaults).await?;
         let result = check_etcd(&cluster).await;
         cluster.stop().await;
         result?;

@@ -141,18 +141,24 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A fresh etcd cluster with default settings (fsync on) but for `timing`.
-    pub async fn start_etcd(etcd: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
+    /// A fresh etcd cluster with default settings (fsync on) but for `timing`. Like every ztna
+    /// cluster, its nodes talk mutual TLS to each other (certificates from `ztna cluster certs`,
+    /// hence `ztna`); clients talk plain HTTP/2 to both systems.
+    pub async fn start_etcd(etcd: &Path, ztna: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
+        let tls = dir.join("tls");
+        let made =
+            std::process::Command::new(ztna).args(["cluster", "certs", "--nodes", "3", "--out"]).arg(&tls).output()?;
+        anyhow::ensure!(made.status.success(), "ztna cluster certs: {}", String::from_utf8_lossy(&made.stderr));
         let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
         let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=https://127.0.0.1:{peer}", i + 1)).collect();
         let mut urls = Vec::new();
         let mut commands = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let args = vec![
+            let peer_url = format!("https://127.0.0.1:{peer}");
+            let mut args = vec![
                 format!("--name=e{}", i + 1),
                 format!("--data-dir={}", dir.join(format!("e{}", i + 1)).display()),
                 format!("--listen-client-urls={url}"),
@@ -162,10 +168,13 @@ impl Cluster {
                 format!("--initial-cluster={}", initial.join(",")),
                 "--initial-cluster-token=bench".into(),
                 "--initial-cluster-state=new".into(),
+                format!("--peer-trusted-ca-file={}", tls.join("ca.crt").display()),
+                format!("--peer-cert-file={}", tls.join(format!("node{}.crt", i + 1)).display()),
+                format!("--peer-key-file={}", tls.join(format!("node{}.key", i + 1)).display()),
+                "--peer-client-cert-auth".into(),
                 "--logger=zap".into(),
                 "--log-level=warn".into(),
             ];
-            let mut args = args;
             if timing == Timing::Same {
                 args.extend(["--heartbeat-interval=20".to_string(), "--election-timeout=100".to_string()]);
             }
