@@ -188,7 +188,11 @@ pub fn write_jsonl(path: &Path, header: &Value, ops: &[Op]) -> std::io::Result<(
 
 /// Reads a history written by [`write_jsonl`]: the header and the ops.
 pub fn read_jsonl(path: &Path) -> anyhow::Result<(Value, Vec<Op>)> {
-    let text = std::fs::read_to_string(path)?;
+    parse_jsonl(&std::fs::read_to_string(path)?)
+}
+
+/// [`read_jsonl`] of text already read.
+pub fn parse_jsonl(text: &str) -> anyhow::Result<(Value, Vec<Op>)> {
     let mut lines = text.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap_or("{}"))?;
     let ops = lines.map(serde_json::from_str).collect::<Result<Vec<Op>, _>>()?;
