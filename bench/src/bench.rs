@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::failover::{self, Failover};
 use crate::load::{self, Stats};
-use crate::ops::{http_client, Etcd, Ztna};
+use crate::ops::{Etcd, Ztna};
 use crate::scale::{self, Scale};
 use crate::systems::{Cluster, Kind, Timing};
 
@@ -211,7 +211,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
 async fn ztna_failover_run(options: &Options, run: usize) -> anyhow::Result<Failover> {
     let dir = options.work_dir.join(format!("ztna-failover-{run}"));
     let cluster = Cluster::start_ztna_timed(&options.ztna, &dir, Timing::Same).await?;
-    let api = ztna_api(&cluster)?;
+    let api = Ztna::connect(&cluster)?;
     let result = async {
         let (_, hot) = api.create_key(0, true, Some(HOT_LIMIT)).await?;
         failover::measure(&cluster, options.kills, 16, move |client, node, seq| {
@@ -235,10 +235,7 @@ async fn etcd_failover_run(options: &Options, run: usize) -> anyhow::Result<Fail
             let api = api.clone();
             async move {
                 let device = format!("fo/{client}/{seq}/{}", rand::random::<u32>());
-                match api.use_counter(node, client, "hot", &device, i64::from(HOT_LIMIT)).await? {
-                    true => Ok(true),
-                    false => anyhow::bail!("the counter reached its limit"),
-                }
+                api.use_counter(node, client, "hot", &device, i64::from(HOT_LIMIT)).await.map(|()| true)
             }
         })
         .await
@@ -247,16 +244,6 @@ async fn etcd_failover_run(options: &Options, run: usize) -> anyhow::Result<Fail
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-fn ztna_api(cluster: &Cluster) -> anyhow::Result<Ztna> {
-    Ok(Ztna {
-        http: http_client()?,
-        urls: cluster.urls.clone(),
-        api_key: cluster.api_key.clone(),
-        org_id: cluster.org_id.clone(),
-        server_keys: Default::default(),
-    })
 }
 
 type Measured = Vec<(usize, Stats, NodeCpu)>;
@@ -350,7 +337,7 @@ async fn ztna_phase(
     clients: usize,
     phase: Duration,
 ) -> anyhow::Result<(Stats, NodeCpu)> {
-    let api = ztna_api(cluster)?;
+    let api = Ztna::connect(cluster)?;
     let nodes = cluster.urls.len();
     let (stats, cpu) = match workload {
         "key creation" => {
@@ -469,10 +456,7 @@ async fn etcd_phase(
                     let api = a.clone();
                     async move {
                         let key = format!("burn/{clients}/{client}/{seq}");
-                        match api.put_if_absent(node, client, &key, "device").await? {
-                            true => Ok(true),
-                            false => anyhow::bail!("{key} was already used"),
-                        }
+                        api.put_if_absent(node, client, &key, "device").await.map(|()| true)
                     }
                 })
                 .await
@@ -482,13 +466,9 @@ async fn etcd_phase(
                     let api = a.clone();
                     async move {
                         let device = format!("hot/device/{clients}/{client}/{seq}");
-                        match api
-                            .use_counter(node, client, &format!("hot/{clients}"), &device, i64::from(HOT_LIMIT))
-                            .await?
-                        {
-                            true => Ok(true),
-                            false => anyhow::bail!("the counter reached its limit"),
-                        }
+                        api.use_counter(node, client, &format!("hot/{clients}"), &device, i64::from(HOT_LIMIT))
+                            .await
+                            .map(|()| true)
                     }
                 })
                 .await

@@ -43,7 +43,11 @@ impl Failover {
     /// The kills of several runs as one result.
     pub fn merge(runs: Vec<Failover>) -> Failover {
         let clients = runs.first().map_or(0, |f| f.clients);
-        let kills: Vec<Kill> = runs.into_iter().flat_map(|f| f.kills).collect();
+        Failover::of_kills(clients, runs.into_iter().flat_map(|f| f.kills).collect())
+    }
+
+    /// The kills and their medians.
+    fn of_kills(clients: usize, kills: Vec<Kill>) -> Failover {
         let firsts = kills.iter().filter_map(|k| k.first_ok_ms).collect();
         let recovered = kills.iter().filter_map(|k| k.recovered_90_ms).collect();
         Failover { clients, median_first_ok_ms: median(firsts), median_recovered_90_ms: median(recovered), kills }
@@ -70,9 +74,9 @@ where
         let leader = cluster.wait_leader(Duration::from_secs(30)).await.ok_or_else(|| anyhow::anyhow!("no leader"))?;
         let started = Instant::now();
         let op = op.clone();
-        // Clients give up on a request after 1 s and send the next one (to the next node), as a
-        // control plane's client would; otherwise one request stuck on a dead leader would hide
-        // the recovery of the others.
+        // Clients give up on a request after CLIENT_TIMEOUT and send the next one (to the next
+        // node), as a control plane's client would; otherwise one request stuck on a dead leader
+        // would hide the recovery of the others.
         let load = tokio::spawn(load::run(clients, cluster.urls.len(), BASELINE + AFTER, true, move |c, n, s| {
             let attempt = op(c, n, s);
             async move {
@@ -89,14 +93,7 @@ where
         cluster.start(leader).await?;
         settle(cluster).await;
     }
-    let firsts = results.iter().filter_map(|k| k.first_ok_ms).collect();
-    let recovered = results.iter().filter_map(|k| k.recovered_90_ms).collect();
-    Ok(Failover {
-        clients,
-        median_first_ok_ms: median(firsts),
-        median_recovered_90_ms: median(recovered),
-        kills: results,
-    })
+    Ok(Failover::of_kills(clients, results))
 }
 
 /// Waits until every node answers and the restarted one has caught up.

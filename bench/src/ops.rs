@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 /// An HTTP client sized for a few hundred concurrent keep-alive connections.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
+fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(1024)
@@ -49,6 +49,17 @@ pub struct Ztna {
 }
 
 impl Ztna {
+    /// The API of `cluster`'s org, with the admin key `init` made.
+    pub fn connect(cluster: &crate::systems::Cluster) -> anyhow::Result<Ztna> {
+        Ok(Ztna {
+            http: http_client()?,
+            urls: cluster.urls.clone(),
+            api_key: cluster.api_key.clone(),
+            org_id: cluster.org_id.clone(),
+            server_keys: Default::default(),
+        })
+    }
+
     /// Node `node`'s enrolment key, fetched the first time.
     async fn server_key(&self, node: usize) -> anyhow::Result<String> {
         if let Some(key) = self.server_keys.lock().unwrap_or_else(|e| e.into_inner()).get(&node) {
@@ -182,16 +193,17 @@ impl Etcd {
         Ok(())
     }
 
-    /// `if version(key) == 0 then put(key, value)`; `Ok(true)` when it put.
-    pub async fn put_if_absent(&self, node: usize, client: usize, key: &str, value: &str) -> anyhow::Result<bool> {
+    /// `if version(key) == 0 then put(key, value)`; an error when the key was already there.
+    pub async fn put_if_absent(&self, node: usize, client: usize, key: &str, value: &str) -> anyhow::Result<()> {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let txn =
             Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]);
-        Ok(self.kv(node, client).txn(txn).await?.succeeded())
+        self.commit(node, client, txn, || format!("{key} was already used")).await
     }
 
     /// One use of a counted key, as a control plane on etcd would write it: `if
-    /// version(counter) < limit then put(counter), put(device)`; `Ok(true)` when it was used.
+    /// version(counter) < limit then put(counter), put(device)`; an error when the counter had
+    /// reached its limit.
     pub async fn use_counter(
         &self,
         node: usize,
@@ -199,12 +211,28 @@ impl Etcd {
         counter: &str,
         device: &str,
         limit: i64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let txn = Txn::new()
             .when([Compare::version(counter, CompareOp::Less, limit)])
             .and_then([TxnOp::put(counter, "", None), TxnOp::put(device, "device", None)]);
-        Ok(self.kv(node, client).txn(txn).await?.succeeded())
+        self.commit(node, client, txn, || format!("{counter} reached its limit")).await
+    }
+
+    /// Runs `txn`; a transaction whose compare failed is an error (`failed` says why), never a
+    /// success.
+    async fn commit(
+        &self,
+        node: usize,
+        client: usize,
+        txn: etcd_client::Txn,
+        failed: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        if self.kv(node, client).txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            bail!(failed())
+        }
     }
 
     /// How many times `counter` was used: its version.

@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::load;
-use crate::ops::{http_client, Ztna};
+use crate::ops::Ztna;
 use crate::systems::{disk_usage, Cluster};
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,13 +50,7 @@ pub async fn measure(ztna: &Path, dir: &Path, keys: u64) -> anyhow::Result<Scale
 }
 
 async fn run(cluster: &Cluster, keys: u64) -> anyhow::Result<Scale> {
-    let api = Ztna {
-        http: http_client()?,
-        urls: cluster.urls.clone(),
-        api_key: cluster.api_key.clone(),
-        org_id: cluster.org_id.clone(),
-        server_keys: Default::default(),
-    };
+    let api = Ztna::connect(cluster)?;
     let leader = cluster.leader().await.context("no leader")?;
     let stopped = (leader + 1) % 3;
     cluster.kill(stopped).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::load;
-use crate::ops::{http_client, Etcd, Ztna};
+use crate::ops::{Etcd, Ztna};
 use crate::systems::{Cluster, Timing};
 
 pub async fn run(ztna: &Path, etcd: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
@@ -43,10 +43,7 @@ async fn check_etcd(cluster: &Cluster) -> anyhow::Result<()> {
         async move {
             sent.fetch_add(1, Ordering::Relaxed);
             let device = format!("check/{client}/{seq}");
-            match api.use_counter(node, client, "check", &device, ETCD_LIMIT).await? {
-                true => Ok(true),
-                false => bail!("the counter reached its limit"),
-            }
+            api.use_counter(node, client, "check", &device, ETCD_LIMIT).await.map(|()| true)
         }
     })
     .await;
@@ -70,13 +67,7 @@ async fn check_etcd(cluster: &Cluster) -> anyhow::Result<()> {
 }
 
 async fn check(cluster: &Cluster) -> anyhow::Result<()> {
-    let api = Ztna {
-        http: http_client()?,
-        urls: cluster.urls.clone(),
-        api_key: cluster.api_key.clone(),
-        org_id: cluster.org_id.clone(),
-        server_keys: Default::default(),
-    };
+    let api = Ztna::connect(cluster)?;
     let (key_id, secret) = api.create_key(0, true, None).await?;
     let sent = Arc::new(AtomicU64::new(0));
     let (a, s) = (api.clone(), sent.clone());

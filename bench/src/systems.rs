@@ -54,6 +54,13 @@ pub enum Timing {
     Same,
 }
 
+/// Runs `ztna ARGS OUT` (certificates, the bootstrap token); what it printed.
+fn ztna_cli(ztna: &Path, args: &[&str], out: &Path) -> anyhow::Result<String> {
+    let made = std::process::Command::new(ztna).args(args).arg(out).output()?;
+    anyhow::ensure!(made.status.success(), "ztna {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    Ok(String::from_utf8_lossy(&made.stdout).into_owned())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -68,11 +75,7 @@ impl Cluster {
     pub async fn start_ztna_timed(ztna: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         // As every ztna cluster: mutual TLS between nodes, a bootstrap token for init.
-        let run = |args: &[&str], out: &Path| -> anyhow::Result<String> {
-            let made = std::process::Command::new(ztna).args(args).arg(out).output()?;
-            anyhow::ensure!(made.status.success(), "ztna {args:?}: {}", String::from_utf8_lossy(&made.stderr));
-            Ok(String::from_utf8_lossy(&made.stdout).into_owned())
-        };
+        let run = |args: &[&str], out: &Path| ztna_cli(ztna, args, out);
         run(&["cluster", "certs", "--nodes", "3", "--out"], &dir.join("tls"))?;
         let token_file = dir.join("bootstrap.token");
         let _ = std::fs::remove_file(&token_file);
@@ -147,9 +150,7 @@ impl Cluster {
     pub async fn start_etcd(etcd: &Path, ztna: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let tls = dir.join("tls");
-        let made =
-            std::process::Command::new(ztna).args(["cluster", "certs", "--nodes", "3", "--out"]).arg(&tls).output()?;
-        anyhow::ensure!(made.status.success(), "ztna cluster certs: {}", String::from_utf8_lossy(&made.stderr));
+        ztna_cli(ztna, &["cluster", "certs", "--nodes", "3", "--out"], &tls)?;
         let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
         let initial: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=https://127.0.0.1:{peer}", i + 1)).collect();
