@@ -61,10 +61,6 @@ fn ztna_cli(ztna: &Path, args: &[&str], out: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&made.stdout).into_owned())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Cluster {
     /// A fresh ztna cluster with default settings, initialised (org and API key).
     pub async fn start_ztna(ztna: &Path, dir: &Path) -> anyhow::Result<Cluster> {
@@ -88,7 +84,7 @@ impl Cluster {
         }
         let mut urls = Vec::new();
         for id in 1..=3 {
-            let (api, raft) = (free_port()?, free_port()?);
+            let (api, raft) = (ztna_ports::free_port()?, ztna_ports::free_port()?);
             file.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\napi_addr = \"127.0.0.1:{api}\"\nraft_addr = \"127.0.0.1:{raft}\"\n"
             ));
@@ -151,7 +147,8 @@ impl Cluster {
         std::fs::create_dir_all(dir)?;
         let tls = dir.join("tls");
         ztna_cli(ztna, &["cluster", "certs", "--nodes", "3", "--out"], &tls)?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let ports: Vec<(u16, u16)> =
+            (0..3).map(|_| Ok((ztna_ports::free_port()?, ztna_ports::free_port()?))).collect::<anyhow::Result<_>>()?;
         let initial: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=https://127.0.0.1:{peer}", i + 1)).collect();
         let mut urls = Vec::new();

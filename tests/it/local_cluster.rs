@@ -2,17 +2,12 @@
 //! product exists for is killing the leader mid-rollout, so the other two keep serving and the
 //! dead node comes back with its data.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{proven_enrol_body, ztna};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use crate::support::{free_port, proven_enrol_body, ztna};
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?.json().await.ok()

@@ -2,7 +2,6 @@
 //! with its own RocksDB in a temporary directory, started, killed and restarted like an operator
 //! would.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,8 +70,9 @@ pub async fn proven_enrol_body(
     Ok(ztna_proof::enrol_body(&private, &public, server_key, auth_key, hostname, &request_id, ztna_proof::issued_now()))
 }
 
+/// A loopback port for a node (see `ztna_ports`: never handed out twice in this test process).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    ztna_ports::free_port().expect("a free loopback port")
 }
 
 impl Cluster {

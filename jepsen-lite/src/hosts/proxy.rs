@@ -58,16 +58,12 @@ struct ProxyLink {
     blocked: watch::Sender<bool>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Proxies {
     pub async fn create(nodes: u64) -> anyhow::Result<Proxies> {
         let mut addrs = BTreeMap::new();
         for id in 1..=nodes {
-            let api_addr = format!("127.0.0.1:{}", free_port()?);
-            let raft_addr = format!("127.0.0.1:{}", free_port()?);
+            let api_addr = format!("127.0.0.1:{}", ztna_ports::free_port()?);
+            let raft_addr = format!("127.0.0.1:{}", ztna_ports::free_port()?);
             addrs.insert(id, NodeAddrs { api_addr, raft_addr });
         }
         let delay = Arc::new(Delay::default());
