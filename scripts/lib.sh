@@ -41,3 +41,5 @@ BUILD_PACKAGES=(libclang-dev curl binutils)
 # The benchmark (its own workspace, bench/) also needs protoc, its etcd client's gRPC code being
 # generated from etcd's .proto files, and etcd itself.
 BENCH_PACKAGES=(protobuf-compiler etcd-server)
+# The console's browser test drives Debian's Chromium through its chromedriver.
+BROWSER_PACKAGES=(chromium chromium-driver)

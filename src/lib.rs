@@ -28,6 +28,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster_view;
 pub mod codec;
 pub mod config;
 pub mod disk;

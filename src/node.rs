@@ -92,13 +92,15 @@ pub struct Node {
     throttle: crate::api::throttle::Throttle,
     /// This node's enrolment key pair: machines prove possession of their keys to it (`proof`).
     enrol_key: crate::proof::EnrolKey,
+    /// Every member's view of the cluster, as last asked (`GET /api/cluster/nodes`).
+    cluster_views: crate::cluster_view::Cache,
 }
 
 /// A node this far from applying what it has received is catching up, not ready.
 pub const CATCHING_UP_ENTRIES: u64 = 1000;
 
 /// What `GET /api/cluster` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterInfo {
     pub cluster_name: String,
     pub node_id: NodeId,
@@ -316,6 +318,7 @@ impl Node {
             fatal: tokio::sync::watch::channel(None).0,
             throttle: crate::api::throttle::Throttle::new(settings.auth_failures_per_minute),
             enrol_key,
+            cluster_views: crate::cluster_view::Cache::default(),
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
@@ -754,6 +757,11 @@ impl Node {
             return Err(("catching_up", format!("catching up: {applied} of {received} entries applied")));
         }
         Ok(Some(leader))
+    }
+
+    /// Every member's own view of the cluster (see `cluster_view`).
+    pub async fn cluster_view(&self) -> crate::cluster_view::ClusterView {
+        self.cluster_views.get(self).await
     }
 
     pub fn cluster_info(&self) -> ClusterInfo {

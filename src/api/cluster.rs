@@ -1,4 +1,4 @@
-//! `GET /api/cluster`, `GET /healthz` and `GET /readyz`.
+//! `GET /api/cluster`, `GET /api/cluster/nodes`, `GET /healthz` and `GET /readyz`.
 
 use std::sync::Arc;
 
@@ -13,6 +13,11 @@ use crate::node::{ClusterInfo, Node};
 /// This node's view of the cluster: its role, term, log and applied index, leader and members.
 pub async fn info(State(node): State<Arc<Node>>) -> Json<ClusterInfo> {
     Json(node.cluster_info())
+}
+
+/// Every member's own view of the cluster, unreachable members included (the console's page).
+pub async fn nodes(State(node): State<Arc<Node>>) -> Json<crate::cluster_view::ClusterView> {
+    Json(node.cluster_view().await)
 }
 
 /// The process is up.

@@ -1,5 +1,6 @@
 //! The one error type of the HTTP API and how each error becomes a status and a JSON body:
-//! `{"error": {"code": "…", "message": "…"}}`.
+//! `{"error": {"code": "…", "message": "…"}}`, with `"field"` naming the request field when one
+//! field was at fault (the console puts the message beside that field).
 //!
 //! A user's mistake is always a 4xx with a message that names the field and what it allows.
 //! Only a fault of the node itself is a 500, and its detail goes to the log, not the response.
@@ -20,16 +21,20 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault, when there is one.
+    pub field: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), field: None }
     }
 
     /// 400 for a malformed field.
     pub fn bad_field(field: &str, message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
+        let mut error = Self::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"));
+        error.field = Some(field.to_string());
+        error
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -113,7 +118,10 @@ impl From<Unavailable> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(field) = self.field {
+            body["error"]["field"] = serde_json::Value::String(field);
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -46,9 +46,13 @@ impl Fields {
     }
 
     pub fn bool_or(&mut self, name: &'static str, default: bool) -> Result<bool, ApiError> {
+        Ok(self.opt_bool(name)?.unwrap_or(default))
+    }
+
+    pub fn opt_bool(&mut self, name: &'static str) -> Result<Option<bool>, ApiError> {
         match self.take(name) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(b),
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
             Some(other) => Err(ApiError::bad_field(name, format!("must be true or false, got {}", kind(&other)))),
         }
     }

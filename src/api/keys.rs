@@ -15,7 +15,7 @@ use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
 use crate::sm::model::*;
-use crate::sm::query::{Answer, Query, DEFAULT_PAGE, MAX_PAGE};
+use crate::sm::query::{Answer, KeyFilter, Query, DEFAULT_PAGE, MAX_PAGE};
 
 pub(crate) const ACTIONS: &str = "create_auth_key, list_auth_keys, get_auth_key, revoke_auth_key";
 
@@ -92,8 +92,14 @@ async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> 
             ApiError::bad_field("cursor", "must be a next_cursor value from an earlier list_auth_keys answer")
         })?),
     };
+    let filter = key_filter(&mut fields)?;
     fields.finish()?;
-    let query = Query::ListAuthKeys { org_id, limit: limit as usize, after_seq };
+    let limit = limit as usize;
+    let query = if filter == KeyFilter::default() {
+        Query::ListAuthKeys { org_id, limit, after_seq }
+    } else {
+        Query::ListAuthKeysWhere { org_id, limit, after_seq, filter }
+    };
     match node.read(&actor, &query).await?? {
         Answer::AuthKeys { keys, next_after_seq, as_of } => {
             let keys: Vec<Value> = keys.iter().map(|k| views::auth_key(k, as_of)).collect();
@@ -101,6 +107,46 @@ async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> 
         }
         other => Err(ApiError::internal(format!("list_auth_keys answered {other:?}"))),
     }
+}
+
+/// The states `list_auth_keys` filters on.
+const KEY_STATES: &str = "valid, used, exhausted, expired, revoked";
+/// The key types `list_auth_keys` filters on.
+const KEY_TYPES: &str = "reusable, one-shot";
+/// Longest search text.
+const MAX_SEARCH: usize = 256;
+
+/// `state`, `type`, `ephemeral`, `tag` and `search` of a `list_auth_keys` request.
+fn key_filter(fields: &mut Fields) -> Result<KeyFilter, ApiError> {
+    let state = match fields.opt_str("state")?.as_deref() {
+        None => None,
+        Some("valid") => Some(KeyState::Valid),
+        Some("used") => Some(KeyState::Used),
+        Some("exhausted") => Some(KeyState::Exhausted),
+        Some("expired") => Some(KeyState::Expired),
+        Some("revoked") => Some(KeyState::Revoked),
+        Some(other) => {
+            return Err(ApiError::bad_field("state", format!("unknown state {other:?}; must be one of {KEY_STATES}")))
+        }
+    };
+    let reusable = match fields.opt_str("type")?.as_deref() {
+        None => None,
+        Some("reusable") => Some(true),
+        Some("one-shot") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_field("type", format!("unknown key type {other:?}; must be one of {KEY_TYPES}")))
+        }
+    };
+    let ephemeral = fields.opt_bool("ephemeral")?;
+    let tag = fields.opt_str("tag")?;
+    if let Some(tag) = &tag {
+        validate_tags(std::slice::from_ref(tag)).map_err(|e| ApiError::bad_field("tag", e.message))?;
+    }
+    let search = fields.opt_str("search")?.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
+    if search.as_ref().is_some_and(|s| s.chars().count() > MAX_SEARCH) {
+        return Err(ApiError::bad_field("search", format!("must be at most {MAX_SEARCH} characters")));
+    }
+    Ok(KeyFilter { state, reusable, ephemeral, tag, search })
 }
 
 async fn get(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {

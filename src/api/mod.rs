@@ -1,5 +1,5 @@
 //! The public HTTP API, served by every node: key management, enrolment, org administration,
-//! cluster status and health.
+//! cluster status and health, and the web console's page.
 //!
 //! A handler parses and validates the request, makes the ids and secrets a new record needs,
 //! and hands one command (or query) to [`Node::write`] / [`Node::read`], which reach the leader
@@ -9,6 +9,7 @@
 
 pub mod backup;
 mod cluster;
+mod console;
 mod enrol;
 pub mod error;
 mod fields;
@@ -51,8 +52,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/machine/logout", post(machines::logout))
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
+        .route("/api/cluster/nodes", get(cluster::nodes))
+        .route("/api/whoami", get(org::whoami))
         .route("/api/cluster/membership", post(membership::handle))
         .route("/api/cluster/backup", post(backup::handle))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::slash))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .route("/install.sh", get(install::script))
         .route("/download/ztna-linux-x86_64", get(install::binary))
         .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))

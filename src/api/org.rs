@@ -310,3 +310,13 @@ pub async fn init(
         other => Err(ApiError::internal(format!("init answered {other:?}"))),
     }
 }
+
+/// `GET /api/whoami` with `Authorization: Bearer <API key>`: the key's own record (scope, org,
+/// scopes, tags, expiry), never its secret. The console signs in with it.
+pub async fn whoami(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let actor = api_key_actor(&headers)?;
+    match node.read(&actor, &Query::WhoAmI).await?? {
+        Answer::ApiKey(record) => Ok(Json(views::api_key(&record))),
+        other => Err(ApiError::internal(format!("whoami answered {other:?}"))),
+    }
+}

@@ -32,6 +32,8 @@ pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_PROPOSE: &str = "/internal/propose";
 pub const PATH_QUERY: &str = "/internal/query";
+/// A node's own view of the cluster (`cluster_view`).
+pub const PATH_CLUSTER_INFO: &str = "/internal/cluster-info";
 
 /// Why a forwarded request did not get an answer from the leader it was sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -178,6 +180,11 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// The view of the cluster of the node at `addr`.
+    pub async fn cluster_info(&self, addr: &str, timeout: Duration) -> Result<crate::node::ClusterInfo, String> {
+        self.call(addr, PATH_CLUSTER_INFO, &(), timeout).await.map_err(|e| e.to_string())
+    }
+
     /// Asks the node at `addr` what it knows of a node id.
     pub async fn whois(
         &self,

@@ -21,7 +21,9 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ForwardError, ForwardedQuery, PATH_APPEND, PATH_PROPOSE, PATH_QUERY, PATH_SNAPSHOT, PATH_VOTE};
+use super::{
+    ForwardError, ForwardedQuery, PATH_APPEND, PATH_CLUSTER_INFO, PATH_PROPOSE, PATH_QUERY, PATH_SNAPSHOT, PATH_VOTE,
+};
 use crate::codec;
 use crate::node::Node;
 use crate::sm::model::Command;
@@ -34,6 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_SNAPSHOT, post(snapshot))
         .route(PATH_PROPOSE, post(propose))
         .route(PATH_QUERY, post(query))
+        .route(PATH_CLUSTER_INFO, post(cluster_info))
         .route(crate::membership::PATH_WHOIS, post(whois))
         .route(crate::membership::PATH_MEMBERSHIP, post(membership))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -121,6 +124,10 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Ok(rpc) => reply(&node.raft().vote(rpc).await.map_err(|e| e.to_string())),
         Err(bad) => bad.into_response(),
     }
+}
+
+async fn cluster_info(State(node): State<Arc<Node>>) -> Response {
+    reply(&node.cluster_info())
 }
 
 async fn whois(State(node): State<Arc<Node>>, body: Bytes) -> Response {

@@ -14,6 +14,36 @@ use super::{rows, KeyStore};
 pub const MAX_PAGE: usize = 1000;
 /// Records per page when the client does not say.
 pub const DEFAULT_PAGE: usize = 100;
+/// Most keys a filtered listing looks at for one page: a page that finds fewer matches still
+/// answers a cursor to go on from, so no request scans a whole large org.
+pub const MAX_SCAN: usize = 20_000;
+
+/// Which auth keys a filtered listing answers; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyFilter {
+    /// The key's state at the answer's cluster time.
+    pub state: Option<KeyState>,
+    pub reusable: Option<bool>,
+    pub ephemeral: Option<bool>,
+    /// A tag the key carries.
+    pub tag: Option<String>,
+    /// Lowercase text found in the description, the key id or the display prefix.
+    pub search: Option<String>,
+}
+
+impl KeyFilter {
+    fn matches(&self, key: &AuthKeyRecord, now: Millis) -> bool {
+        self.state.is_none_or(|s| key.state(now) == s)
+            && self.reusable.is_none_or(|r| key.reusable == r)
+            && self.ephemeral.is_none_or(|e| key.ephemeral == e)
+            && self.tag.as_ref().is_none_or(|t| key.tags.contains(t))
+            && self.search.as_ref().is_none_or(|text| {
+                key.description.to_lowercase().contains(text)
+                    || key.key_id.to_lowercase().contains(text)
+                    || key.display_prefix().to_lowercase().contains(text)
+            })
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
@@ -37,6 +67,16 @@ pub enum Query {
     },
     /// The calling machine itself (actor: its node key); a heartbeat.
     MachineStatus,
+    /// Like `ListAuthKeys`, only the keys `filter` matches; at most [`MAX_SCAN`] keys are
+    /// looked at per page. (New variants go last: older builds decode the ones before.)
+    ListAuthKeysWhere {
+        org_id: String,
+        limit: usize,
+        after_seq: Option<u64>,
+        filter: KeyFilter,
+    },
+    /// The calling API key's own record (the console's sign-in).
+    WhoAmI,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +97,7 @@ pub enum Answer {
     Orgs(Vec<Org>),
     Machines(Vec<Machine>),
     Machine(Machine),
+    ApiKey(ApiKeyRecord),
 }
 
 impl KeyStore {
@@ -74,23 +115,16 @@ impl KeyStore {
         match query {
             Query::ListAuthKeys { org_id, limit, after_seq } => {
                 self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
-                let limit = (*limit).clamp(1, MAX_PAGE);
-                let prefix = rows::org_key_prefix(org_id);
-                let start = rows::org_key_row(org_id, after_seq.map_or(0, |s| s.saturating_add(1)));
-                let mut key_ids = Vec::new();
-                self.rows.scan_prefix::<String>(&prefix, &start, |_, key_id| {
-                    key_ids.push(key_id);
-                    key_ids.len() <= limit
-                });
-                let mut keys: Vec<AuthKeyRecord> =
-                    key_ids.iter().filter_map(|key_id| self.auth_key_record(key_id)).collect();
-                let next_after_seq = if keys.len() > limit {
-                    keys.truncate(limit);
-                    keys.last().map(|k| k.seq)
-                } else {
-                    None
-                };
-                Ok(Answer::AuthKeys { keys, next_after_seq, as_of: self.clock() })
+                Ok(self.list_auth_keys(org_id, *limit, *after_seq, &KeyFilter::default()))
+            }
+            Query::ListAuthKeysWhere { org_id, limit, after_seq, filter } => {
+                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
+                Ok(self.list_auth_keys(org_id, *limit, *after_seq, filter))
+            }
+            Query::WhoAmI => {
+                self.authenticate(actor)?;
+                let Actor::ApiKey { api_key_id, .. } = actor else { return Err(OpError::Unauthorized) };
+                self.api_keys.get(api_key_id).cloned().map(Answer::ApiKey).ok_or(OpError::Unauthorized)
             }
             Query::GetAuthKey { org_id, key_id } => {
                 self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
@@ -128,6 +162,34 @@ impl KeyStore {
 }
 
 impl KeyStore {
+    /// A page of `org_id`'s keys that `filter` matches, in creation order after `after_seq`.
+    /// The page ends after `limit` matches (with a cursor when more keys follow) or after
+    /// [`MAX_SCAN`] keys looked at (with a cursor at the last one looked at).
+    fn list_auth_keys(&self, org_id: &str, limit: usize, after_seq: Option<u64>, filter: &KeyFilter) -> Answer {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let now = self.clock();
+        let prefix = rows::org_key_prefix(org_id);
+        let start = rows::org_key_row(org_id, after_seq.map_or(0, |s| s.saturating_add(1)));
+        let (mut keys, mut scanned, mut last_seq) = (Vec::new(), 0usize, None);
+        let mut more = false;
+        self.rows.scan_prefix::<String>(&prefix, &start, |_, key_id| {
+            if keys.len() == limit || scanned == MAX_SCAN {
+                more = true;
+                return false;
+            }
+            scanned += 1;
+            if let Some(key) = self.auth_key_record(&key_id) {
+                last_seq = Some(key.seq);
+                if filter.matches(&key, now) {
+                    keys.push(key);
+                }
+            }
+            true
+        });
+        let next_after_seq = if more { last_seq } else { None };
+        Answer::AuthKeys { keys, next_after_seq, as_of: now }
+    }
+
     /// An auth key's record, without authorisation: for tools that read a stopped node's store.
     pub fn auth_key(&self, key_id: &str) -> Option<AuthKeyRecord> {
         self.auth_key_record(key_id)

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::model::*;
-use super::query::{Answer, Query};
+use super::query::{Answer, KeyFilter, Query};
 use super::*;
 use crate::secret::hash;
 
@@ -333,6 +333,55 @@ fn listing_pages_in_creation_order() {
         }
     }
     assert_eq!(seen, (0..7).map(|n| format!("ak_{n}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_filtered_listing_answers_only_matches_and_pages_through_them() {
+    let mut f = Fixture::new();
+    for n in 0..9 {
+        f.create(T0, &format!("ak_{n}"), n % 3 == 0, None);
+    }
+    f.enrol(T0, "ak_1", "node-1").unwrap();
+    let page = |f: &Fixture, filter: &KeyFilter, limit: usize, after_seq: Option<u64>| {
+        let q = Query::ListAuthKeysWhere { org_id: "org_a".into(), limit, after_seq, filter: filter.clone() };
+        let Ok(Answer::AuthKeys { keys, next_after_seq, .. }) = f.store.query(&f.admin, &q) else { panic!() };
+        (keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>(), next_after_seq)
+    };
+    let all = |f: &Fixture, filter: &KeyFilter| {
+        let (mut seen, mut after) = (Vec::new(), None);
+        loop {
+            let (keys, next) = page(f, filter, 2, after);
+            seen.extend(keys);
+            match next {
+                Some(s) => after = Some(s),
+                None => return seen,
+            }
+        }
+    };
+    let reusable = KeyFilter { reusable: Some(true), ..KeyFilter::default() };
+    assert_eq!(all(&f, &reusable), ["ak_0", "ak_3", "ak_6"]);
+    let used = KeyFilter { state: Some(KeyState::Used), ..KeyFilter::default() };
+    assert_eq!(all(&f, &used), ["ak_1"]);
+    let search = KeyFilter { search: Some("ak_7".into()), ..KeyFilter::default() };
+    assert_eq!(all(&f, &search), ["ak_7"]);
+    let untagged = KeyFilter { tag: Some("tag:server".into()), ..KeyFilter::default() };
+    assert_eq!(all(&f, &untagged), Vec::<String>::new());
+    // A page that ends on its limit says where to go on; the last page does not.
+    assert_eq!(page(&f, &reusable, 3, None).1, Some(f.key("ak_6").seq));
+    assert_eq!(page(&f, &reusable, 4, None).1, None);
+    // Another org's key cannot be listed by this org's filter.
+    let other = Query::ListAuthKeysWhere { org_id: "org_b".into(), limit: 5, after_seq: None, filter: reusable };
+    assert!(f.store.query(&f.admin, &other).is_err());
+}
+
+#[test]
+fn whoami_answers_the_calling_key_and_refuses_others() {
+    let f = Fixture::new();
+    let Ok(Answer::ApiKey(me)) = f.store.query(&f.admin, &Query::WhoAmI) else { panic!() };
+    let Actor::ApiKey { api_key_id, .. } = &f.admin else { panic!() };
+    assert_eq!(&me.api_key_id, api_key_id);
+    assert_eq!(f.store.query(&actor("api_nobody"), &Query::WhoAmI), Err(OpError::Unauthorized));
+    assert_eq!(f.store.query(&Actor::Anonymous, &Query::WhoAmI), Err(OpError::Unauthorized));
 }
 
 #[test]

@@ -39,6 +39,11 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         (json!({"action": "make_key"}), "action", "create_auth_key"),
         (json!({"action": "list_auth_keys", "limit": 5000}), "limit", "1000"),
         (json!({"action": "list_auth_keys", "cursor": "abc"}), "cursor", "next_cursor"),
+        (json!({"action": "list_auth_keys", "state": "active"}), "state", "valid, used, exhausted, expired, revoked"),
+        (json!({"action": "list_auth_keys", "type": "oneshot"}), "type", "reusable, one-shot"),
+        (json!({"action": "list_auth_keys", "ephemeral": "no"}), "ephemeral", "true or false"),
+        (json!({"action": "list_auth_keys", "tag": "laptop"}), "tag", "tag:"),
+        (json!({"action": "list_auth_keys", "search": "x".repeat(257)}), "search", "256"),
         (json!({"action": "get_auth_key", "key_id": "nope"}), "key_id", "ak_"),
         (json!({"action": "revoke_auth_key"}), "key_id", "key"),
     ];
@@ -52,6 +57,10 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
                 "{body} → {}",
                 message(&answer)
             );
+            // A message about one field names it for a client to put the message beside.
+            if message(&answer).starts_with(&format!("{field}:")) {
+                assert_eq!(answer["error"]["field"], field, "{body} → {answer}");
+            }
         }
     }
     let bad_json = cluster

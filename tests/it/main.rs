@@ -1,6 +1,8 @@
 //! Integration tests against real `ztna server` processes on loopback. One binary, so the
 //! crate compiles once; `support` starts and stops the clusters.
 
+mod browser;
+mod console;
 mod crash;
 mod errors;
 mod failover;
