@@ -49,6 +49,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 409: a create sent again under its request id, after the first answer (the only one that
+    /// carried the secret) was lost. `what` names the record, e.g. "auth key ak_…".
+    pub fn already_created(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "already_created",
+            format!(
+                "this request_id already created {what}; its secret was shown only in the answer to that \
+                 request and cannot be shown again. If that answer was lost, revoke {id} and create a new one \
+                 with a new request_id"
+            ),
+        )
+    }
+
     pub fn too_large() -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is over 64 KiB")
     }

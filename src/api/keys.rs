@@ -70,6 +70,10 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     })
     .await?;
     match outcome? {
+        OpOk::AuthKey(record) if record.key_id != format!("{AUTH_KEY_ID_PREFIX}{}", secret.id) => {
+            let what = format!("auth key {} ({})", record.key_id, record.display_prefix());
+            Err(ApiError::already_created(&what, &record.key_id))
+        }
         OpOk::AuthKey(record) => {
             // Its state at the entry's cluster time, when it was created.
             let mut view = views::auth_key(&record, record.created_at);

@@ -184,6 +184,9 @@ pub async fn handle(
             })
             .await?;
             match outcome? {
+                OpOk::ApiKey(record) if record.api_key_id != format!("{API_KEY_ID_PREFIX}{}", secret.id) => {
+                    Err(ApiError::already_created(&format!("API key {}", record.api_key_id), &record.api_key_id))
+                }
                 OpOk::ApiKey(record) => {
                     let mut view = views::api_key(&record);
                     view["key"] = Value::String(secret.text);

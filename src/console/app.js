@@ -623,9 +623,15 @@ async function submitCreateKey(event) {
   } catch (e) {
     createKeyAction.settle(e);
     if (e.signedOut) return;
-    if (e.code === 'request_id_reused') {
-      // The first try was applied during the failover, but its secret was lost with the answer.
-      showError($('ck-error'), 'This key was probably created while the cluster was failing over, but its secret cannot be shown. Check the list, revoke the extra key, and create a new one.');
+    if (e.code === 'already_created') {
+      // The first try was applied during a failover, but its secret was lost with the answer:
+      // the server's message names the key to revoke.
+      showError($('ck-error'), e.message);
+      createKeyAction.reset();
+      reloadKeys();
+    } else if (e.code === 'request_id_reused') {
+      // The form changed after a try whose outcome stayed unknown: a new request from here on.
+      showError($('ck-error'), 'The earlier try may have created a key (check the list). Press Create key again to create one with these settings.');
       createKeyAction.reset();
       reloadKeys();
     } else {
@@ -1116,8 +1122,10 @@ async function submitCreateApiKey(event) {
   } catch (e) {
     orgsPage.createKey.settle(e);
     if (e.signedOut) return;
-    if (e.code === 'request_id_reused') {
-      showError($('cak-error'), 'This API key was probably created while the cluster was failing over, but its secret cannot be shown. Revoke the extra key below and create a new one.');
+    if (e.code === 'already_created' || e.code === 'request_id_reused') {
+      const message = e.code === 'already_created' ? e.message
+        : 'The earlier try may have created an API key (check the list below). Press Create again to create one with these settings.';
+      showError($('cak-error'), message);
       orgsPage.createKey.reset();
       loadOrgs();
     } else {

@@ -178,7 +178,8 @@ impl KeyStore {
         // Every op is made idempotent by remembering its request id (per caller) with a digest
         // of the command: a copy of the same command answers as the first did. An enrolment
         // retried by its client under the same request id differs only in the ids the receiving
-        // node made for it; it is applied, and the enrolment rules recognise the machine.
+        // node made for it; it is applied, and the enrolment rules recognise the machine. A
+        // create retried by its client differs the same way; it answers the first record.
         let digest = command_digest(cmd);
         let row = rows::request_row(request_scope(cmd), &cmd.request_id);
         // Remembered before the rules scoped ids to their caller: the same command still counts.
@@ -188,7 +189,7 @@ impl KeyStore {
                 .filter(|seen| seen.digest == digest)
         };
         if let Some(seen) = self.rows.get::<RememberedRequest>(&row).or_else(legacy) {
-            return if seen.digest == digest {
+            return if seen.digest == digest || is_retried_create(cmd, &seen) {
                 seen.outcome.clone()
             } else if matches!(cmd.op, Op::Enrol { .. }) {
                 self.apply_op(at, now, &cmd.actor, &cmd.op)
@@ -910,9 +911,33 @@ fn request_scope(cmd: &Command) -> &str {
 
 /// A digest of what a command asks for (everything but its request id).
 fn command_digest(cmd: &Command) -> [u8; 32] {
+    digest_of(&cmd.actor, &cmd.op)
+}
+
+fn digest_of(actor: &Actor, op: &Op) -> [u8; 32] {
     let mut hasher = Sha256::new();
     // Encoding an in-memory command cannot fail; an empty encoding would only weaken the
     // reused-id check, never apply a command twice.
-    hasher.update(crate::codec::encode(&(&cmd.actor, &cmd.op)).unwrap_or_default());
+    hasher.update(crate::codec::encode(&(actor, op)).unwrap_or_default());
     hasher.finalize().into()
+}
+
+/// Whether `cmd` is the create `seen` remembers, sent again by its client: the same command
+/// but for the ids (and secret hash) the receiving node made for the new record. Checked by
+/// putting the remembered record's ids into `cmd` and comparing digests, so every other field
+/// must be equal. Nothing is written either way; the answer is the first record (without the
+/// secret, which only the first answer carried).
+fn is_retried_create(cmd: &Command, seen: &RememberedRequest) -> bool {
+    let mut op = cmd.op.clone();
+    match (&mut op, &seen.outcome) {
+        (Op::CreateAuthKey { key, .. } | Op::CreateAuthKeyWith { key, .. }, Ok(OpOk::AuthKey(record))) => {
+            *key = NewCredential { id: record.key_id.clone(), hash: record.secret_hash };
+        }
+        (Op::CreateApiKey { key, .. } | Op::CreateApiKeyWith { key, .. }, Ok(OpOk::ApiKey(record))) => {
+            *key = NewCredential { id: record.api_key_id.clone(), hash: record.secret_hash };
+        }
+        (Op::CreateOrg { org_id, .. }, Ok(OpOk::Org(org))) => *org_id = org.org_id.clone(),
+        _ => return false,
+    }
+    digest_of(&cmd.actor, &op) == seen.digest
 }

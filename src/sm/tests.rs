@@ -276,10 +276,18 @@ fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
     let first = f.run_cmd(T0, cmd.clone());
     let again = f.run_cmd(T0 + 5, cmd.clone());
     assert_eq!(first, again);
-    let mut different = cmd;
-    different.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_2"), spec };
-    assert_eq!(f.run_cmd(T0 + 6, different), Err(OpError::RequestIdReused("same".into())));
+    // The client sent it again: the receiving node made a new key id and secret for it. The
+    // first record answers, and nothing is created.
+    let mut resent = cmd.clone();
+    resent.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_2"), spec };
+    assert_eq!(f.run_cmd(T0 + 6, resent), first);
     assert!(f.store.auth_key("ak_2").is_none());
+    // Another request under the same id is refused.
+    let mut different = cmd;
+    let other = AuthKeySpec::new(true, false, 3600, vec![], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    different.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_3"), spec: other };
+    assert_eq!(f.run_cmd(T0 + 7, different), Err(OpError::RequestIdReused("same".into())));
+    assert!(f.store.auth_key("ak_3").is_none());
     // After the memory window the id is forgotten.
     f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() })
         .unwrap_err();

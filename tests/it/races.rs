@@ -74,10 +74,23 @@ async fn a_retried_create_with_the_same_request_id_applies_once() {
     let create = json!({"action": "create_auth_key", "request_id": "create-1"});
     let (status, first) = cluster.keys(1, create.clone()).await;
     assert_eq!(status, 200);
-    // A client retry with the same request id cannot be answered with the secret again; it
-    // is refused and creates nothing.
+    // A client retry with the same request id (its answer lost) creates nothing; the secret
+    // cannot be shown again, so it answers which key the request made, to revoke.
     let (status, again) = cluster.keys(2, create).await;
-    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("request_id_reused")), "{again}");
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("already_created")), "{again}");
+    let message = again["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(first["key_id"].as_str().unwrap()) && message.contains("revoke"), "{again}");
+    // Another request under the same id is refused as such.
+    let other = json!({"action": "create_auth_key", "reusable": true, "request_id": "create-1"});
+    let (status, reused) = cluster.keys(3, other).await;
+    assert_eq!((status, reused["error"]["code"].as_str()), (409, Some("request_id_reused")), "{reused}");
+    // An org made twice under one request id is one org, answered both times.
+    let org = json!({"action": "create_org", "name": "twice", "request_id": "org-1"});
+    let operator = cluster.operator_key.clone();
+    let (status, made) = cluster.post(1, "/api/org-admin", &org, Some(&operator)).await;
+    assert_eq!(status, 200, "{made}");
+    let (status, again) = cluster.post(2, "/api/org-admin", &org, Some(&operator)).await;
+    assert_eq!((status, &again["org_id"]), (200, &made["org_id"]), "{again}");
     let (_, list) = cluster.keys(3, json!({"action": "list_auth_keys"})).await;
     assert_eq!(list["keys"].as_array().unwrap().len(), 1);
     assert_eq!(list["keys"][0]["key_id"], first["key_id"]);
