@@ -2,13 +2,17 @@
 //! the cluster has it): what the console's cluster page and `GET /api/cluster/nodes` show.
 //!
 //! A member that does not answer within [`ASK_TIMEOUT`] is reported as unreachable with the
-//! reason, never left out. Answers are kept for [`FRESH_FOR`], so however often the page is
-//! asked, a node sends its peers at most a few small requests a second.
+//! reason, never left out. One round of questions runs at a time, in its own task that every
+//! caller waiting for it shares (a caller that hangs up does not cancel it), and its answer is
+//! kept for [`FRESH_FOR`]: however often the page is asked, and by however many clients, a node
+//! sends each peer at most a few small requests a second.
 //!
 //! This module only reads; it must not change the cluster or decide anything about keys.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
 
 use crate::node::{ClusterInfo, Node};
@@ -49,23 +53,55 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
 }
 
-/// The last view assembled, and when.
+/// The last view assembled and when, and the round of questions under way.
 #[derive(Default)]
-pub struct Cache(tokio::sync::Mutex<Option<(Instant, ClusterView)>>);
+pub struct Cache(std::sync::Mutex<Rounds>);
+
+#[derive(Default)]
+struct Rounds {
+    fresh: Option<(Instant, ClusterView)>,
+    under_way: Option<Shared<BoxFuture<'static, ClusterView>>>,
+}
 
 impl Cache {
     /// A view no older than [`FRESH_FOR`]; callers arriving while one is assembled wait for it.
-    pub async fn get(&self, node: &Node) -> ClusterView {
-        let mut cached = self.0.lock().await;
-        if let Some((at, view)) = cached.as_ref() {
-            if at.elapsed() < FRESH_FOR {
-                return view.clone();
+    pub async fn get(&self, node: &Arc<Node>) -> ClusterView {
+        let round = {
+            let mut rounds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, view)) = &rounds.fresh {
+                if at.elapsed() < FRESH_FOR {
+                    return view.clone();
+                }
             }
-        }
-        let view = assemble(node).await;
-        *cached = Some((Instant::now(), view.clone()));
-        view
+            match &rounds.under_way {
+                Some(round) => round.clone(),
+                None => {
+                    let round = start_round(Arc::clone(node));
+                    rounds.under_way = Some(round.clone());
+                    round
+                }
+            }
+        };
+        round.await
     }
+
+    fn finish(&self, view: &ClusterView) {
+        let mut rounds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        rounds.fresh = Some((Instant::now(), view.clone()));
+        rounds.under_way = None;
+    }
+}
+
+/// One round of questions in its own task, which records its answer when done.
+fn start_round(node: Arc<Node>) -> Shared<BoxFuture<'static, ClusterView>> {
+    let served_by = node.id();
+    let task = tokio::spawn(async move {
+        let view = assemble(&node).await;
+        node.cluster_views().finish(&view);
+        view
+    });
+    // The task only ends early when the runtime shuts down; then nobody reads the page.
+    async move { task.await.unwrap_or(ClusterView { served_by, leader: None, nodes: Vec::new() }) }.boxed().shared()
 }
 
 /// Asks every member this node knows of (itself locally, the others at their internal address).
@@ -75,7 +111,8 @@ async fn assemble(node: &Node) -> ClusterView {
         let answer = if member.id == node.id() {
             Ok(mine.clone())
         } else {
-            node.peers().cluster_info(&member.raft_addr, ASK_TIMEOUT).await
+            let addr = node.config().settings().dial_addr(member.id, &member.raft_addr);
+            node.peers().cluster_info(&addr, ASK_TIMEOUT).await
         };
         (member, answer)
     });

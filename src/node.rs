@@ -562,6 +562,13 @@ impl Node {
         self.via_leader(|route, deadline| async move {
             match route {
                 Route::Local => self.query_as_leader(actor, query).await,
+                // A leader of an older build cannot decode a newer query: it is not sent (again).
+                Route::Remote(addr) if self.peers.queries_of(&addr).is_some_and(|q| q < query.since()) => {
+                    Err(ForwardError::Unavailable(format!(
+                        "the leader ({addr}) runs an older build that cannot answer this request; \
+                         it can once the rolling upgrade reaches the leader"
+                    )))
+                }
                 Route::Remote(addr) => {
                     crate::metrics::global().forwarded(false);
                     let timeout = deadline.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
@@ -760,8 +767,12 @@ impl Node {
     }
 
     /// Every member's own view of the cluster (see `cluster_view`).
-    pub async fn cluster_view(&self) -> crate::cluster_view::ClusterView {
+    pub async fn cluster_view(self: &Arc<Self>) -> crate::cluster_view::ClusterView {
         self.cluster_views.get(self).await
+    }
+
+    pub(crate) fn cluster_views(&self) -> &crate::cluster_view::Cache {
+        &self.cluster_views
     }
 
     pub fn cluster_info(&self) -> ClusterInfo {

@@ -10,6 +10,9 @@ use super::error::ApiError;
 pub struct Fields {
     map: Map<String, Value>,
     known: Vec<&'static str>,
+    /// Where this object sits in the body (`capabilities.devices.`), for the field names of
+    /// refusals; empty for the body itself.
+    path: String,
 }
 
 impl Fields {
@@ -18,10 +21,26 @@ impl Fields {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body must be a JSON object: {e}")))?;
         match value {
-            Value::Object(map) => Ok(Fields { map, known: Vec::new() }),
+            Value::Object(map) => Ok(Fields { map, known: Vec::new(), path: String::new() }),
             _ => Err(ApiError::bad_request(
                 "the body must be a JSON object, e.g. {\"action\": \"list_auth_keys\", \"org_id\": \"org_…\"}",
             )),
+        }
+    }
+
+    /// A refusal of field `name` of this object, named by its path in the body.
+    fn bad(&self, name: &str, message: impl std::fmt::Display) -> ApiError {
+        ApiError::bad_field(&format!("{}{name}", self.path), message)
+    }
+
+    /// A nested object, read field by field like the body (and finished by the caller).
+    pub fn object(&mut self, name: &'static str) -> Result<Option<Fields>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => {
+                Ok(Some(Fields { map, known: Vec::new(), path: format!("{}{name}.", self.path) }))
+            }
+            Some(other) => Err(self.bad(name, format!("must be an object, got {}", kind(&other)))),
         }
     }
 
@@ -37,12 +56,12 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ApiError::bad_field(name, format!("must be a string, got {}", kind(&other)))),
+            Some(other) => Err(self.bad(name, format!("must be a string, got {}", kind(&other)))),
         }
     }
 
     pub fn str(&mut self, name: &'static str) -> Result<String, ApiError> {
-        self.opt_str(name)?.ok_or_else(|| ApiError::bad_field(name, "is required (a string)"))
+        self.opt_str(name)?.ok_or_else(|| self.bad(name, "is required (a string)"))
     }
 
     pub fn bool_or(&mut self, name: &'static str, default: bool) -> Result<bool, ApiError> {
@@ -53,20 +72,17 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(other) => Err(ApiError::bad_field(name, format!("must be true or false, got {}", kind(&other)))),
+            Some(other) => Err(self.bad(name, format!("must be true or false, got {}", kind(&other)))),
         }
     }
 
     pub fn opt_u64(&mut self, name: &'static str) -> Result<Option<u64>, ApiError> {
         match self.take(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ApiError::bad_field(name, format!("must be a non-negative integer, got {n}"))),
-            Some(other) => {
-                Err(ApiError::bad_field(name, format!("must be a non-negative integer, got {}", kind(&other))))
+            Some(Value::Number(n)) => {
+                n.as_u64().map(Some).ok_or_else(|| self.bad(name, format!("must be a non-negative integer, got {n}")))
             }
+            Some(other) => Err(self.bad(name, format!("must be a non-negative integer, got {}", kind(&other)))),
         }
     }
 
@@ -77,12 +93,10 @@ impl Fields {
                 .into_iter()
                 .map(|item| match item {
                     Value::String(s) => Ok(s),
-                    other => {
-                        Err(ApiError::bad_field(name, format!("must be a list of strings, found {}", kind(&other))))
-                    }
+                    other => Err(self.bad(name, format!("must be a list of strings, found {}", kind(&other)))),
                 })
                 .collect(),
-            Some(other) => Err(ApiError::bad_field(name, format!("must be a list of strings, got {}", kind(&other)))),
+            Some(other) => Err(self.bad(name, format!("must be a list of strings, got {}", kind(&other)))),
         }
     }
 
@@ -99,10 +113,7 @@ impl Fields {
     /// Refuses any field that was not read.
     pub fn finish(self) -> Result<(), ApiError> {
         if let Some(unknown) = self.map.keys().next() {
-            return Err(ApiError::bad_field(
-                unknown,
-                format!("unknown field; this action accepts {}", self.known.join(", ")),
-            ));
+            return Err(self.bad(unknown, format!("unknown field; this action accepts {}", self.known.join(", "))));
         }
         Ok(())
     }

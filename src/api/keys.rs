@@ -1,4 +1,5 @@
-//! `POST /api/key-management`: create, list, get and revoke an org's auth keys.
+//! `POST /api/key-management`: create, list, get and revoke an org's auth keys. Creating and
+//! revoking are shared with the Tailscale-compatible API (`tailscale`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::error::ApiError;
 use super::fields::{check_id, check_org_id, request_id, Fields};
 use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
 use crate::node::Node;
-use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
+use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, KeyFilter, Query, DEFAULT_PAGE, MAX_PAGE};
 
@@ -49,15 +50,32 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
     let preauthorized = fields.bool_or("preauthorized", true)?;
     let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
     fields.finish()?;
+    let min_expiry = node.config().settings().test_only_min_expiry_secs;
+    let spec = AuthKeySpec::new(reusable, ephemeral, expires_in, tags, description, max_uses, min_expiry)?;
+    let (record, secret) = create_auth_key(node, actor, org_id, spec, preauthorized, request_id).await?;
+    // Its state at the entry's cluster time, when it was created.
+    let mut view = views::auth_key(&record, record.created_at);
+    // The secret is shown this once; only its hash is stored.
+    view["key"] = Value::String(secret.text);
+    Ok(Json(view))
+}
+
+/// Creates an auth key of `org_id` (this API's and the Tailscale-compatible one's); the record
+/// and its secret, which no later answer carries.
+pub(crate) async fn create_auth_key(
+    node: &Node,
+    actor: Actor,
+    org_id: String,
+    spec: AuthKeySpec,
+    preauthorized: bool,
+    request_id: String,
+) -> Result<(AuthKeyRecord, Secret), ApiError> {
     if !preauthorized && node.rules() < 3 {
         return Err(ApiError::bad_field(
             "preauthorized",
             "device approval needs every node on a build that knows it; until then only true is allowed",
         ));
     }
-    let min_expiry = node.config().settings().test_only_min_expiry_secs;
-    let spec = AuthKeySpec::new(reusable, ephemeral, expires_in, tags, description, max_uses, min_expiry)?;
-
     let (outcome, secret) = write_with_fresh_ids(node, request_id, actor, || {
         let secret = new_credential(CredentialKind::AuthKey, random_base62(ID_LEN));
         let key = NewCredential { id: format!("{AUTH_KEY_ID_PREFIX}{}", secret.id), hash: secret.hash };
@@ -74,13 +92,7 @@ async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
             let what = format!("auth key {} ({})", record.key_id, record.display_prefix());
             Err(ApiError::already_created(&what, &record.key_id))
         }
-        OpOk::AuthKey(record) => {
-            // Its state at the entry's cluster time, when it was created.
-            let mut view = views::auth_key(&record, record.created_at);
-            // The secret is shown this once; only its hash is stored.
-            view["key"] = Value::String(secret.text);
-            Ok(Json(view))
-        }
+        OpOk::AuthKey(record) => Ok((record, secret)),
         other => Err(ApiError::internal(format!("create_auth_key answered {other:?}"))),
     }
 }
@@ -184,10 +196,22 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
             ))
         }
     };
+    let record = revoke_auth_key(node, actor, org_id, selector, request_id).await?;
+    // Revoked, whatever the time: its state as of the revocation.
+    Ok(Json(views::auth_key(&record, record.revoked_at.unwrap_or(record.created_at))))
+}
+
+/// Revokes the key `selector` names; its record. Revoking twice answers the same record.
+pub(crate) async fn revoke_auth_key(
+    node: &Node,
+    actor: Actor,
+    org_id: String,
+    selector: KeySelector,
+    request_id: String,
+) -> Result<AuthKeyRecord, ApiError> {
     let command = Command { request_id, actor, op: Op::RevokeAuthKey { org_id, selector } };
     match node.write(command).await?? {
-        // Revoked, whatever the time: its state as of the revocation.
-        OpOk::AuthKey(record) => Ok(Json(views::auth_key(&record, record.revoked_at.unwrap_or(record.created_at)))),
+        OpOk::AuthKey(record) => Ok(record),
         other => Err(ApiError::internal(format!("revoke_auth_key answered {other:?}"))),
     }
 }

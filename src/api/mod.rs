@@ -1,5 +1,5 @@
 //! The public HTTP API, served by every node: key management, enrolment, org administration,
-//! cluster status and health, and the web console's page.
+//! cluster status and health, the web console's page, and a Tailscale-compatible keys API.
 //!
 //! A handler parses and validates the request, makes the ids and secrets a new record needs,
 //! and hands one command (or query) to [`Node::write`] / [`Node::read`], which reach the leader
@@ -19,6 +19,7 @@ mod machines;
 mod membership;
 mod metrics;
 mod org;
+mod tailscale;
 pub mod throttle;
 mod views;
 
@@ -56,6 +57,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/whoami", get(org::whoami))
         .route("/api/cluster/membership", post(membership::handle))
         .route("/api/cluster/backup", post(backup::handle))
+        .route("/api/v2/tailnet/{tailnet}/keys", get(tailscale::list).post(tailscale::create))
+        .route("/api/v2/tailnet/{tailnet}/keys/{key_id}", get(tailscale::get).delete(tailscale::delete))
         .route("/console", get(console::index))
         .route("/console/", get(console::slash))
         .route("/console/app.js", get(console::script))

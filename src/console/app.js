@@ -190,9 +190,11 @@ async function request(method, path, body = null, { auth = true, key = session.a
   try {
     for (;;) {
       const result = await attempt(method, path, body, auth ? key : null);
-      if (!result.error) return result.data;
-      const err = result.error;
-      if (sessionCall && session.apiKey !== key) err.signedOut = true; // the session ended meanwhile
+      // The session ended meanwhile: nothing of the answer is shown (a new key's secret least).
+      const ended = sessionCall && session.apiKey !== key;
+      if (!result.error && !ended) return result.data;
+      const err = result.error || new ApiError(0, 'signed_out', 'Signed out.');
+      if (ended) err.signedOut = true;
       if (!result.retry || err.signedOut || Date.now() + delay > deadline) {
         if (err.status === 401 && sessionCall && signOutOn401 && !err.signedOut) {
           signOut('Your API key was rejected (revoked or expired). Sign in again.');
@@ -355,8 +357,14 @@ const ROUTES = {
 
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, '').split('/');
-  if (parts[0] === 'keys' && parts[1]) return { name: 'key', keyId: decodeURIComponent(parts[1]) };
-  if (parts[0] !== 'key' && ROUTES[parts[0]] && !parts[1]) return { name: parts[0] };
+  if (parts[0] === 'keys' && parts[1]) {
+    try {
+      return { name: 'key', keyId: decodeURIComponent(parts[1]) };
+    } catch (_) {
+      return null; // a malformed escape, e.g. "#/keys/%"
+    }
+  }
+  if (parts[0] !== 'key' && Object.hasOwn(ROUTES, parts[0]) && !parts[1]) return { name: parts[0] };
   return null;
 }
 
@@ -399,7 +407,7 @@ function route(moveFocus = false) {
 // ---------------------------------------------------------------------------------------------
 
 const PAGE_SIZE = 100;
-const MAX_REQUESTS_PER_LOAD = 10; // pages may come back short; bound one click's requests
+const MAX_REQUESTS_PER_LOAD = 5; // pages may come back short; bound one click's requests
 const keysPage = { generation: 0, cursor: null, shown: 0, filters: {}, appliedTag: '', loading: false, searchTimer: null };
 
 function currentKeyFilters() {
@@ -733,10 +741,16 @@ function confirmAction({ title, text, okLabel, run, done }) {
   $('confirm-cancel').focus(); // the safe choice has the focus
 }
 
+// While a confirmed action runs, the dialog stays (no Cancel, no Escape): its answer belongs to
+// this dialog, not to the next one the user might open.
+let confirmBusy = false;
+
 async function confirmOk() {
   const ok = $('confirm-ok');
   const { run, done, okLabel, action } = confirmState;
+  confirmBusy = true;
   ok.disabled = true;
+  $('confirm-cancel').disabled = true;
   ok.textContent = 'Working…';
   showError($('confirm-error'), '');
   try {
@@ -748,12 +762,15 @@ async function confirmOk() {
     action.settle(e);
     if (!e.signedOut) showError($('confirm-error'), e.message);
   } finally {
+    confirmBusy = false;
     ok.disabled = false;
+    $('confirm-cancel').disabled = false;
     ok.textContent = okLabel;
   }
 }
 
 function setupConfirmDialog() {
+  $('confirm').addEventListener('cancel', (e) => { if (confirmBusy) e.preventDefault(); });
   $('confirm-ok').addEventListener('click', confirmOk);
   $('confirm-cancel').addEventListener('click', () => $('confirm').close());
 }

@@ -64,6 +64,8 @@ pub struct PeerClient {
     clock: Option<crate::clock::ClusterClock>,
     /// The state-machine rules each peer (by address) says its build knows.
     peer_rules: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// The queries each peer (by address) says its build reads (`QUERIES_HEADER`).
+    peer_queries: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// The node id this node calls as (`PEER_HEADER`); its certificate must name it.
     me: Option<NodeId>,
 }
@@ -75,6 +77,11 @@ pub const PEER_HEADER: &str = "x-ztna-node";
 /// The response header on the internal listener saying which state-machine rules the
 /// answering node's build knows (see `sm::Meta::rules`).
 pub const RULES_HEADER: &str = "x-ztna-rules";
+
+/// The response header on the internal listener saying which set of queries the answering
+/// node's build reads (`sm::query::QUERIES`): a node forwards a newer query to a leader of an
+/// older build only to be refused, so it does not.
+pub const QUERIES_HEADER: &str = "x-ztna-queries";
 
 impl PeerClient {
     /// A client for plain HTTP, or for mutual TLS with `tls` (the node's certificate and the
@@ -93,7 +100,13 @@ impl PeerClient {
             None => builder,
         };
         let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        PeerClient { http, scheme, clock: None, peer_rules: Arc::default(), me: None }
+        PeerClient { http, scheme, clock: None, peer_rules: Arc::default(), peer_queries: Arc::default(), me: None }
+    }
+
+    /// The set of queries the peer at `addr` last said its build reads (see `Query::since`);
+    /// none before the first answer from it.
+    pub fn queries_of(&self, addr: &str) -> Option<u32> {
+        self.peer_queries.lock().unwrap_or_else(|p| p.into_inner()).get(addr).copied()
     }
 
     /// The state-machine rules the peer at `addr` last said its build knows.
@@ -139,6 +152,9 @@ impl PeerClient {
         }
         if let Some(rules) = header(RULES_HEADER) {
             self.peer_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), rules as u32);
+            // A build that says its rules but not its queries reads the first set only.
+            let queries = header(QUERIES_HEADER).unwrap_or(1) as u32;
+            self.peer_queries.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), queries);
         }
         if !response.status().is_success() {
             // The peer's reason, e.g. a format version it does not know (a node of a newer build).

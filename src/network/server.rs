@@ -76,10 +76,16 @@ async fn authenticate_peer(
 }
 
 /// Every answer carries this node's wall clock, from which the leader estimates the majority's
-/// time (see `clock`), and the state-machine rules its build knows (see `sm::Meta::rules`).
+/// time (see `clock`), the state-machine rules its build knows (see `sm::Meta::rules`) and the
+/// queries it reads (see `sm::query::QUERIES`).
 async fn tell_peer_facts(State(node): State<Arc<Node>>, mut response: Response) -> Response {
     let wall = node.clock().wall().now_ms();
-    for (name, value) in [(crate::clock::WALL_HEADER, wall), (super::RULES_HEADER, u64::from(crate::sm::RULES))] {
+    let facts = [
+        (crate::clock::WALL_HEADER, wall),
+        (super::RULES_HEADER, u64::from(crate::sm::RULES)),
+        (super::QUERIES_HEADER, u64::from(crate::sm::query::QUERIES)),
+    ];
+    for (name, value) in facts {
         if let Ok(value) = axum::http::HeaderValue::from_str(&value.to_string()) {
             response.headers_mut().insert(name, value);
         }

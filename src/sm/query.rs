@@ -14,9 +14,14 @@ use super::{rows, KeyStore};
 pub const MAX_PAGE: usize = 1000;
 /// Records per page when the client does not say.
 pub const DEFAULT_PAGE: usize = 100;
+/// The set of queries this build reads: 1, the first; 2 adds `ListAuthKeysWhere` and `WhoAmI`.
+/// Told to peers (`network::QUERIES_HEADER`) so that a newer query is never forwarded to a
+/// leader whose build cannot decode it.
+pub const QUERIES: u32 = 2;
+
 /// Most keys a filtered listing looks at for one page: a page that finds fewer matches still
 /// answers a cursor to go on from, so no request scans a whole large org.
-pub const MAX_SCAN: usize = 20_000;
+pub const MAX_SCAN: usize = 2_000;
 
 /// Which auth keys a filtered listing answers; every given condition must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +103,16 @@ pub enum Answer {
     Machines(Vec<Machine>),
     Machine(Machine),
     ApiKey(ApiKeyRecord),
+}
+
+impl Query {
+    /// The first set of queries (see [`QUERIES`]) with this one.
+    pub fn since(&self) -> u32 {
+        match self {
+            Query::ListAuthKeysWhere { .. } | Query::WhoAmI => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl KeyStore {

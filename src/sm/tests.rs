@@ -383,6 +383,35 @@ fn a_filtered_listing_answers_only_matches_and_pages_through_them() {
 }
 
 #[test]
+fn a_filtered_page_looks_at_no_more_than_max_scan_keys_and_says_where_to_go_on() {
+    use super::query::MAX_SCAN;
+    let mut f = Fixture::new();
+    for n in 0..MAX_SCAN + 5 {
+        f.create(T0, &format!("ak_{n:05}"), false, None);
+    }
+    let nothing = KeyFilter { search: Some("no such key".into()), ..KeyFilter::default() };
+    let page = |after_seq| {
+        let q = Query::ListAuthKeysWhere { org_id: "org_a".into(), limit: 10, after_seq, filter: nothing.clone() };
+        let Ok(Answer::AuthKeys { keys, next_after_seq, .. }) = f.store.query(&f.admin, &q) else { panic!() };
+        (keys.len(), next_after_seq)
+    };
+    // The first page stops at the bound, empty, with the last key it looked at as its cursor.
+    let last_looked_at = f.store.auth_key(&format!("ak_{:05}", MAX_SCAN - 1)).unwrap().seq;
+    assert_eq!(page(None), (0, Some(last_looked_at)));
+    // The rest fit in one more page, which ends the listing.
+    assert_eq!(page(Some(last_looked_at)), (0, None));
+}
+
+#[test]
+fn queries_an_older_leader_cannot_read_say_so() {
+    let filtered =
+        Query::ListAuthKeysWhere { org_id: "o".into(), limit: 1, after_seq: None, filter: KeyFilter::default() };
+    assert_eq!((filtered.since(), Query::WhoAmI.since()), (2, 2));
+    assert_eq!(Query::ListAuthKeys { org_id: "o".into(), limit: 1, after_seq: None }.since(), 1);
+    assert!(filtered.since() <= super::query::QUERIES, "this build must read every query it makes");
+}
+
+#[test]
 fn whoami_answers_the_calling_key_and_refuses_others() {
     let f = Fixture::new();
     let Ok(Answer::ApiKey(me)) = f.store.query(&f.admin, &Query::WhoAmI) else { panic!() };

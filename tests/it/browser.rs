@@ -6,6 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 /// The key W3C WebDriver names an element reference by.
@@ -237,7 +238,8 @@ impl Browser {
     pub async fn screenshot(&self, name: &str) {
         let Ok(dir) = std::env::var("ZTNA_SCREENSHOTS") else { return };
         let png = self.get("/screenshot").await;
-        let bytes = png.as_str().and_then(base64_decode).expect("a PNG screenshot");
+        let text = png.as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).expect("a PNG screenshot");
         std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), bytes).expect("write screenshot");
     }
 
@@ -252,31 +254,11 @@ impl Browser {
     /// What the page logged to its console since the last call (errors, CSP refusals).
     pub async fn console_log(&self) -> Vec<Value> {
         let entries = self.post("/se/log", json!({ "type": "browser" })).await;
-        entries.as_array().cloned().unwrap_or_default()
+        entries
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("chromedriver did not answer the browser's log: {entries}"))
     }
-}
-
-/// Standard base64 (WebDriver's screenshots), without a crate for one call.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect::<Option<_>>()?;
-    Some(
-        digits
-            .chunks(4)
-            .flat_map(|chunk| {
-                let n = chunk.iter().fold(0u32, |n, d| (n << 6) | u32::from(*d)) << (6 * (4 - chunk.len()));
-                let bytes = n.to_be_bytes();
-                bytes[1..chunk.len()].to_vec()
-            })
-            .collect(),
-    )
 }
 
 impl Browser {

@@ -15,6 +15,7 @@ mod resilience;
 mod runbook;
 mod security;
 mod support;
+mod tailscale;
 mod time;
 mod tls;
 mod trust;

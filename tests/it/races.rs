@@ -91,6 +91,18 @@ async fn a_retried_create_with_the_same_request_id_applies_once() {
     assert_eq!(status, 200, "{made}");
     let (status, again) = cluster.post(2, "/api/org-admin", &org, Some(&operator)).await;
     assert_eq!((status, &again["org_id"]), (200, &made["org_id"]), "{again}");
+    // An API key likewise: made once, and the retry names it.
+    let api_key =
+        json!({"action": "create_api_key", "org_id": made["org_id"], "description": "ci", "request_id": "api-1"});
+    let (status, first_api) = cluster.post(1, "/api/org-admin", &api_key, Some(&operator)).await;
+    assert_eq!(status, 200, "{first_api}");
+    let (status, again_api) = cluster.post(3, "/api/org-admin", &api_key, Some(&operator)).await;
+    assert_eq!((status, again_api["error"]["code"].as_str()), (409, Some("already_created")), "{again_api}");
+    let named = again_api["error"]["message"].as_str().unwrap_or_default();
+    assert!(named.contains(first_api["api_key_id"].as_str().unwrap_or("?")), "{again_api}");
+    let listing = json!({"action": "list_api_keys", "org_id": made["org_id"]});
+    let (_, api_keys) = cluster.post(2, "/api/org-admin", &listing, Some(&operator)).await;
+    assert_eq!(api_keys["api_keys"].as_array().map(Vec::len), Some(1), "{api_keys}");
     let (_, list) = cluster.keys(3, json!({"action": "list_auth_keys"})).await;
     assert_eq!(list["keys"].as_array().unwrap().len(), 1);
     assert_eq!(list["keys"][0]["key_id"], first["key_id"]);
