@@ -90,6 +90,8 @@ pub struct Node {
     fatal: tokio::sync::watch::Sender<Option<String>>,
     /// Failed-authentication counts of the public API.
     throttle: crate::api::throttle::Throttle,
+    /// Creates whose answer did not reach the client, for its retry (see `api::held`).
+    held_creates: crate::api::held::HeldCreates,
     /// This node's enrolment key pair: machines prove possession of their keys to it (`proof`).
     enrol_key: crate::proof::EnrolKey,
     /// Every member's view of the cluster, as last asked (`GET /api/cluster/nodes`).
@@ -317,6 +319,7 @@ impl Node {
             disk: crate::disk::DiskState::default(),
             fatal: tokio::sync::watch::channel(None).0,
             throttle: crate::api::throttle::Throttle::new(settings.auth_failures_per_minute),
+            held_creates: crate::api::held::HeldCreates::default(),
             enrol_key,
             cluster_views: crate::cluster_view::Cache::default(),
         });
@@ -408,6 +411,10 @@ impl Node {
 
     pub fn throttle(&self) -> &crate::api::throttle::Throttle {
         &self.throttle
+    }
+
+    pub fn held_creates(&self) -> &crate::api::held::HeldCreates {
+        &self.held_creates
     }
 
     pub fn enrol_key(&self) -> &crate::proof::EnrolKey {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::fields::{check_id, check_org_id, request_id, Fields};
-use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
+use super::{api_key_actor, body, new_request_id, views, write_create};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
@@ -76,7 +76,7 @@ pub(crate) async fn create_auth_key(
             "device approval needs every node on a build that knows it; until then only true is allowed",
         ));
     }
-    let (outcome, secret) = write_with_fresh_ids(node, request_id, actor, || {
+    let (outcome, secret) = write_create(node, request_id, actor, || {
         let secret = new_credential(CredentialKind::AuthKey, random_base62(ID_LEN));
         let key = NewCredential { id: format!("{AUTH_KEY_ID_PREFIX}{}", secret.id), hash: secret.hash };
         let op = if preauthorized {

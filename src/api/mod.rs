@@ -13,6 +13,7 @@ mod console;
 mod enrol;
 pub mod error;
 mod fields;
+pub mod held;
 mod install;
 mod keys;
 mod machines;
@@ -130,6 +131,33 @@ pub(crate) fn api_key_actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
 /// A fresh request id, for a request whose client gave none.
 pub fn new_request_id() -> String {
     format!("req-{}", random_base62(22))
+}
+
+/// Writes a create whose answer carries a secret, like [`write_with_fresh_ids`]; when its
+/// outcome stays unknown (503), the command and secret are held (see [`held`]) and a retry with
+/// the same request id sends that identical command again and gets the same secret back.
+pub(crate) async fn write_create(
+    node: &Node,
+    request_id: String,
+    actor: Actor,
+    mut make: impl FnMut() -> (Op, crate::secret::Secret),
+) -> Result<(Outcome, crate::secret::Secret), ApiError> {
+    let held = node.held_creates();
+    let (fresh, fresh_secret) = make();
+    let (mut op, mut secret) = held.take(&actor, &request_id, &fresh).unwrap_or((fresh, fresh_secret));
+    for _ in 0..3 {
+        let command = Command { request_id: request_id.clone(), actor: actor.clone(), op: op.clone() };
+        match node.write(command).await {
+            Err(unknown) if !unknown.disk_full => {
+                held.hold(actor, request_id, op, secret);
+                return Err(unknown.into());
+            }
+            Err(refused) => return Err(refused.into()),
+            Ok(Err(OpError::IdCollision)) => (op, secret) = make(),
+            Ok(outcome) => return Ok((outcome, secret)),
+        }
+    }
+    Err(ApiError::internal("three generated ids in a row collided"))
 }
 
 /// Writes the command `make` builds. When a generated id collides with an existing one (about

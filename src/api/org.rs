@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::fields::{check_id, check_org_id, request_id, Fields};
-use super::{api_key_actor, body, new_request_id, views, write_with_fresh_ids};
+use super::{api_key_actor, body, new_request_id, views, write_create, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
@@ -167,7 +167,7 @@ pub async fn handle(
                     "expires_in, scopes and tags need every node on this build (the cluster has not adopted its rules yet)",
                 ));
             }
-            let (outcome, secret) = write_with_fresh_ids(&node, request_id, actor, || {
+            let (outcome, secret) = write_create(&node, request_id, actor, || {
                 let (secret, key) = new_api_key();
                 let op = if plain && node.rules() < 2 {
                     Op::CreateApiKey { org_id: org_id.clone(), key, description: description.clone() }
