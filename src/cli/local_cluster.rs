@@ -135,6 +135,9 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
     println!("  org id         {}", value("ZTNA_ORG"));
     println!("  admin API key  {}", value("QZ_API_KEY"));
     println!("  operator key   in {} (readable only by you)", key_file.display());
+    if let Some(url) = urls.first() {
+        println!("  web console    {url}/console   (sign in with the admin API key)");
+    }
     println!();
     println!("In another shell:");
     println!("  export PATH=\"{bin_dir}:$PATH\"    # puts ztna on your PATH");

@@ -617,6 +617,9 @@ async function submitCreateKey(event) {
 
   const submit = $('ck-submit');
   submit.disabled = true;
+  // The dialog stays until the cluster answers: a key made meanwhile must show its secret here.
+  creatingKey = true;
+  $('ck-cancel').disabled = true;
   submit.textContent = 'Creating…';
   try {
     const created = await api.keys('create_auth_key', body);
@@ -646,13 +649,18 @@ async function submitCreateKey(event) {
       showFieldError(e, CK_FIELDS, 'ck-error');
     }
   } finally {
+    creatingKey = false;
     submit.disabled = false;
+    $('ck-cancel').disabled = false;
     submit.textContent = 'Create key';
   }
 }
 
+let creatingKey = false;
+
 function setupCreateKeyDialog() {
   $('create-key-form').addEventListener('submit', submitCreateKey);
+  $('create-key').addEventListener('cancel', (e) => { if (creatingKey) e.preventDefault(); });
   $('ck-reusable').addEventListener('change', syncMaxUses);
   $('ck-cancel').addEventListener('click', () => $('create-key').close());
 }

@@ -71,6 +71,12 @@ async fn cluster_up_keeps_serving_when_its_leader_is_killed_and_brings_it_back()
     let env = std::fs::read_to_string(data.join("cluster.env")).expect("cluster.env");
     let value = |name: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap().to_string();
     let (api_key, org) = (value("QZ_API_KEY"), value("ZTNA_ORG"));
+    // The dashboard the guide starts from is announced, and there.
+    let console = format!("http://{}/console", apis[0]);
+    assert!(output().contains(&console), "no console URL in:\n{}", output());
+    let page = http.get(&console).send().await.expect("GET /console");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap_or_default().contains("/console/app.js"));
 
     let info = get(&http, &format!("http://{}/api/cluster", apis[0])).await.expect("cluster info");
     let leader = info["leader"].as_u64().expect("a leader");
