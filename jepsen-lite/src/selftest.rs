@@ -87,20 +87,31 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
             lines.push(format!("SKIP {:<40} lazyfs needs /dev/fuse and root", scenario.name));
             continue;
         }
-        eprintln!("jepsen-lite self-test: {} …", scenario.name);
-        let run = RunOptions {
-            time: options.time,
-            seed: options.seed.map(|s| s + i as u64),
-            nemesis: scenario.nemesis.into(),
-            workload: scenario.workload.into(),
-            ztna: Some(options.ztna.clone()),
-            store: options.store.clone(),
-            faults: scenario.fault.iter().map(|f| f.to_string()).collect(),
-            keep_data: false,
-            search_limit: 10,
-            no_lazyfs: scenario.no_lazyfs,
+        // A run that could decide nothing (`unknown`: too little happened, e.g. the cluster never
+        // came back from a power cut) says nothing about the checkers either way: it is run
+        // once more with another seed, and its verdict stands after that.
+        let mut attempt = 0;
+        let result = loop {
+            eprintln!("jepsen-lite self-test: {} …", scenario.name);
+            let run = RunOptions {
+                time: options.time,
+                seed: options.seed.map(|s| s + i as u64 + 1000 * attempt),
+                nemesis: scenario.nemesis.into(),
+                workload: scenario.workload.into(),
+                ztna: Some(options.ztna.clone()),
+                store: options.store.clone(),
+                faults: scenario.fault.iter().map(|f| f.to_string()).collect(),
+                keep_data: false,
+                search_limit: 10,
+                no_lazyfs: scenario.no_lazyfs,
+            };
+            let result = crate::run::run(run).await?;
+            if result.verdict != Verdict::Unknown || attempt == 1 {
+                break result;
+            }
+            lines.push(format!("AGAIN {:<39} unknown (decided nothing) — {}", scenario.name, result.dir.display()));
+            attempt += 1;
         };
-        let result = crate::run::run(run).await?;
         let caught: Vec<&str> = result.results.anomalies.iter().map(|a| a.checker).collect();
         let ok = result.verdict == scenario.expect
             && (scenario.caught_by.is_empty() || caught.iter().any(|c| scenario.caught_by.contains(c)));
