@@ -130,17 +130,31 @@ impl From<Unavailable> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
-        if let Some(field) = self.field {
-            body["error"]["field"] = serde_json::Value::String(field);
+impl ApiError {
+    /// `{"code": …, "message": …}`, with `"field"` when one field was at fault.
+    pub(crate) fn details(&self) -> serde_json::Value {
+        let mut details = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = &self.field {
+            details["field"] = serde_json::Value::String(field.clone());
         }
+        details
+    }
+
+    /// The response carrying `body` (this error in some API's shape) with this error's status,
+    /// its code for the metrics layer and, for a 503, `Retry-After`.
+    pub(crate) fn respond(self, body: serde_json::Value) -> Response {
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.details() });
+        self.respond(body)
     }
 }

@@ -134,16 +134,12 @@ const MAX_SEARCH: usize = 256;
 
 /// `state`, `type`, `ephemeral`, `tag` and `search` of a `list_auth_keys` request.
 fn key_filter(fields: &mut Fields) -> Result<KeyFilter, ApiError> {
-    let state = match fields.opt_str("state")?.as_deref() {
+    // A state is named as the key's views name it (its serde name).
+    let state = match fields.opt_str("state")? {
         None => None,
-        Some("valid") => Some(KeyState::Valid),
-        Some("used") => Some(KeyState::Used),
-        Some("exhausted") => Some(KeyState::Exhausted),
-        Some("expired") => Some(KeyState::Expired),
-        Some("revoked") => Some(KeyState::Revoked),
-        Some(other) => {
-            return Err(ApiError::bad_field("state", format!("unknown state {other:?}; must be one of {KEY_STATES}")))
-        }
+        Some(name) => Some(serde_json::from_value::<KeyState>(Value::String(name.clone())).map_err(|_| {
+            ApiError::bad_field("state", format!("unknown state {name:?}; must be one of {KEY_STATES}"))
+        })?),
     };
     let reusable = match fields.opt_str("type")?.as_deref() {
         None => None,

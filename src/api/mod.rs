@@ -144,20 +144,11 @@ pub(crate) async fn write_create(
 ) -> Result<(Outcome, crate::secret::Secret), ApiError> {
     let held = node.held_creates();
     let (fresh, fresh_secret) = make();
-    let (mut op, mut secret) = held.take(&actor, &request_id, &fresh).unwrap_or((fresh, fresh_secret));
-    for _ in 0..3 {
-        let command = Command { request_id: request_id.clone(), actor: actor.clone(), op: op.clone() };
-        match node.write(command).await {
-            Err(unknown) if !unknown.disk_full => {
-                held.hold(actor, request_id, op, secret);
-                return Err(unknown.into());
-            }
-            Err(refused) => return Err(refused.into()),
-            Ok(Err(OpError::IdCollision)) => (op, secret) = make(),
-            Ok(outcome) => return Ok((outcome, secret)),
-        }
-    }
-    Err(ApiError::internal("three generated ids in a row collided"))
+    let first = held.take(&actor, &request_id, &fresh).unwrap_or((fresh, fresh_secret));
+    write_until_fresh(node, request_id, actor, first, make, |actor, request_id, op, secret| {
+        held.hold(actor, request_id, op, secret)
+    })
+    .await
 }
 
 /// Writes the command `make` builds. When a generated id collides with an existing one (about
@@ -168,12 +159,31 @@ pub(crate) async fn write_with_fresh_ids<T>(
     actor: Actor,
     mut make: impl FnMut() -> (Op, T),
 ) -> Result<(Outcome, T), ApiError> {
+    let first = make();
+    write_until_fresh(node, request_id, actor, first, make, |_, _, _, _| {}).await
+}
+
+/// Writes `first`, then a command `make` builds anew for as long as generated ids collide (three
+/// tries). A command whose outcome stays unknown (503, not a full disk) goes to `unknown`.
+async fn write_until_fresh<T>(
+    node: &Node,
+    request_id: String,
+    actor: Actor,
+    first: (Op, T),
+    mut make: impl FnMut() -> (Op, T),
+    unknown: impl FnOnce(Actor, String, Op, T),
+) -> Result<(Outcome, T), ApiError> {
+    let (mut op, mut extra) = first;
     for _ in 0..3 {
-        let (op, extra) = make();
-        let command = Command { request_id: request_id.clone(), actor: actor.clone(), op };
-        let outcome = node.write(command).await?;
-        if outcome != Err(OpError::IdCollision) {
-            return Ok((outcome, extra));
+        let command = Command { request_id: request_id.clone(), actor: actor.clone(), op: op.clone() };
+        match node.write(command).await {
+            Err(unavailable) if !unavailable.disk_full => {
+                unknown(actor, request_id, op, extra);
+                return Err(unavailable.into());
+            }
+            Err(refused) => return Err(refused.into()),
+            Ok(Err(OpError::IdCollision)) => (op, extra) = make(),
+            Ok(outcome) => return Ok((outcome, extra)),
         }
     }
     Err(ApiError::internal("three generated ids in a row collided"))

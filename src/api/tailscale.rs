@@ -24,13 +24,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 use super::fields::{check_id, Fields};
 use super::keys::{create_auth_key, revoke_auth_key};
 use super::{api_key_actor, body, new_request_id, views};
@@ -63,16 +63,9 @@ impl From<crate::node::Unavailable> for TsError {
 impl IntoResponse for TsError {
     fn into_response(self) -> Response {
         let TsError(e) = self;
-        let mut body = json!({ "message": e.message, "code": e.code });
-        if let Some(field) = e.field {
-            body["field"] = Value::String(field);
-        }
-        let mut response = (e.status, Json(body)).into_response();
-        response.extensions_mut().insert(ErrorCode(e.code));
-        if e.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        // Tailscale's clients read `message` at the top level; ours is the same object.
+        let body = e.details();
+        e.respond(body)
     }
 }
 
