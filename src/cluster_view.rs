@@ -24,7 +24,7 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 const FRESH_FOR: Duration = Duration::from_millis(500);
 
 /// One member as it answered (or did not).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: NodeId,
     pub api_addr: String,
@@ -44,7 +44,7 @@ pub struct NodeView {
 }
 
 /// The cluster as its members see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     /// The node that assembled this view (the one serving the page).
     pub served_by: NodeId,

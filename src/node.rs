@@ -102,7 +102,7 @@ pub struct Node {
 pub const CATCHING_UP_ENTRIES: u64 = 1000;
 
 /// What `GET /api/cluster` reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterInfo {
     pub cluster_name: String,
     pub node_id: NodeId,
@@ -120,7 +120,7 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberInfo {
     pub id: NodeId,
     pub api_addr: String,

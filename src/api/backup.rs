@@ -20,6 +20,25 @@ pub const HEADER_TERM: &str = "x-ztna-backup-term";
 pub const HEADER_ROWS: &str = "x-ztna-backup-rows";
 pub const HEADER_SHA256: &str = "x-ztna-backup-sha256";
 
+/// `POST /api/cluster/backup` (operator key): the backup, streamed from the leader.
+#[utoipa::path(
+    post,
+    path = "/api/cluster/backup", operation_id = "cluster_backup",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "The backup (`ztna cluster restore` reads it)", body = Vec<u8>, content_type = "application/octet-stream",
+            headers(
+                ("x-ztna-backup-index" = u64, description = "The log index it was taken at"),
+                ("x-ztna-backup-term" = u64, description = "The term of that entry"),
+                ("x-ztna-backup-rows" = u64, description = "Rows in it"),
+                ("x-ztna-backup-sha256" = String, description = "SHA-256 of the body, hex"),
+            )),
+        (status = 307, description = "Not the leader: `Location` is the leader's backup URL (send the same key there)",
+            headers(("location" = String, description = "The leader's backup URL"))),
+        super::openapi::Errors,
+    ),
+    security(("operator_key" = [])),
+)]
 pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let actor = api_key_actor(&headers)?;
     let (file, info) = match node.backup(&actor).await {

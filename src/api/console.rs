@@ -19,6 +19,13 @@ const STYLE: &str = include_str!("../console/app.css");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
+/// `GET /console`: the web console.
+#[utoipa::path(
+    get,
+    path = "/console", operation_id = "console",
+    tag = "installation",
+    responses((status = 200, description = "The web console's page", body = String, content_type = "text/html; charset=utf-8")),
+)]
 pub async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }

@@ -13,34 +13,67 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::{request_id, Fields};
+use super::fields::{Hostname, NodePublicKey, RequestId};
+use super::views::MachineStateView;
 use super::{body, new_request_id, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, ID_LEN};
 use crate::sm::model::*;
 
+/// The body of `POST /api/enrol`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The auth key, `tskey-auth-…`.
+    pub auth_key: String,
+    pub hostname: Hostname,
+    pub node_public_key: NodePublicKey,
+    /// Required with the proof: it is part of what is signed.
+    pub request_id: Option<RequestId>,
+    /// The proof of possession of `node_public_key`'s private key (see the README).
+    pub proof: Option<String>,
+    /// When the proof was made, milliseconds since the Unix epoch.
+    pub proof_issued_at: Option<u64>,
+    /// The enrolment key of the node the proof is for (`GET /api/enrol/key`).
+    pub server_key: Option<String>,
+}
+
+/// What `POST /api/enrol` answers: the machine's node key, this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Enrolled {
+    pub machine_id: String,
+    /// The machine's own credential, `nodekey-…`: it authenticates the machine's calls.
+    pub node_key: String,
+    pub org_id: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    /// `pending` when its key was not pre-authorized: an admin approves it.
+    pub state: MachineStateView,
+}
+
+/// `POST /api/enrol`: a machine enrols with an auth key (no API key: the auth key is the
+/// credential, and the proof shows the caller holds `node_public_key`'s private key).
+#[utoipa::path(
+    post,
+    path = "/api/enrol", operation_id = "enrol",
+    tag = "machine",
+    request_body = EnrolRequest,
+    responses((status = 200, description = "Enrolled (or enrolled before: the same machine)", body = Enrolled), super::openapi::Errors),
+)]
 pub async fn handle(
     State(node): State<Arc<Node>>,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let mut fields = Fields::parse(&body(raw)?)?;
-    let auth_key = fields.str("auth_key")?;
-    let hostname = fields.str("hostname")?;
-    let node_public_key = fields.str("node_public_key")?;
-    let client_request_id = request_id(&mut fields)?;
-    let proof = fields.opt_str("proof")?;
-    let issued_at = fields.opt_u64("proof_issued_at")?;
-    let server_key = fields.opt_str("server_key")?;
-    fields.finish()?;
+) -> Result<Json<Enrolled>, ApiError> {
+    let request: EnrolRequest = super::fields::parse(&body(raw)?)?;
+    let EnrolRequest { auth_key, hostname, node_public_key, request_id, proof, proof_issued_at, server_key } = request;
+    let (hostname, issued_at) = (hostname.into_inner(), proof_issued_at);
+    let client_request_id = request_id.map(RequestId::into_inner);
     let request_id = client_request_id.clone().unwrap_or_else(new_request_id);
-    check_hostname(&hostname)?;
-    if node_public_key.len() != 64 || !node_public_key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_field("node_public_key", "must be 64 hexadecimal characters (a 32-byte public key)"));
-    }
-    let node_public_key = node_public_key.to_ascii_lowercase();
+    let node_public_key = node_public_key.into_inner().to_ascii_lowercase();
     if node.rules() >= 3 && !ztna_proof::is_canonical_public_key(&node_public_key) {
         // One machine, one spelling: X25519 aliases would dodge the decisions kept per key.
         return Err(ApiError::bad_field("node_public_key", "must be a canonical X25519 public key (below 2^255 - 19)"));
@@ -125,35 +158,49 @@ pub async fn handle(
     .await?;
     // The legacy op answers no state: its machines are active.
     let (e, state) = match outcome? {
-        OpOk::Enrolled(e) => (e, json!("active")),
-        OpOk::EnrolledAs { enrolled, state } => (enrolled, json!(state)),
+        OpOk::Enrolled(e) => (e, MachineStateView::Active),
+        OpOk::EnrolledAs { enrolled, state } => (enrolled, state_view(state)),
         other => return Err(ApiError::internal(format!("enrol answered {other:?}"))),
     };
-    Ok(Json(json!({
-        "machine_id": e.machine_id,
-        "node_key": node_key.text,
-        "org_id": e.org_id,
-        "tags": e.tags,
-        "ephemeral": e.ephemeral,
-        "state": state,
-    })))
-}
-
-/// `GET /api/enrol/key`: this node's public enrolment key.
-pub async fn key(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({
-        "node_id": node.id(),
-        "server_key": node.enrol_key().public_hex(),
-        "max_age_s": crate::proof::MAX_AGE_MS / 1000,
+    Ok(Json(Enrolled {
+        machine_id: e.machine_id,
+        node_key: node_key.text,
+        org_id: e.org_id,
+        tags: e.tags,
+        ephemeral: e.ephemeral,
+        state,
     }))
 }
 
-fn check_hostname(hostname: &str) -> Result<(), ApiError> {
-    let ok = (1..=253).contains(&hostname.len())
-        && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_field("hostname", "must be 1 to 253 characters of letters, digits, '-', '_' or '.'"))
+fn state_view(state: MachineState) -> MachineStateView {
+    match state {
+        MachineState::Active => MachineStateView::Active,
+        MachineState::Pending => MachineStateView::Pending,
+        MachineState::Quarantined => MachineStateView::Quarantined,
     }
+}
+
+/// This node's enrolment key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrolKey {
+    pub node_id: crate::raft_types::NodeId,
+    /// The X25519 public key proofs are made for, hex.
+    pub server_key: String,
+    /// How old a proof may be, seconds.
+    pub max_age_s: u64,
+}
+
+/// `GET /api/enrol/key`: this node's public enrolment key.
+#[utoipa::path(
+    get,
+    path = "/api/enrol/key", operation_id = "enrol_key",
+    tag = "machine",
+    responses((status = 200, description = "This node's enrolment key", body = EnrolKey), super::openapi::Errors),
+)]
+pub async fn key(State(node): State<Arc<Node>>) -> Json<EnrolKey> {
+    Json(EnrolKey {
+        node_id: node.id(),
+        server_key: node.enrol_key().public_hex().to_string(),
+        max_age_s: crate::proof::MAX_AGE_MS / 1000,
+    })
 }

@@ -90,11 +90,31 @@ pub fn render(node: &Node) -> Result<String, ApiError> {
         .replace("@CA_SHA256@", &shell_quote(&ca_sha256)))
 }
 
+/// `GET /install.sh`: the installer for machines of this cluster.
+#[utoipa::path(
+    get,
+    path = "/install.sh", operation_id = "install_script",
+    tag = "installation",
+    responses(
+        (status = 200, description = "A POSIX shell script: `curl -fsSL …/install.sh | ZTNA_AUTH_KEY=… sh`", body = String, content_type = "text/x-shellscript; charset=utf-8"),
+        super::openapi::Errors,
+    ),
+)]
 pub async fn script(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = render(&node)?;
     Ok(([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], text).into_response())
 }
 
+/// `GET /download/ztna-linux-x86_64`: the `ztna` binary the installer fetches.
+#[utoipa::path(
+    get,
+    path = "/download/ztna-linux-x86_64", operation_id = "download_binary",
+    tag = "installation",
+    responses(
+        (status = 200, description = "The binary", body = Vec<u8>, content_type = "application/octet-stream"),
+        super::openapi::Errors,
+    ),
+)]
 pub async fn binary(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (bytes, _) = load(&node).await?;
     // Slices of the shared bytes, one at a time: a download holds a reference and at most one
@@ -109,6 +129,16 @@ pub async fn binary(State(node): State<Arc<Node>>) -> Result<Response, ApiError>
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
+/// `GET /download/ztna-linux-x86_64.sha256`: its SHA-256, as `sha256sum` prints it.
+#[utoipa::path(
+    get,
+    path = "/download/ztna-linux-x86_64.sha256", operation_id = "download_checksum",
+    tag = "installation",
+    responses(
+        (status = 200, description = "`<hex>  ztna-linux-x86_64`", body = String, content_type = "text/plain"),
+        super::openapi::Errors,
+    ),
+)]
 pub async fn checksum(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (_, digest) = load(&node).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain")], format!("{digest}  ztna-linux-x86_64\n")).into_response())

@@ -8,56 +8,188 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::{check_id, check_org_id, request_id, Fields};
-use super::{api_key_actor, body, new_request_id, views, write_create};
+use super::fields::{actions, request_id_or_new, AuthKeyId, Description, OrgId, RequestId, Tag, Tags};
+use super::views::{answers, AuthKeyView, EnrolmentView};
+use super::{api_key_actor, body, views, write_create};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, KeyFilter, Query, DEFAULT_PAGE, MAX_PAGE};
 
-pub(crate) const ACTIONS: &str = "create_auth_key, list_auth_keys, get_auth_key, revoke_auth_key";
+actions! {
+    /// The body of `POST /api/key-management`, by its `action`.
+    pub enum KeyManagementRequest {
+        "create_auth_key" => Create(CreateAuthKey),
+        "list_auth_keys" => List(ListAuthKeys),
+        "get_auth_key" => Get(GetAuthKey),
+        "revoke_auth_key" => Revoke(RevokeAuthKey),
+    }
+}
 
+answers! {
+    /// What `POST /api/key-management` answers, by its `action`.
+    pub enum KeyManagementAnswer {
+        Created(AuthKeyCreated),
+        List(AuthKeyList),
+        Detail(AuthKeyDetail),
+        Revoked(AuthKeyView),
+    }
+}
+
+/// `create_auth_key`: a new auth key; the answer carries its secret, this once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAuthKey {
+    pub org_id: OrgId,
+    /// Enrols any number of machines (up to `max_uses`); otherwise one. Default false.
+    pub reusable: Option<bool>,
+    /// Machines it enrols are removed after they go quiet. Default false.
+    pub ephemeral: Option<bool>,
+    /// Seconds until it expires: 5 minutes to 30 days. Default 3600.
+    #[schema(minimum = 300, maximum = 2592000)]
+    pub expires_in: Option<u64>,
+    /// Tags the machines it enrols get.
+    pub tags: Option<Tags>,
+    pub description: Option<Description>,
+    /// A reusable key's limit of machines (only with `reusable`).
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    pub max_uses: Option<u64>,
+    /// Machines it enrols are active at once; `false`: they wait for an admin. Default true.
+    pub preauthorized: Option<bool>,
+    pub request_id: Option<RequestId>,
+}
+
+/// `list_auth_keys`: a page of the org's keys, oldest first, optionally filtered.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListAuthKeys {
+    pub org_id: OrgId,
+    /// Keys per page, 1 to 1000. Default 100.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    #[schema(pattern = "^[0-9]{1,20}$")]
+    pub cursor: Option<String>,
+    /// Only keys in this state now.
+    pub state: Option<KeyState>,
+    /// Only reusable or only one-shot keys.
+    #[serde(rename = "type")]
+    pub key_type: Option<KeyType>,
+    pub ephemeral: Option<bool>,
+    /// Only keys carrying this tag.
+    pub tag: Option<Tag>,
+    /// Only keys whose description, id or tags contain this text (case-insensitive).
+    #[schema(max_length = 256)]
+    pub search: Option<String>,
+}
+
+/// A key's type, for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum KeyType {
+    #[serde(rename = "reusable")]
+    Reusable,
+    #[serde(rename = "one-shot")]
+    OneShot,
+}
+
+/// `get_auth_key`: one key and every machine it enrolled.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetAuthKey {
+    pub org_id: OrgId,
+    pub key_id: AuthKeyId,
+}
+
+/// `revoke_auth_key`: no machine enrols with it again (machines it enrolled stay). Give exactly
+/// one of `key_id` or `key`. Revoking twice answers the same record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeAuthKey {
+    pub org_id: OrgId,
+    pub key_id: Option<AuthKeyId>,
+    /// The full key, or a unique prefix of its id (`tskey-auth-abc12`).
+    #[schema(max_length = 200)]
+    pub key: Option<String>,
+    pub request_id: Option<RequestId>,
+}
+
+/// A key just created, with its secret: shown this once, stored only as a hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthKeyCreated {
+    #[serde(flatten)]
+    pub record: AuthKeyView,
+    /// The secret, `tskey-auth-…`.
+    pub key: String,
+}
+
+/// A page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthKeyList {
+    pub keys: Vec<AuthKeyView>,
+    /// Give it as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A key and its enrolments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthKeyDetail {
+    #[serde(flatten)]
+    pub record: AuthKeyView,
+    pub enrolments: Vec<EnrolmentView>,
+}
+
+/// `POST /api/key-management`: create, list, get or revoke an org's auth keys.
+#[utoipa::path(
+    post,
+    path = "/api/key-management", operation_id = "key_management",
+    tag = "auth keys",
+    request_body = KeyManagementRequest,
+    responses(
+        (status = 200, description = "By action: the created key with its secret, a page of keys, a key with its enrolments, or the revoked key", body = KeyManagementAnswer,
+            links(
+                ("GetAuthKey" = (operation_id = "key_management", request_body = json!({"action": "get_auth_key", "org_id": "$response.body#/org_id", "key_id": "$response.body#/key_id"}))),
+                ("RevokeAuthKey" = (operation_id = "key_management", request_body = json!({"action": "revoke_auth_key", "org_id": "$response.body#/org_id", "key_id": "$response.body#/key_id"}))),
+            )),
+        super::openapi::Errors,
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn handle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let mut fields = Fields::parse(&body(raw)?)?;
-    let action = fields.str("action")?;
-    let org_id = fields.str("org_id")?;
-    check_org_id("org_id", &org_id)?;
+) -> Result<Json<KeyManagementAnswer>, ApiError> {
     let actor = api_key_actor(&headers)?;
-    match action.as_str() {
-        "create_auth_key" => create(&node, actor, org_id, fields).await,
-        "list_auth_keys" => list(&node, actor, org_id, fields).await,
-        "get_auth_key" => get(&node, actor, org_id, fields).await,
-        "revoke_auth_key" => revoke(&node, actor, org_id, fields).await,
-        other => Err(ApiError::bad_field("action", format!("unknown action {other:?}; must be one of {ACTIONS}"))),
-    }
+    let request = KeyManagementRequest::parse(&body(raw)?)?;
+    Ok(Json(match request {
+        KeyManagementRequest::Create(r) => KeyManagementAnswer::Created(create(&node, actor, r).await?),
+        KeyManagementRequest::List(r) => KeyManagementAnswer::List(list(&node, actor, r).await?),
+        KeyManagementRequest::Get(r) => KeyManagementAnswer::Detail(get(&node, actor, r).await?),
+        KeyManagementRequest::Revoke(r) => KeyManagementAnswer::Revoked(revoke(&node, actor, r).await?),
+    }))
 }
 
-async fn create(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
-    let reusable = fields.bool_or("reusable", false)?;
-    let ephemeral = fields.bool_or("ephemeral", false)?;
-    let expires_in = fields.opt_u64("expires_in")?.unwrap_or(DEFAULT_EXPIRY_SECS);
-    let tags = fields.string_list("tags")?;
-    let description = fields.opt_str("description")?.unwrap_or_default();
-    let max_uses = fields.opt_u64("max_uses")?;
-    // Device approval: machines enrolled with a key that is not pre-authorized wait for an admin.
-    let preauthorized = fields.bool_or("preauthorized", true)?;
-    let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-    fields.finish()?;
+async fn create(node: &Node, actor: Actor, r: CreateAuthKey) -> Result<AuthKeyCreated, ApiError> {
     let min_expiry = node.config().settings().test_only_min_expiry_secs;
-    let spec = AuthKeySpec::new(reusable, ephemeral, expires_in, tags, description, max_uses, min_expiry)?;
-    let (record, secret) = create_auth_key(node, actor, org_id, spec, preauthorized, request_id).await?;
-    // Its state at the entry's cluster time, when it was created.
-    let mut view = views::auth_key(&record, record.created_at);
-    // The secret is shown this once; only its hash is stored.
-    view["key"] = Value::String(secret.text);
-    Ok(Json(view))
+    let spec = AuthKeySpec::new(
+        r.reusable.unwrap_or(false),
+        r.ephemeral.unwrap_or(false),
+        r.expires_in.unwrap_or(DEFAULT_EXPIRY_SECS),
+        r.tags.map(|t| t.0).unwrap_or_default(),
+        r.description.map(Description::into_inner).unwrap_or_default(),
+        r.max_uses,
+        min_expiry,
+    )?;
+    // Device approval: machines enrolled with a key that is not pre-authorized wait for an admin.
+    let preauthorized = r.preauthorized.unwrap_or(true);
+    let request_id = request_id_or_new(r.request_id);
+    let (record, secret) = create_auth_key(node, actor, r.org_id.into_inner(), spec, preauthorized, request_id).await?;
+    // Its state at the entry's cluster time, when it was created; the secret is shown this once.
+    Ok(AuthKeyCreated { record: views::auth_key(&record, record.created_at), key: secret.text })
 }
 
 /// Creates an auth key of `org_id` (this API's and the Tailscale-compatible one's); the record
@@ -97,94 +229,60 @@ pub(crate) async fn create_auth_key(
     }
 }
 
-async fn list(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
-    let limit = fields.opt_u64("limit")?.unwrap_or(DEFAULT_PAGE as u64);
+async fn list(node: &Node, actor: Actor, r: ListAuthKeys) -> Result<AuthKeyList, ApiError> {
+    let limit = r.limit.unwrap_or(DEFAULT_PAGE as u64);
     if limit == 0 || limit > MAX_PAGE as u64 {
         return Err(ApiError::bad_field("limit", format!("must be from 1 to {MAX_PAGE}, got {limit}")));
     }
-    let after_seq = match fields.opt_str("cursor")? {
+    let after_seq = match r.cursor {
         None => None,
         Some(c) => Some(c.parse::<u64>().map_err(|_| {
             ApiError::bad_field("cursor", "must be a next_cursor value from an earlier list_auth_keys answer")
         })?),
     };
-    let filter = key_filter(&mut fields)?;
-    fields.finish()?;
-    let limit = limit as usize;
+    let search = r.search.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
+    if search.as_ref().is_some_and(|s| s.chars().count() > MAX_SEARCH) {
+        return Err(ApiError::bad_field("search", format!("must be at most {MAX_SEARCH} characters")));
+    }
+    let filter = KeyFilter {
+        state: r.state,
+        reusable: r.key_type.map(|t| t == KeyType::Reusable),
+        ephemeral: r.ephemeral,
+        tag: r.tag.map(Tag::into_inner),
+        search,
+    };
+    let (org_id, limit) = (r.org_id.into_inner(), limit as usize);
     let query = if filter == KeyFilter::default() {
         Query::ListAuthKeys { org_id, limit, after_seq }
     } else {
         Query::ListAuthKeysWhere { org_id, limit, after_seq, filter }
     };
     match node.read(&actor, &query).await?? {
-        Answer::AuthKeys { keys, next_after_seq, as_of } => {
-            let keys: Vec<Value> = keys.iter().map(|k| views::auth_key(k, as_of)).collect();
-            Ok(Json(json!({ "keys": keys, "next_cursor": next_after_seq.map(|s| s.to_string()) })))
-        }
+        Answer::AuthKeys { keys, next_after_seq, as_of } => Ok(AuthKeyList {
+            keys: keys.iter().map(|k| views::auth_key(k, as_of)).collect(),
+            next_cursor: next_after_seq.map(|s| s.to_string()),
+        }),
         other => Err(ApiError::internal(format!("list_auth_keys answered {other:?}"))),
     }
 }
 
-/// The states `list_auth_keys` filters on.
-const KEY_STATES: &str = "valid, used, exhausted, expired, revoked";
-/// The key types `list_auth_keys` filters on.
-const KEY_TYPES: &str = "reusable, one-shot";
 /// Longest search text.
 const MAX_SEARCH: usize = 256;
 
-/// `state`, `type`, `ephemeral`, `tag` and `search` of a `list_auth_keys` request.
-fn key_filter(fields: &mut Fields) -> Result<KeyFilter, ApiError> {
-    // A state is named as the key's views name it (its serde name).
-    let state = match fields.opt_str("state")? {
-        None => None,
-        Some(name) => Some(serde_json::from_value::<KeyState>(Value::String(name.clone())).map_err(|_| {
-            ApiError::bad_field("state", format!("unknown state {name:?}; must be one of {KEY_STATES}"))
-        })?),
-    };
-    let reusable = match fields.opt_str("type")?.as_deref() {
-        None => None,
-        Some("reusable") => Some(true),
-        Some("one-shot") => Some(false),
-        Some(other) => {
-            return Err(ApiError::bad_field("type", format!("unknown key type {other:?}; must be one of {KEY_TYPES}")))
-        }
-    };
-    let ephemeral = fields.opt_bool("ephemeral")?;
-    let tag = fields.opt_str("tag")?;
-    if let Some(tag) = &tag {
-        validate_tags(std::slice::from_ref(tag)).map_err(|e| ApiError::bad_field("tag", e.message))?;
-    }
-    let search = fields.opt_str("search")?.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
-    if search.as_ref().is_some_and(|s| s.chars().count() > MAX_SEARCH) {
-        return Err(ApiError::bad_field("search", format!("must be at most {MAX_SEARCH} characters")));
-    }
-    Ok(KeyFilter { state, reusable, ephemeral, tag, search })
-}
-
-async fn get(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
-    let key_id = fields.str("key_id")?;
-    fields.finish()?;
-    check_id("key_id", AUTH_KEY_ID_PREFIX, &key_id)?;
-    match node.read(&actor, &Query::GetAuthKey { org_id, key_id }).await?? {
-        Answer::AuthKey { record, enrolments, as_of } => {
-            let mut view = views::auth_key(&record, as_of);
-            view["enrolments"] = enrolments.iter().map(views::enrolment).collect();
-            Ok(Json(view))
-        }
+async fn get(node: &Node, actor: Actor, r: GetAuthKey) -> Result<AuthKeyDetail, ApiError> {
+    let query = Query::GetAuthKey { org_id: r.org_id.into_inner(), key_id: r.key_id.into_inner() };
+    match node.read(&actor, &query).await?? {
+        Answer::AuthKey { record, enrolments, as_of } => Ok(AuthKeyDetail {
+            record: views::auth_key(&record, as_of),
+            enrolments: enrolments.iter().map(views::enrolment).collect(),
+        }),
         other => Err(ApiError::internal(format!("get_auth_key answered {other:?}"))),
     }
 }
 
-async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -> Result<Json<Value>, ApiError> {
-    let key_id = fields.opt_str("key_id")?;
-    let key = fields.opt_str("key")?;
-    let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-    fields.finish()?;
-    let selector = match (key_id, key) {
-        (Some(id), None) => {
-            check_id("key_id", AUTH_KEY_ID_PREFIX, &id)?;
-            KeySelector::KeyId(id)
-        }
+async fn revoke(node: &Node, actor: Actor, r: RevokeAuthKey) -> Result<AuthKeyView, ApiError> {
+    let selector = match (r.key_id, r.key) {
+        (Some(id), None) => KeySelector::KeyId(id.into_inner()),
         (None, Some(key)) => selector_from_key(&key)?,
         _ => {
             return Err(ApiError::bad_request(
@@ -192,9 +290,10 @@ async fn revoke(node: &Node, actor: Actor, org_id: String, mut fields: Fields) -
             ))
         }
     };
-    let record = revoke_auth_key(node, actor, org_id, selector, request_id).await?;
+    let request_id = request_id_or_new(r.request_id);
+    let record = revoke_auth_key(node, actor, r.org_id.into_inner(), selector, request_id).await?;
     // Revoked, whatever the time: its state as of the revocation.
-    Ok(Json(views::auth_key(&record, record.revoked_at.unwrap_or(record.created_at))))
+    Ok(views::auth_key(&record, record.revoked_at.unwrap_or(record.created_at)))
 }
 
 /// Revokes the key `selector` names; its record. Revoking twice answers the same record.

@@ -11,59 +11,82 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::Fields;
+use super::fields::{actions, HostPort};
 use super::{api_key_actor, body};
 use crate::membership::{Change, MembershipError};
-use crate::node::Node;
+use crate::node::{MemberInfo, Node};
 
-pub(crate) const ACTIONS: &str = "add_node, remove_node";
+actions! {
+    /// The body of `POST /api/cluster/membership` (operator key), by its `action`.
+    pub enum MembershipRequest {
+        "add_node" => Add(AddNode),
+        "remove_node" => Remove(RemoveNode),
+    }
+}
 
+/// `add_node`: a new node joins as a learner, catches up, then votes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    /// A node id never used in this cluster.
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    pub node_id: u64,
+    /// Its Raft (internal) address.
+    pub raft_addr: HostPort,
+    /// Its public API address.
+    pub api_addr: HostPort,
+}
+
+/// `remove_node`: the node leaves the configuration; its id is retired.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNode {
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    pub node_id: u64,
+}
+
+/// The members after the change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MembershipAnswer {
+    pub members: Vec<MemberInfo>,
+    /// The node was removed before (the request changed nothing).
+    pub already_removed: bool,
+}
+
+/// `POST /api/cluster/membership`: add or remove a node, one change at a time (operator key).
+#[utoipa::path(
+    post,
+    path = "/api/cluster/membership", operation_id = "cluster_membership",
+    tag = "cluster",
+    request_body = MembershipRequest,
+    responses((status = 200, description = "The change is made: the members now", body = MembershipAnswer), super::openapi::Errors),
+    security(("operator_key" = [])),
+)]
 pub async fn handle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let mut fields = Fields::parse(&body(raw)?)?;
-    let action = fields.str("action")?;
+) -> Result<Json<MembershipAnswer>, ApiError> {
     let actor = api_key_actor(&headers)?;
-    let node_id = fields.opt_u64("node_id")?.ok_or_else(|| ApiError::bad_field("node_id", "is required (a number)"))?;
-    if node_id == 0 {
-        return Err(ApiError::bad_field("node_id", "must be a positive number"));
-    }
-    let change = match action.as_str() {
-        "add_node" => {
-            let raft_addr = address(&mut fields, "raft_addr")?;
-            let api_addr = address(&mut fields, "api_addr")?;
-            Change::Add { node_id, raft_addr, api_addr }
+    let request = MembershipRequest::parse(&body(raw)?)?;
+    let change = match request {
+        MembershipRequest::Add(r) => {
+            Change::Add { node_id: r.node_id, raft_addr: r.raft_addr.into_inner(), api_addr: r.api_addr.into_inner() }
         }
-        "remove_node" => Change::Remove { node_id },
-        other => return Err(ApiError::bad_field("action", format!("unknown action {other:?}; use one of {ACTIONS}"))),
+        MembershipRequest::Remove(r) => Change::Remove { node_id: r.node_id },
     };
-    fields.finish()?;
+    let (Change::Add { node_id, .. } | Change::Remove { node_id }) = &change;
+    if *node_id == 0 || *node_id > i64::MAX as u64 {
+        return Err(ApiError::bad_field("node_id", format!("must be from 1 to {}", i64::MAX)));
+    }
     // Only for the answer's wording: the change itself is decided on the leader.
     let already_removed = matches!(change, Change::Remove { node_id } if node.node_record(node_id).is_some_and(|r| r.removed_at.is_some()));
     let members = node.change_membership(&actor, &change).await.map_err(error)?;
-    Ok(Json(json!({ "members": members, "already_removed": already_removed })))
-}
-
-/// A `host:port` address.
-fn address(fields: &mut Fields, name: &'static str) -> Result<String, ApiError> {
-    let addr = fields.str(name)?;
-    // It goes into the membership (the log) and into the installer's URLs: a plain host:port.
-    let valid = addr.len() <= 255
-        && addr.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        && addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !valid {
-        let shown: String = addr.chars().take(64).collect();
-        return Err(ApiError::bad_field(
-            name,
-            format!("must be host:port (letters, digits, '.', '-', IPv6 in []), got {shown:?}"),
-        ));
-    }
-    Ok(addr)
+    Ok(Json(MembershipAnswer { members, already_removed }))
 }
 
 fn error(e: MembershipError) -> ApiError {

@@ -20,7 +20,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::node::Node;
 
 /// The routes that are labelled by name; any other path is `other`.
-const ROUTES: &[&str] = &[
+pub(crate) const ROUTES: &[&str] = &[
     "/api/key-management",
     "/api/enrol",
     "/api/org-admin",
@@ -38,15 +38,16 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/api/openapi.json",
 ];
 
 /// The actions an endpoint dispatches on, or `None` for endpoints without an `action` field.
-fn actions_of(route: &str) -> Option<&'static str> {
+fn actions_of(route: &str) -> Option<&'static [&'static str]> {
     match route {
-        "/api/key-management" => Some(super::keys::ACTIONS),
-        "/api/org-admin" => Some(super::org::ACTIONS),
-        "/api/machine-admin" => Some(super::machines::ACTIONS),
-        "/api/cluster/membership" => Some(super::membership::ACTIONS),
+        "/api/key-management" => Some(super::keys::KeyManagementRequest::ACTIONS),
+        "/api/org-admin" => Some(super::org::OrgAdminRequest::ACTIONS),
+        "/api/machine-admin" => Some(super::machines::MachineAdminRequest::ACTIONS),
+        "/api/cluster/membership" => Some(super::membership::MembershipRequest::ACTIONS),
         _ => None,
     }
 }
@@ -85,18 +86,24 @@ pub async fn record(request: Request, next: Next) -> Response {
     response
 }
 
-/// The body's `action`, if it is one of `actions` (a comma-separated list); else `unknown`.
-fn action_in(body: &[u8], actions: &'static str) -> &'static str {
+/// The body's `action`, if it is one of `actions`; else `unknown`.
+fn action_in(body: &[u8], actions: &'static [&'static str]) -> &'static str {
     #[derive(serde::Deserialize)]
     struct Action<'a> {
         #[serde(borrow)]
         action: Option<std::borrow::Cow<'a, str>>,
     }
     let named = serde_json::from_slice::<Action>(body).ok().and_then(|a| a.action);
-    named.and_then(|name| actions.split(", ").find(|a| *a == name)).unwrap_or("unknown")
+    named.and_then(|name| actions.iter().copied().find(|a| *a == name)).unwrap_or("unknown")
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics", operation_id = "metrics",
+    tag = "cluster",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
+)]
 pub async fn scrape(State(node): State<Arc<Node>>) -> Response {
     let text = crate::metrics::global().render(&node.raft().metrics().borrow(), node.disk_state());
     let mut response = text.into_response();
@@ -112,7 +119,7 @@ mod tests {
 
     #[test]
     fn only_known_actions_become_labels() {
-        let actions = super::super::keys::ACTIONS;
+        let actions = super::super::keys::KeyManagementRequest::ACTIONS;
         assert_eq!(action_in(br#"{"action":"create_auth_key","org_id":"o"}"#, actions), "create_auth_key");
         assert_eq!(action_in(br#"{"action":"drop_tables"}"#, actions), "unknown");
         assert_eq!(action_in(b"not json", actions), "unknown");

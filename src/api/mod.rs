@@ -19,6 +19,7 @@ mod keys;
 mod machines;
 mod membership;
 mod metrics;
+mod openapi;
 mod org;
 mod tailscale;
 pub mod throttle;
@@ -56,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/cluster", get(cluster::info))
         .route("/api/cluster/nodes", get(cluster::nodes))
         .route("/api/whoami", get(org::whoami))
+        .route("/api/openapi.json", get(openapi::document))
         .route("/api/cluster/membership", post(membership::handle))
         .route("/api/cluster/backup", post(backup::handle))
         .route("/api/v2/tailnet/{tailnet}/keys", get(tailscale::list).post(tailscale::create))
@@ -72,6 +74,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_other_media_types))
         .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_when_disk_full))
         .layer(axum::middleware::from_fn_with_state(node.clone(), throttle::layer))
         .layer(axum::middleware::from_fn(metrics::record))
@@ -92,6 +95,32 @@ async fn refuse_when_disk_full(
         return axum::response::IntoResponse::into_response(refused);
     }
     next.run(request).await
+}
+
+/// A request body is JSON: one sent as anything else (a form, text, XML) is answered 415 before
+/// it is read, so that a browser form cannot pass a JSON-looking body off as a request. No
+/// `Content-Type`, and curl's default for `-d` (`application/x-www-form-urlencoded`, which the
+/// user guide's `curl -d '{…}'` sends), are read as JSON.
+async fn refuse_other_media_types(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let media_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?").split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let json = |t: &str| t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"));
+    match media_type {
+        Some(t) if !json(&t) && t != "application/x-www-form-urlencoded" => {
+            let refused = ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("the body must be JSON (Content-Type: application/json), not {:?}", fields::short(&t)),
+            );
+            axum::response::IntoResponse::into_response(refused)
+        }
+        _ => next.run(request).await,
+    }
 }
 
 async fn not_found() -> ApiError {

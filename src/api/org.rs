@@ -8,21 +8,165 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::{check_id, check_org_id, request_id, Fields};
+use super::fields::{actions, parse_or_empty, request_id_or_new, ApiKeyId, Description, Name, OrgId, RequestId, Tags};
+use super::views::{answers, ApiKeyView, OrgView};
 use super::{api_key_actor, body, new_request_id, views, write_create, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
 use crate::sm::query::{Answer, Query};
 
-pub(crate) const ACTIONS: &str =
-    "create_org, list_orgs, create_api_key, revoke_api_key, list_api_keys, rotate_operator_key, set_org_limits";
 /// Longest API key lifetime: ten years.
 const MAX_API_KEY_SECS: u64 = 10 * 365 * 86_400;
-const MAX_NAME: usize = 128;
+
+actions! {
+    /// The body of `POST /api/org-admin` (operator key), by its `action`.
+    pub enum OrgAdminRequest {
+        "create_org" => CreateOrg(CreateOrg),
+        "list_orgs" => ListOrgs(Empty),
+        "create_api_key" => CreateApiKey(CreateApiKey),
+        "revoke_api_key" => RevokeApiKey(RevokeApiKey),
+        "list_api_keys" => ListApiKeys(ListApiKeys),
+        "rotate_operator_key" => RotateOperatorKey(RequestOnly),
+        "set_org_limits" => SetOrgLimits(SetOrgLimits),
+    }
+}
+
+answers! {
+    /// What `POST /api/org-admin` answers, by its `action`.
+    pub enum OrgAdminAnswer {
+        Org(OrgView),
+        Orgs(OrgList),
+        ApiKeyCreated(ApiKeyCreated),
+        ApiKey(ApiKeyView),
+        ApiKeys(ApiKeyList),
+        Limits(OrgLimitsView),
+    }
+}
+
+/// An action without fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// An action whose only field is its request id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOnly {
+    pub request_id: Option<RequestId>,
+}
+
+/// `create_org`: a new org.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: Name,
+    pub request_id: Option<RequestId>,
+}
+
+/// `create_api_key`: a new API key of an org; the answer carries its secret, this once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub org_id: OrgId,
+    pub description: Option<Description>,
+    /// Seconds until it expires, 60 to ten years; none: it does not expire.
+    #[schema(minimum = 60, maximum = 315360000)]
+    pub expires_in: Option<u64>,
+    /// What it may do; left out: everything.
+    #[schema(min_items = 1)]
+    pub scopes: Option<Vec<Scope>>,
+    /// The only tags it may put on keys and machines; left out: any.
+    #[schema(min_items = 1)]
+    pub tags: Option<Tags>,
+    pub request_id: Option<RequestId>,
+}
+
+/// A scope of an org API key.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+pub enum Scope {
+    #[serde(rename = "auth_keys")]
+    AuthKeys,
+    #[serde(rename = "auth_keys:read")]
+    AuthKeysRead,
+    #[serde(rename = "machines")]
+    Machines,
+    #[serde(rename = "machines:read")]
+    MachinesRead,
+}
+
+impl From<Scope> for Permission {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::AuthKeys => Permission::AuthKeys,
+            Scope::AuthKeysRead => Permission::AuthKeysRead,
+            Scope::Machines => Permission::Machines,
+            Scope::MachinesRead => Permission::MachinesRead,
+        }
+    }
+}
+
+/// `revoke_api_key`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeApiKey {
+    pub api_key_id: ApiKeyId,
+    pub request_id: Option<RequestId>,
+}
+
+/// `list_api_keys`: every API key, or one org's.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListApiKeys {
+    pub org_id: Option<OrgId>,
+}
+
+/// `set_org_limits`: an org's limits; both left out restores the defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetOrgLimits {
+    pub org_id: OrgId,
+    /// Auth keys the org may create per day (UTC) of cluster time.
+    #[schema(maximum = 9223372036854775807_i64)]
+    pub auth_keys_per_day: Option<u64>,
+    /// Machines the org may have enrolled at once.
+    #[schema(maximum = 9223372036854775807_i64)]
+    pub machines: Option<u64>,
+    pub request_id: Option<RequestId>,
+}
+
+/// Every org.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgList {
+    pub orgs: Vec<OrgView>,
+}
+
+/// API keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+}
+
+/// An API key just made, with its secret: shown this once, stored only as a hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub record: ApiKeyView,
+    /// The secret, `tskey-api-…`.
+    pub key: String,
+}
+
+/// An org's limits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgLimitsView {
+    pub org_id: String,
+    pub auth_keys_per_day: u64,
+    pub machines: u64,
+}
 
 fn new_api_key() -> (Secret, NewCredential) {
     let secret = new_credential(CredentialKind::ApiKey, random_base62(ID_LEN));
@@ -35,16 +179,13 @@ fn new_org_id() -> String {
 }
 
 /// An API key's grants from the request's `scopes` and `tags` (absent: everything).
-fn grants(scopes: Option<Vec<String>>, tags: Option<Vec<String>>) -> Result<Grants, ApiError> {
+fn grants(scopes: Option<Vec<Scope>>, tags: Option<Vec<String>>) -> Result<Grants, ApiError> {
     let permissions = match scopes {
         None => None,
-        Some(names) => {
+        Some(scopes) => {
             let mut permissions = Vec::new();
-            for name in &names {
-                let permission = Permission::parse(name).ok_or_else(|| {
-                    let allowed: Vec<&str> = Permission::ALL.iter().map(|p| p.name()).collect();
-                    ApiError::bad_field("scopes", format!("{name:?} is not a scope; use {}", allowed.join(", ")))
-                })?;
+            for scope in scopes {
+                let permission = Permission::from(scope);
                 if !permissions.contains(&permission) {
                     permissions.push(permission);
                 }
@@ -56,7 +197,6 @@ fn grants(scopes: Option<Vec<String>>, tags: Option<Vec<String>>) -> Result<Gran
         }
     };
     if let Some(tags) = &tags {
-        validate_tags(tags)?;
         if tags.is_empty() {
             return Err(ApiError::bad_field("tags", "give at least one tag, or leave it out for any tag"));
         }
@@ -105,123 +245,60 @@ fn check_bootstrap_token(node: &Node, headers: &HeaderMap) -> Result<(), ApiErro
     }
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_field(field, format!("must be 1 to {MAX_NAME} printable characters")));
-    }
-    Ok(())
-}
-
+/// `POST /api/org-admin`: orgs, their API keys and limits, and the operator key (operator key).
+#[utoipa::path(
+    post,
+    path = "/api/org-admin", operation_id = "org_admin",
+    tag = "orgs",
+    request_body = OrgAdminRequest,
+    responses(
+        (status = 200, description = "By action: the org, the orgs, the API key made (with its secret), the API key revoked or rotated (rotate_operator_key: with its secret), the API keys, or the org's limits", body = OrgAdminAnswer),
+        super::openapi::Errors,
+    ),
+    security(("operator_key" = [])),
+)]
 pub async fn handle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let mut fields = Fields::parse(&body(raw)?)?;
-    let action = fields.str("action")?;
+) -> Result<Json<OrgAdminAnswer>, ApiError> {
     let actor = api_key_actor(&headers)?;
-    match action.as_str() {
-        "create_org" => {
-            let name = fields.str("name")?;
-            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-            fields.finish()?;
-            check_name("name", &name)?;
-            let (outcome, ()) = write_with_fresh_ids(&node, request_id, actor, || {
+    let request = OrgAdminRequest::parse(&body(raw)?)?;
+    Ok(Json(match request {
+        OrgAdminRequest::CreateOrg(r) => {
+            let name = r.name.into_inner();
+            let (outcome, ()) = write_with_fresh_ids(&node, request_id_or_new(r.request_id), actor, || {
                 (Op::CreateOrg { org_id: new_org_id(), name: name.clone() }, ())
             })
             .await?;
             match outcome? {
-                OpOk::Org(org) => Ok(Json(views::org(&org))),
-                other => Err(ApiError::internal(format!("create_org answered {other:?}"))),
+                OpOk::Org(org) => OrgAdminAnswer::Org(views::org(&org)),
+                other => return Err(ApiError::internal(format!("create_org answered {other:?}"))),
             }
         }
-        "create_api_key" => {
-            let org_id = fields.str("org_id")?;
-            check_org_id("org_id", &org_id)?;
-            let description = fields.opt_str("description")?.unwrap_or_default();
-            let expires_in = fields.opt_u64("expires_in")?;
-            let scopes = fields.opt_string_list("scopes")?;
-            let tags = fields.opt_string_list("tags")?;
-            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-            fields.finish()?;
-            if description.chars().count() > MAX_DESCRIPTION_CHARS || description.chars().any(char::is_control) {
-                return Err(ApiError::bad_field(
-                    "description",
-                    format!("must be at most {MAX_DESCRIPTION_CHARS} printable characters"),
-                ));
-            }
-            if let Some(secs) = expires_in {
-                if !(60..=MAX_API_KEY_SECS).contains(&secs) {
-                    return Err(ApiError::bad_field(
-                        "expires_in",
-                        format!("must be a number of seconds from 60 to {MAX_API_KEY_SECS} (10 years), got {secs}"),
-                    ));
-                }
-            }
-            let grants = grants(scopes, tags)?;
-            let plain = expires_in.is_none() && grants == Grants::all();
-            if !plain && node.rules() < 2 {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "upgrade_in_progress",
-                    "expires_in, scopes and tags need every node on this build (the cluster has not adopted its rules yet)",
-                ));
-            }
-            let (outcome, secret) = write_create(&node, request_id, actor, || {
-                let (secret, key) = new_api_key();
-                let op = if plain && node.rules() < 2 {
-                    Op::CreateApiKey { org_id: org_id.clone(), key, description: description.clone() }
-                } else {
-                    Op::CreateApiKeyWith {
-                        org_id: org_id.clone(),
-                        key,
-                        description: description.clone(),
-                        expires_in_secs: expires_in,
-                        grants: grants.clone(),
-                    }
-                };
-                (op, secret)
-            })
-            .await?;
-            match outcome? {
-                OpOk::ApiKey(record) if record.api_key_id != format!("{API_KEY_ID_PREFIX}{}", secret.id) => {
-                    Err(ApiError::already_created(&format!("API key {}", record.api_key_id), &record.api_key_id))
-                }
-                OpOk::ApiKey(record) => {
-                    let mut view = views::api_key(&record);
-                    view["key"] = Value::String(secret.text);
-                    Ok(Json(view))
-                }
-                other => Err(ApiError::internal(format!("create_api_key answered {other:?}"))),
-            }
-        }
-        "rotate_operator_key" => {
-            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-            fields.finish()?;
+        OrgAdminRequest::CreateApiKey(r) => OrgAdminAnswer::ApiKeyCreated(create_api_key(&node, actor, r).await?),
+        OrgAdminRequest::RotateOperatorKey(r) => {
             needs_rules(&node)?;
-            let (outcome, secret) = write_with_fresh_ids(&node, request_id, actor, || {
+            let (outcome, secret) = write_with_fresh_ids(&node, request_id_or_new(r.request_id), actor, || {
                 let (secret, key) = new_api_key();
                 (Op::RotateOperatorKey { key }, secret)
             })
             .await?;
             match outcome? {
                 OpOk::ApiKey(record) => {
-                    let mut view = views::api_key(&record);
-                    view["key"] = Value::String(secret.text);
-                    Ok(Json(view))
+                    OrgAdminAnswer::ApiKeyCreated(ApiKeyCreated { record: views::api_key(&record), key: secret.text })
                 }
-                other => Err(ApiError::internal(format!("rotate_operator_key answered {other:?}"))),
+                other => return Err(ApiError::internal(format!("rotate_operator_key answered {other:?}"))),
             }
         }
-        "set_org_limits" => {
-            let org_id = fields.str("org_id")?;
-            check_org_id("org_id", &org_id)?;
-            let keys_per_day = fields.opt_u64("auth_keys_per_day")?;
-            let machines = fields.opt_u64("machines")?;
-            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-            fields.finish()?;
+        OrgAdminRequest::SetOrgLimits(r) => {
             needs_rules(&node)?;
-            let limits = match (keys_per_day, machines) {
+            for (field, value) in [("auth_keys_per_day", r.auth_keys_per_day), ("machines", r.machines)] {
+                if value.is_some_and(|v| v > i64::MAX as u64) {
+                    return Err(ApiError::bad_field(field, format!("must be at most {}", i64::MAX)));
+                }
+            }
+            let limits = match (r.auth_keys_per_day, r.machines) {
                 (None, None) => None,
                 (keys, machines) => {
                     let defaults = OrgLimits::default();
@@ -231,48 +308,83 @@ pub async fn handle(
                     })
                 }
             };
-            let command = Command { request_id, actor, op: Op::SetOrgLimits { org_id, limits } };
+            let op = Op::SetOrgLimits { org_id: r.org_id.into_inner(), limits };
+            let command = Command { request_id: request_id_or_new(r.request_id), actor, op };
             match node.write(command).await?? {
-                OpOk::OrgLimits { org_id, limits } => Ok(Json(json!({
-                    "org_id": org_id,
-                    "auth_keys_per_day": limits.auth_keys_per_day,
-                    "machines": limits.machines,
-                }))),
-                other => Err(ApiError::internal(format!("set_org_limits answered {other:?}"))),
+                OpOk::OrgLimits { org_id, limits } => OrgAdminAnswer::Limits(OrgLimitsView {
+                    org_id,
+                    auth_keys_per_day: limits.auth_keys_per_day,
+                    machines: limits.machines,
+                }),
+                other => return Err(ApiError::internal(format!("set_org_limits answered {other:?}"))),
             }
         }
-        "revoke_api_key" => {
-            let api_key_id = fields.str("api_key_id")?;
-            check_id("api_key_id", API_KEY_ID_PREFIX, &api_key_id)?;
-            let request_id = request_id(&mut fields)?.unwrap_or_else(new_request_id);
-            fields.finish()?;
-            let command = Command { request_id, actor, op: Op::RevokeApiKey { api_key_id } };
+        OrgAdminRequest::RevokeApiKey(r) => {
+            let op = Op::RevokeApiKey { api_key_id: r.api_key_id.into_inner() };
+            let command = Command { request_id: request_id_or_new(r.request_id), actor, op };
             match node.write(command).await?? {
-                OpOk::ApiKey(record) => Ok(Json(views::api_key(&record))),
-                other => Err(ApiError::internal(format!("revoke_api_key answered {other:?}"))),
+                OpOk::ApiKey(record) => OrgAdminAnswer::ApiKey(views::api_key(&record)),
+                other => return Err(ApiError::internal(format!("revoke_api_key answered {other:?}"))),
             }
         }
-        "list_api_keys" => {
-            let org_id = fields.opt_str("org_id")?;
-            if let Some(org_id) = &org_id {
-                check_org_id("org_id", org_id)?;
-            }
-            fields.finish()?;
-            match node.read(&actor, &Query::ListApiKeys { org_id }).await?? {
+        OrgAdminRequest::ListApiKeys(r) => {
+            match node.read(&actor, &Query::ListApiKeys { org_id: r.org_id.map(OrgId::into_inner) }).await?? {
                 Answer::ApiKeys(keys) => {
-                    Ok(Json(json!({ "api_keys": keys.iter().map(views::api_key).collect::<Vec<_>>() })))
+                    OrgAdminAnswer::ApiKeys(ApiKeyList { api_keys: keys.iter().map(views::api_key).collect() })
                 }
-                other => Err(ApiError::internal(format!("list_api_keys answered {other:?}"))),
+                other => return Err(ApiError::internal(format!("list_api_keys answered {other:?}"))),
             }
         }
-        "list_orgs" => {
-            fields.finish()?;
-            match node.read(&actor, &Query::ListOrgs).await?? {
-                Answer::Orgs(orgs) => Ok(Json(json!({ "orgs": orgs.iter().map(views::org).collect::<Vec<_>>() }))),
-                other => Err(ApiError::internal(format!("list_orgs answered {other:?}"))),
-            }
+        OrgAdminRequest::ListOrgs(Empty {}) => match node.read(&actor, &Query::ListOrgs).await?? {
+            Answer::Orgs(orgs) => OrgAdminAnswer::Orgs(OrgList { orgs: orgs.iter().map(views::org).collect() }),
+            other => return Err(ApiError::internal(format!("list_orgs answered {other:?}"))),
+        },
+    }))
+}
+
+async fn create_api_key(node: &Node, actor: Actor, r: CreateApiKey) -> Result<ApiKeyCreated, ApiError> {
+    let org_id = r.org_id.into_inner();
+    let description = r.description.map(Description::into_inner).unwrap_or_default();
+    let expires_in = r.expires_in;
+    if let Some(secs) = expires_in {
+        if !(60..=MAX_API_KEY_SECS).contains(&secs) {
+            return Err(ApiError::bad_field(
+                "expires_in",
+                format!("must be a number of seconds from 60 to {MAX_API_KEY_SECS} (10 years), got {secs}"),
+            ));
         }
-        other => Err(ApiError::bad_field("action", format!("unknown action {other:?}; must be one of {ACTIONS}"))),
+    }
+    let grants = grants(r.scopes, r.tags.map(|t| t.0))?;
+    let plain = expires_in.is_none() && grants == Grants::all();
+    if !plain && node.rules() < 2 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "upgrade_in_progress",
+            "expires_in, scopes and tags need every node on this build (the cluster has not adopted its rules yet)",
+        ));
+    }
+    let (outcome, secret) = write_create(node, request_id_or_new(r.request_id), actor, || {
+        let (secret, key) = new_api_key();
+        let op = if plain && node.rules() < 2 {
+            Op::CreateApiKey { org_id: org_id.clone(), key, description: description.clone() }
+        } else {
+            Op::CreateApiKeyWith {
+                org_id: org_id.clone(),
+                key,
+                description: description.clone(),
+                expires_in_secs: expires_in,
+                grants: grants.clone(),
+            }
+        };
+        (op, secret)
+    })
+    .await?;
+    match outcome? {
+        OpOk::ApiKey(record) if record.api_key_id != format!("{API_KEY_ID_PREFIX}{}", secret.id) => {
+            Err(ApiError::already_created(&format!("API key {}", record.api_key_id), &record.api_key_id))
+        }
+        OpOk::ApiKey(record) => Ok(ApiKeyCreated { record: views::api_key(&record), key: secret.text }),
+        other => Err(ApiError::internal(format!("create_api_key answered {other:?}"))),
     }
 }
 
@@ -283,17 +395,25 @@ pub async fn handle(
 /// token: 401, and nothing is proposed. The token is a bearer header, which a browser cannot
 /// send to another origin without the node's consent, so a web page cannot initialise a
 /// cluster it can reach (DNS rebinding).
+#[utoipa::path(
+    post,
+    path = "/api/cluster/init", operation_id = "cluster_init",
+    tag = "cluster",
+    request_body(content = Option<InitRequest>, description = "May be empty: the org is then named \"default\"."),
+    responses(
+        (status = 200, description = "The first org, its admin API key and the operator key, with their secrets, this once", body = InitAnswer),
+        super::openapi::Errors,
+    ),
+    security(("bootstrap_token" = [])),
+)]
 pub async fn init(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InitAnswer>, ApiError> {
     check_bootstrap_token(&node, &headers)?;
-    let raw = body(raw)?;
-    let mut fields = if raw.is_empty() { Fields::parse(b"{}")? } else { Fields::parse(&raw)? };
-    let org_name = fields.opt_str("org_name")?.unwrap_or_else(|| "default".to_string());
-    fields.finish()?;
-    check_name("org_name", &org_name)?;
+    let request: InitRequest = parse_or_empty(&body(raw)?)?;
+    let org_name = request.org_name.map_or_else(|| "default".to_string(), Name::into_inner);
     let (outcome, (operator, admin)) = write_with_fresh_ids(&node, new_request_id(), Actor::Anonymous, || {
         let (operator, operator_key) = new_api_key();
         let (admin, admin_key) = new_api_key();
@@ -302,21 +422,49 @@ pub async fn init(
     })
     .await?;
     match outcome? {
-        OpOk::Initialized { org, operator_key_id, admin_key_id } => Ok(Json(json!({
-            "org": views::org(&org),
-            "org_id": org.org_id,
-            "api_key": admin.text,
-            "api_key_id": admin_key_id,
-            "operator_key": operator.text,
-            "operator_key_id": operator_key_id,
-        }))),
+        OpOk::Initialized { org, operator_key_id, admin_key_id } => Ok(Json(InitAnswer {
+            org_id: org.org_id.clone(),
+            org: views::org(&org),
+            api_key: admin.text,
+            api_key_id: admin_key_id,
+            operator_key: operator.text,
+            operator_key_id,
+        })),
         other => Err(ApiError::internal(format!("init answered {other:?}"))),
     }
 }
 
+/// The body of `POST /api/cluster/init`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// The first org's name; default "default".
+    pub org_name: Option<Name>,
+}
+
+/// The answer of `POST /api/cluster/init`: the secrets are in it only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InitAnswer {
+    pub org: OrgView,
+    pub org_id: String,
+    /// The org's admin API key, `tskey-api-…`.
+    pub api_key: String,
+    pub api_key_id: String,
+    /// The operator key, `tskey-api-…`: orgs, membership, backups.
+    pub operator_key: String,
+    pub operator_key_id: String,
+}
+
 /// `GET /api/whoami` with `Authorization: Bearer <API key>`: the key's own record (scope, org,
 /// scopes, tags, expiry), never its secret. The console signs in with it.
-pub async fn whoami(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/whoami", operation_id = "whoami",
+    tag = "orgs",
+    responses((status = 200, description = "The API key's own record", body = ApiKeyView), super::openapi::Errors),
+    security(("api_key" = []), ("operator_key" = [])),
+)]
+pub async fn whoami(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<ApiKeyView>, ApiError> {
     let actor = api_key_actor(&headers)?;
     match node.read(&actor, &Query::WhoAmI).await?? {
         Answer::ApiKey(record) => Ok(Json(views::api_key(&record))),

@@ -243,7 +243,7 @@ impl From<AuthKeyRecordV1> for AuthKeyRecord {
 }
 
 /// The lifecycle state of an auth key at a given time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     Valid,
@@ -340,7 +340,7 @@ impl From<EnrolmentV1> for Enrolment {
 }
 
 /// Why a machine left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeregisterReason {
     /// An ephemeral machine sent no heartbeat for the inactivity timeout.

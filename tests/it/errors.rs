@@ -136,6 +136,35 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let (status, answer) = cluster.post(1, "/api/key-management", &huge, Some(&cluster.api_key.clone())).await;
     assert_eq!((status, code(&answer)), (413, "body_too_large"));
 
+    // A body sent as a form, text or XML is refused before it is read (415), well-formed or not;
+    // curl's default for `-d` is read as JSON (the guide's revoke call sends it).
+    let create = json!({"action": "create_auth_key", "org_id": cluster.org_id}).to_string();
+    for media_type in ["text/plain", "multipart/form-data", "application/xml", "text/plain; charset=utf-8"] {
+        let response = cluster
+            .http
+            .post(format!("{}/api/key-management", cluster.url(2)))
+            .bearer_auth(&cluster.api_key)
+            .header("content-type", media_type)
+            .body(create.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 415, "{media_type}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(code(&answer), "unsupported_media_type", "{answer}");
+    }
+    let list = json!({"action": "list_auth_keys", "org_id": cluster.org_id}).to_string();
+    let form = cluster
+        .http
+        .post(format!("{}/api/key-management", cluster.url(3)))
+        .bearer_auth(&cluster.api_key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+
     // Unknown endpoints and methods answer JSON errors too.
     let (status, answer) = cluster.post(1, "/api/nothing", &json!({}), None).await;
     assert_eq!((status, code(&answer)), (404, "not_found"));
