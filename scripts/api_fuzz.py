@@ -85,7 +85,9 @@ def state(server, api_key, operator_key, org):
         if cursor is None:
             break
     _, machines = call(f"{server}/api/machine-admin", {"action": "list_machines", "org_id": org}, api_key)
+    _, cluster = call(f"{server}/api/cluster")
     return {
+        "members": sorted(json.dumps(m, sort_keys=True) for m in cluster["members"]),
         "orgs": strip(orgs["orgs"]),
         "api_keys": strip(api_keys["api_keys"], "last_used_at"),
         "auth_keys": strip(keys, "last_used_at", "state"),
@@ -110,6 +112,9 @@ def replay_refused(work, nodes, seed, api_key, operator_key, node_key, read_stat
                 refused.append((request, status))
     random.Random(seed).shuffle(refused)
     refused = refused[:sample]
+    # A replay of nothing, or only of requests refused for their credential, proves nothing.
+    if len(refused) < 50 or sum(1 for _, first in refused if first != 401) < 25:
+        failed.append(f"too few refused requests to replay ({len(refused)}): did the HAR reports change?")
 
     def credential(path, valid):
         """The path's credential; for a request refused for its credential (401), a wrong one of
@@ -129,9 +134,10 @@ def replay_refused(work, nodes, seed, api_key, operator_key, node_key, read_stat
     for request, first in refused:
         url = request["url"]
         path = "/" + url.split("/", 3)[3].split("?")[0]
-        headers = {h["name"]: h["value"] for h in request["headers"] if h["name"].lower() in ("content-type", "authorization")}
-        if "Authorization" in headers:
-            headers["Authorization"] = credential(path, valid=first != 401)
+        wanted = ("content-type", "authorization")
+        headers = {h["name"].lower(): h["value"] for h in request["headers"] if h["name"].lower() in wanted}
+        if "authorization" in headers:
+            headers["authorization"] = credential(path, valid=first != 401)
         body = (request.get("postData") or {}).get("text")
         replay = urllib.request.Request(url, data=body.encode() if body is not None else None, method=request["method"])
         for name, value in headers.items():

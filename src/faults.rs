@@ -68,6 +68,14 @@ fault_switch!(
     "ZTNA_FAULT_STALE_READ_ENROL"
 );
 
+fault_switch!(
+    /// `ZTNA_FAULT_LOCAL_READ=1`: every read (a key, a listing, a machine's status) is answered
+    /// from this node's own state machine, neither forwarded to the leader nor confirmed by a
+    /// quorum: a follower cut off by a partition answers from a past it cannot know is past.
+    local_read,
+    "ZTNA_FAULT_LOCAL_READ"
+);
+
 /// The state machine leaves the use limit to someone else (either switch above).
 pub fn state_machine_skips_limit() -> bool {
     skip_limit_check() || stale_read_enrol()

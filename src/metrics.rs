@@ -182,8 +182,18 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of everything, with Raft's state read from
     /// `raft`.
-    pub fn render(&self, raft: &openraft::RaftMetrics<NodeId, NodeInfo>, disk: (u64, bool)) -> String {
+    /// The text of `/metrics`; `rules` is the state-machine rules this node applies entries by.
+    pub fn render(&self, raft: &openraft::RaftMetrics<NodeId, NodeInfo>, disk: (u64, bool), rules: u32) -> String {
         let mut out = String::with_capacity(8192);
+        header(
+            &mut out,
+            "ztna_state_machine_rules",
+            "gauge",
+            "The rules this node applies log entries by; below ztna_build_rules until every member runs a build that knows them and the cluster adopted them.",
+        );
+        sample(&mut out, "ztna_state_machine_rules", "", u64::from(rules));
+        header(&mut out, "ztna_build_rules", "gauge", "The newest state-machine rules this build knows.");
+        sample(&mut out, "ztna_build_rules", "", u64::from(crate::sm::RULES));
         header(&mut out, "ztna_disk_free_bytes", "gauge", "Free space on the data directory's filesystem.");
         sample(&mut out, "ztna_disk_free_bytes", "", disk.0);
         header(&mut out, "ztna_disk_full", "gauge", "1 when the node stopped taking part in Raft for want of space.");

@@ -90,7 +90,8 @@ pub fn summary_text(counts: &Counts, results: &Results, dir: &Path) -> String {
         let _ = writeln!(out, "unknown: {checker}: {why}");
     }
     for a in results.anomalies.iter().take(5) {
-        let _ = writeln!(out, "anomaly [{}] {}: {}", a.checker, a.key.as_deref().unwrap_or("-"), a.message);
+        let (checker, kind, key) = (a.checker, a.kind.name(), a.key.as_deref().unwrap_or("-"));
+        let _ = writeln!(out, "anomaly [{checker}/{kind}] {key}: {}", a.message);
     }
     if results.anomalies.len() > 5 {
         let _ = writeln!(out, "… {} more in anomalies.txt", results.anomalies.len() - 5);
@@ -110,7 +111,8 @@ pub fn anomalies_text(ops: &[Op], results: &Results) -> String {
         out.push_str("No anomalies.\n");
     }
     for (n, a) in results.anomalies.iter().enumerate() {
-        let _ = writeln!(out, "#{} [{}] key {}: {}", n + 1, a.checker, a.key.as_deref().unwrap_or("-"), a.message);
+        let (checker, kind, key) = (a.checker, a.kind.name(), a.key.as_deref().unwrap_or("-"));
+        let _ = writeln!(out, "#{} [{checker}/{kind}] key {key}: {}", n + 1, a.message);
         let witness: Vec<&Op> = a.ops.iter().filter_map(|&i| ops.get(i)).collect();
         for op in &witness {
             let _ = writeln!(out, "  {}", serde_json::to_string(op).unwrap_or_default());

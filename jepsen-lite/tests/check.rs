@@ -15,5 +15,5 @@ fn checking_the_seed_547784_history_answers_invalid_with_its_witness() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "invalid is exit status 1:\n{text}");
     let anomalies = std::fs::read_to_string(dir.path().join("anomalies.txt")).expect("anomalies.txt");
-    assert!(anomalies.contains("[linearizable] key ak_j0u0E021Jatn"), "{anomalies}");
+    assert!(anomalies.contains("[linearizable/not-linearizable] key ak_j0u0E021Jatn"), "{anomalies}");
 }

@@ -158,3 +158,17 @@ impl IntoResponse for ApiError {
         self.respond(body)
     }
 }
+
+impl ApiError {
+    /// This error in the shape of the API `path` belongs to: Tailscale's (`{"message": …}` at
+    /// the top level) under `/api/v2/`, this API's elsewhere. For the layers that answer before
+    /// any handler (throttling, a full disk, a body that is not JSON).
+    pub fn response_for(self, path: &str) -> Response {
+        if path.starts_with("/api/v2/") {
+            let body = self.details();
+            self.respond(body)
+        } else {
+            self.into_response()
+        }
+    }
+}

@@ -65,10 +65,13 @@ fn refusal(path: &str, message: &str) -> ApiError {
         return ApiError::bad_field(&within(name), "is required");
     }
     if let Some(name) = quoted_after(message, "unknown field `") {
-        // The path already ends at the unknown field.
-        let field = if path.ends_with(name) { path.to_string() } else { within(name) };
-        let known = message.split_once(", expected ").map_or("", |(_, known)| known);
-        return ApiError::bad_field(&field, format!("unknown field; this request accepts {}", listed(known)));
+        // The path already ends at the unknown field (a name the client chose: shortened).
+        let field = short(&if path.ends_with(name) { path.to_string() } else { within(name) });
+        let accepts = match message.rsplit_once(", expected ") {
+            Some((_, known)) => format!("this request accepts {}", listed(known)),
+            None => "this request takes no fields".to_string(),
+        };
+        return ApiError::bad_field(&field, format!("unknown field; {accepts}"));
     }
     if path.is_empty() {
         return ApiError::bad_request(plain(message));
@@ -86,8 +89,9 @@ fn refusal(path: &str, message: &str) -> ApiError {
 
 /// serde's wording of a wrong value, as this API words it: `must be true or false, got …`.
 fn plain(message: &str) -> String {
+    // `got` quotes the client's value (which may itself hold ", expected "): split at the last.
     let wrong = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: "));
-    if let Some((got, expected)) = wrong.and_then(|rest| rest.split_once(", expected ")) {
+    if let Some((got, expected)) = wrong.and_then(|rest| rest.rsplit_once(", expected ")) {
         let wanted = match expected {
             "u64" | "u32" | "u16" | "usize" => "a non-negative integer",
             "a boolean" => "true or false",
@@ -96,13 +100,13 @@ fn plain(message: &str) -> String {
             e if e.starts_with("struct ") => "an object",
             e => e,
         };
-        return format!("must be {wanted}, got {}", got.replace('`', ""));
+        return format!("must be {wanted}, got {}", short(&got.replace('`', "")));
     }
     if let Some(rest) = message.strip_prefix("unknown variant `") {
-        let (value, expected) = rest.split_once("`, expected ").unwrap_or((rest, ""));
+        let (value, expected) = rest.rsplit_once("`, expected ").unwrap_or((rest, ""));
         return format!("unknown value {:?}; must be one of {}", short(value), listed(expected));
     }
-    message.replace('`', "")
+    short(&message.replace('`', ""))
 }
 
 /// serde's list of names (`one of `a`, `b``, `` `a` or `b` ``) as `a, b`.
@@ -121,7 +125,7 @@ pub fn split_action(body: &[u8], actions: &[&str]) -> Result<(String, Map<String
         Some(Value::String(action)) if actions.contains(&action.as_str()) => Ok((action, map)),
         Some(Value::String(other)) => Err(ApiError::bad_field(
             "action",
-            format!("unknown action {other:?}; must be one of {}", actions.join(", ")),
+            format!("unknown action {:?}; must be one of {}", short(&other), actions.join(", ")),
         )),
         None | Some(Value::Null) => {
             Err(ApiError::bad_field("action", format!("is required; one of {}", actions.join(", "))))
@@ -170,7 +174,10 @@ macro_rules! actions {
                 let (action, rest) = $crate::api::fields::split_action(body, Self::ACTIONS)?;
                 match action.as_str() {
                     $($action => Ok($name::$variant($crate::api::fields::action_body(rest)?)),)+
-                    other => Err($crate::api::error::ApiError::bad_field("action", format!("unknown action {other:?}"))),
+                    other => Err($crate::api::error::ApiError::bad_field(
+                        "action",
+                        format!("unknown action {:?}", $crate::api::fields::short(other)),
+                    )),
                 }
             }
         }
@@ -442,6 +449,17 @@ mod tests {
         assert_eq!(e.message, "tags: must be a list, got string \"tag:a\"");
         let e = parse::<Sample>(br#"{"org_id": 5}"#).unwrap_err();
         assert_eq!(e.message, "org_id: must be a string, got integer 5");
+        // A client's text comes back shortened, however it is sent.
+        let long = "x".repeat(10_000);
+        for body in [
+            format!(r#"{{"org_id": "{long}"}}"#),
+            format!(r#"{{"org_id": "org_12345678", "tags": ["{long}"]}}"#),
+            format!(r#"{{"org_id": "org_12345678", "{long}": 1}}"#),
+            format!(r#"{{"org_id": ["{long}`, expected {long}"]}}"#),
+        ] {
+            let e = parse::<Sample>(body.as_bytes()).unwrap_err();
+            assert!(e.message.len() < 600, "{} bytes: {}", e.message.len(), &e.message[..200]);
+        }
         let ok = parse::<Sample>(br#"{"org_id": "org_12345678", "tags": null}"#).unwrap();
         assert!(ok.tags.is_none());
     }

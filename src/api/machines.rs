@@ -246,7 +246,7 @@ pub struct SetOwnTags {
     post,
     path = "/api/machine/set-tags", operation_id = "machine_set_tags",
     tag = "machine",
-    request_body = SetOwnTags,
+    request_body(content = Option<SetOwnTags>, description = "May be empty: no tags."),
     responses((status = 200, description = "The machine with its new tags", body = MachineView), super::openapi::Errors),
     security(("node_key" = [])),
 )]
@@ -256,7 +256,7 @@ pub async fn set_tags(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MachineAdminAnswer>, ApiError> {
     let actor = node_key_actor(&headers)?;
-    let request: SetOwnTags = super::fields::parse(&body(raw)?)?;
+    let request: SetOwnTags = parse_or_empty(&body(raw)?)?;
     let op = Op::MachineSelf { action: SelfAction::SetTags(unique(request.tags)) };
     let command = Command { request_id: request_id_or_new(request.request_id), actor, op };
     Ok(Json(machine_answer(&node, node.write(command).await?)?))

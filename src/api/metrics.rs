@@ -105,7 +105,7 @@ fn action_in(body: &[u8], actions: &'static [&'static str]) -> &'static str {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
 )]
 pub async fn scrape(State(node): State<Arc<Node>>) -> Response {
-    let text = crate::metrics::global().render(&node.raft().metrics().borrow(), node.disk_state());
+    let text = crate::metrics::global().render(&node.raft().metrics().borrow(), node.disk_state(), node.rules());
     let mut response = text.into_response();
     response
         .headers_mut()

@@ -92,15 +92,15 @@ async fn refuse_when_disk_full(
 ) -> axum::response::Response {
     if node.disk_full() && request.method() == axum::http::Method::POST && request.uri().path().starts_with("/api/") {
         let refused = ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", node.disk_full_message());
-        return axum::response::IntoResponse::into_response(refused);
+        return refused.response_for(request.uri().path());
     }
     next.run(request).await
 }
 
-/// A request body is JSON: one sent as anything else (a form, text, XML) is answered 415 before
-/// it is read, so that a browser form cannot pass a JSON-looking body off as a request. No
-/// `Content-Type`, and curl's default for `-d` (`application/x-www-form-urlencoded`, which the
-/// user guide's `curl -d '{…}'` sends), are read as JSON.
+/// A request body is JSON: one declared as anything else (text, multipart, XML) is answered 415
+/// before it is read. No `Content-Type`, and curl's default for `-d`
+/// (`application/x-www-form-urlencoded`, which the user guide's `curl -d '{…}'` sends), are
+/// read as JSON. (Every credential is a bearer header, which no cross-site form can send.)
 async fn refuse_other_media_types(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -117,7 +117,7 @@ async fn refuse_other_media_types(
                 "unsupported_media_type",
                 format!("the body must be JSON (Content-Type: application/json), not {:?}", fields::short(&t)),
             );
-            axum::response::IntoResponse::into_response(refused)
+            refused.response_for(request.uri().path())
         }
         _ => next.run(request).await,
     }

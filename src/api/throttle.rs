@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::error::ApiError;
 use crate::node::Node;
@@ -87,7 +87,7 @@ fn credential_id(headers: &HeaderMap) -> Option<String> {
         .find_map(|kind| parse_credential(kind, token).map(|c| format!("{}{}", kind.prefix(), c.id)))
 }
 
-fn too_many(wait: Duration, what: &str) -> Response {
+fn too_many(wait: Duration, what: &str, path: &str) -> Response {
     crate::metrics::global().throttled();
     let seconds = wait.as_secs().max(1);
     let error = ApiError::new(
@@ -95,7 +95,7 @@ fn too_many(wait: Duration, what: &str) -> Response {
         "too_many_failures",
         format!("too many failed authentications from {what}; try again in {seconds} s"),
     );
-    let mut response = error.into_response();
+    let mut response = error.response_for(path);
     if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
@@ -106,8 +106,9 @@ fn too_many(wait: Duration, what: &str) -> Response {
 pub async fn layer(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let throttle = node.throttle();
     let addr = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let path = request.uri().path().to_string();
     if let Some(wait) = addr.and_then(|ip| throttle.over(&throttle.by_addr, &ip)) {
-        return too_many(wait, "this address");
+        return too_many(wait, "this address", &path);
     }
     let credential = credential_id(request.headers());
     let response = next.run(request).await;
@@ -118,7 +119,7 @@ pub async fn layer(State(node): State<Arc<Node>>, request: Request, next: Next) 
         throttle.fail(&throttle.by_addr, ip);
     }
     match credential.and_then(|id| throttle.fail(&throttle.by_credential, id)) {
-        Some(wait) => too_many(wait, "this credential"),
+        Some(wait) => too_many(wait, "this credential", &path),
         None => response,
     }
 }

@@ -594,9 +594,10 @@ pub fn validate_tags(tags: &[String]) -> Result<(), SpecError> {
                 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
         if !ok {
+            let shown: String = tag.chars().take(MAX_TAG_NAME + 8).collect();
             return Err(spec_error(
                 "tags",
-                format!("{tag:?} is not a tag: each tag is \"tag:\" followed by 1 to {MAX_TAG_NAME} lowercase letters, digits or '-', e.g. \"tag:laptop\""),
+                format!("{shown:?} is not a tag: each tag is \"tag:\" followed by 1 to {MAX_TAG_NAME} lowercase letters, digits or '-', e.g. \"tag:laptop\""),
             ));
         }
     }

@@ -98,7 +98,36 @@ impl Cluster {
         self.org_id = init.1["org_id"].as_str().unwrap().to_string();
         self.api_key = init.1["api_key"].as_str().unwrap().to_string();
         self.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
+        self.wait_rules_adopted(&[1, 2, 3]).await;
         self
+    }
+
+    /// Waits until nodes `ids` apply entries by their build's newest rules (a new cluster
+    /// adopts them shortly after it forms): until then a node a step behind proposes the older
+    /// form of a command, which the newer rules may refuse.
+    pub async fn wait_rules_adopted(&self, ids: &[u64]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let gauge = |text: &str, name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok()))
+        };
+        for id in ids {
+            loop {
+                let url = format!("{}/metrics", self.url(*id));
+                let text = match self.http.get(url).timeout(Duration::from_secs(2)).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let (applied, built) = (gauge(&text, "ztna_state_machine_rules "), gauge(&text, "ztna_build_rules "));
+                if applied.is_some() && applied == built {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} did not adopt its build's rules: {applied:?} of {built:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// A new cluster of `size` nodes seeded from `backup` (made by `old`) with `ztna cluster

@@ -2,7 +2,7 @@
 //! clock-skew bound is acknowledged, and none in the final record was stamped at or after it.
 //! The second rule needs no bound: the stamp is the state machine's own time.
 
-use super::{Analysis, Results};
+use super::{Analysis, Kind, Results};
 use crate::history::OpType;
 
 const NAME: &str = "expiry";
@@ -22,7 +22,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
             );
             let mut ops = key.meta.create.indexes();
             ops.extend(p.indexes());
-            results.anomaly(NAME, Some(key_id), message, ops);
+            results.anomaly(NAME, Kind::EnrolledAfterExpiry, Some(key_id), message, ops);
         }
         if let Some(record) = &key.final_record {
             for (device, at) in record.devices.iter().zip(&record.enrolled_at_ms).filter(|(_, &at)| at >= expires_at) {
@@ -32,7 +32,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 );
                 let mut ops = key.meta.create.indexes();
                 ops.extend(record.read.indexes());
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::EnrolledAfterExpiry, Some(key_id), message, ops);
             }
         }
     }

@@ -9,7 +9,7 @@
 //!   second enrolment (no workload removes machines);
 //! - `uses` equals the number of enrolments in the final record, which is within the limit.
 
-use super::{devices_sent, devices_with, Analysis, Results};
+use super::{devices_sent, devices_with, Analysis, Kind, Results};
 use crate::history::OpType;
 
 const NAME: &str = "limits";
@@ -27,7 +27,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 let mut ops = create.clone();
                 ops.extend(acked.values().take(limit as usize + 1).flat_map(|p| p.indexes()));
                 let message = format!("{} enrolments acknowledged for a key limited to {limit}", acked.len());
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::OverLimit, Some(key_id), message, ops);
             }
         }
         let Some(record) = &key.final_record else {
@@ -42,7 +42,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
             ops.extend(&final_read);
             let message =
                 "lost acknowledgement: the key's creation was acknowledged but the final read finds no such key";
-            results.anomaly(NAME, Some(key_id), message.to_string(), ops);
+            results.anomaly(NAME, Kind::LostAcknowledgement, Some(key_id), message.to_string(), ops);
             continue;
         }
         let in_record: std::collections::BTreeSet<&str> = record.devices.iter().map(String::as_str).collect();
@@ -52,6 +52,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 ops.extend(&final_read);
                 results.anomaly(
                     NAME,
+                    Kind::LostAcknowledgement,
                     Some(key_id),
                     format!("lost acknowledgement: device {device} enrolled (ok) but is not in the final record"),
                     ops,
@@ -62,7 +63,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
         for device in &in_record {
             if !sent.contains(device) {
                 let message = format!("phantom: device {device} is in the final record but no client sent it");
-                results.anomaly(NAME, Some(key_id), message, final_read.clone());
+                results.anomaly(NAME, Kind::Phantom, Some(key_id), message, final_read.clone());
             }
             // A machine that enrols again may have one attempt refused and another succeed.
             if let Some(p) = failed.get(device).filter(|_| !acked.contains_key(device) && !unknown.contains_key(device))
@@ -70,19 +71,20 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 let mut ops = p.indexes();
                 ops.extend(&final_read);
                 let error = p.error().unwrap_or("fail");
-                results.anomaly(NAME, Some(key_id), format!("device {device} was refused ({error}) yet enrolled"), ops);
+                let message = format!("device {device} was refused ({error}) yet enrolled");
+                results.anomaly(NAME, Kind::RefusedYetEnrolled, Some(key_id), message, ops);
             }
         }
         let mut once = std::collections::BTreeSet::new();
         for device in &record.devices {
             if !once.insert(device) {
                 let message = format!("device {device} is in the final record twice: a re-enrolment spent a use");
-                results.anomaly(NAME, Some(key_id), message, final_read.clone());
+                results.anomaly(NAME, Kind::DoubleEnrolment, Some(key_id), message, final_read.clone());
             }
         }
         if record.uses != record.devices.len() as u64 {
             let message = format!("uses is {} but the record lists {} enrolments", record.uses, record.devices.len());
-            results.anomaly(NAME, Some(key_id), message, final_read.clone());
+            results.anomaly(NAME, Kind::UsesMismatch, Some(key_id), message, final_read.clone());
         }
         if let Some(limit) = key.meta.limit {
             if record.devices.len() as u64 > limit {
@@ -90,7 +92,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 ops.extend(&final_read);
                 let message =
                     format!("the final record lists {} enrolments for a key limited to {limit}", record.devices.len());
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::OverLimit, Some(key_id), message, ops);
             }
         }
     }

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::{Analysis, KeyHistory, Results};
+use super::{Analysis, KeyHistory, Kind, Results};
 use crate::history::{f, OpType, Pair};
 
 const NAME: &str = "linearizable";
@@ -161,7 +161,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 let mut ops = key.meta.create.indexes();
                 ops.extend(witness);
                 let message = format!("no order of this key's {} operations fits the model", entries.len());
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::NotLinearizable, Some(key_id), message, ops);
             }
         }
     }

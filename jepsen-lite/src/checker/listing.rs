@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Analysis, Results};
+use super::{Analysis, Kind, Results};
 use crate::history::{f, OpType};
 
 const NAME: &str = "listing";
@@ -25,7 +25,8 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 let mut ops = key.meta.create.indexes();
                 ops.extend(listing.indexes());
                 let which = if listing.invoke.value["final"] == true { "the final listing" } else { "a later listing" };
-                results.anomaly(NAME, Some(key_id), format!("acknowledged creation missing from {which}"), ops);
+                let message = format!("acknowledged creation missing from {which}");
+                results.anomaly(NAME, Kind::MissingFromListing, Some(key_id), message, ops);
             }
         }
     }

@@ -46,10 +46,55 @@ impl Verdict {
     }
 }
 
+/// What kind of violation an anomaly is: the self-test checks that a fault switch is caught
+/// as the kind of anomaly it must cause, not merely that some checker fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// More enrolments acknowledged (or recorded) than the key's limit.
+    OverLimit,
+    /// An acknowledged write (a creation, an enrolment) is not in the final state.
+    LostAcknowledgement,
+    /// A device in the final record that no client sent.
+    Phantom,
+    /// A device whose every request failed is in the final record.
+    RefusedYetEnrolled,
+    /// One device recorded twice: a re-enrolment spent a use.
+    DoubleEnrolment,
+    /// A key's `uses` disagrees with its recorded enrolments.
+    UsesMismatch,
+    /// An enrolment after the key was known revoked took effect.
+    EnrolledAfterRevoke,
+    /// An enrolment after the key expired took effect.
+    EnrolledAfterExpiry,
+    /// No order of a key's operations fits the model.
+    NotLinearizable,
+    /// An acknowledged creation is missing from a later listing.
+    MissingFromListing,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::OverLimit => "over-limit",
+            Kind::LostAcknowledgement => "lost-acknowledgement",
+            Kind::Phantom => "phantom",
+            Kind::RefusedYetEnrolled => "refused-yet-enrolled",
+            Kind::DoubleEnrolment => "double-enrolment",
+            Kind::UsesMismatch => "uses-mismatch",
+            Kind::EnrolledAfterRevoke => "enrolled-after-revoke",
+            Kind::EnrolledAfterExpiry => "enrolled-after-expiry",
+            Kind::NotLinearizable => "not-linearizable",
+            Kind::MissingFromListing => "missing-from-listing",
+        }
+    }
+}
+
 /// One violation and the smallest set of operations that shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomaly {
     pub checker: &'static str,
+    pub kind: Kind,
     pub key: Option<String>,
     pub message: String,
     /// History indexes of the witness operations.
@@ -70,8 +115,8 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn anomaly(&mut self, checker: &'static str, key: Option<&str>, message: String, ops: Vec<usize>) {
-        self.anomalies.push(Anomaly { checker, key: key.map(str::to_string), message, ops });
+    pub fn anomaly(&mut self, checker: &'static str, kind: Kind, key: Option<&str>, message: String, ops: Vec<usize>) {
+        self.anomalies.push(Anomaly { checker, kind, key: key.map(str::to_string), message, ops });
     }
 
     pub fn unknown(&mut self, checker: &str, why: String) {

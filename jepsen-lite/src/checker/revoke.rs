@@ -1,7 +1,7 @@
 //! No enrolment invoked after a revoke was acknowledged, or after a read showed the key
 //! revoked, succeeds or appears in the final record.
 
-use super::{Analysis, Results};
+use super::{Analysis, Kind, Results};
 use crate::history::{f, OpType, Pair};
 
 const NAME: &str = "revoke";
@@ -28,7 +28,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                     "enrolment invoked {} ms after the key was known revoked succeeded",
                     (p.invoke.time - since) / 1_000_000
                 );
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::EnrolledAfterRevoke, Some(key_id), message, ops);
             } else if p.device().is_some_and(|d| in_record.contains(&d)) {
                 let message = format!(
                     "enrolment invoked {} ms after the key was known revoked is in the final record",
@@ -37,7 +37,7 @@ pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
                 if let Some(r) = &key.final_record {
                     ops.extend(r.read.indexes());
                 }
-                results.anomaly(NAME, Some(key_id), message, ops);
+                results.anomaly(NAME, Kind::EnrolledAfterRevoke, Some(key_id), message, ops);
             }
         }
     }

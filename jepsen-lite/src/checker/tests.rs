@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{check_all, linearizable, Config, Results, Verdict};
+use super::{check_all, linearizable, Config, Kind, Results, Verdict};
 use crate::history::{f, Op, OpType, Process};
 
 const WALL0: u64 = 1_800_000_000_000;
@@ -177,7 +177,9 @@ fn a_key_lost_entirely_is_a_lost_acknowledgement() {
     let mut h = H::default();
     h.create("ak_gone", true, None, LATER);
     h.call(5, f::READ, "ak_gone", json!({ "final": true }), 100, 101, OpType::Fail, Value::Null, Some("unauthorized"));
-    assert!(h.check().anomalies.iter().any(|a| a.checker == "limits" && a.message.starts_with("lost acknowledgement")));
+    assert!(h.check().anomalies.iter().any(|a| a.checker == "limits"
+        && a.kind == Kind::LostAcknowledgement
+        && a.message.starts_with("lost acknowledgement")));
 }
 
 #[test]
@@ -331,7 +333,10 @@ fn a_machine_enrolling_again_re_keys_and_a_second_use_for_it_is_caught() {
     let results = h.check();
     assert_eq!(results.verdict(), Verdict::Invalid);
     assert!(
-        results.anomalies.iter().any(|a| a.checker == "limits" && a.message.contains("twice")),
+        results
+            .anomalies
+            .iter()
+            .any(|a| a.checker == "limits" && a.kind == Kind::DoubleEnrolment && a.message.contains("twice")),
         "{:?}",
         results.anomalies
     );
