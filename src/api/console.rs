@@ -23,22 +23,42 @@ connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 #[utoipa::path(
     get,
     path = "/console", operation_id = "console",
-    tag = "installation",
+    tag = "console",
     responses((status = 200, description = "The web console's page", body = String, content_type = "text/html; charset=utf-8")),
 )]
 pub async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }
 
+/// `GET /console/app.js`: the console's script.
+#[utoipa::path(
+    get,
+    path = "/console/app.js", operation_id = "console_script",
+    tag = "console",
+    responses((status = 200, description = "The console's script", body = String, content_type = "text/javascript; charset=utf-8")),
+)]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+/// `GET /console/app.css`: the console's style sheet.
+#[utoipa::path(
+    get,
+    path = "/console/app.css", operation_id = "console_style",
+    tag = "console",
+    responses((status = 200, description = "The console's style sheet", body = String, content_type = "text/css; charset=utf-8")),
+)]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
 /// `/console/` → `/console`.
+#[utoipa::path(
+    get,
+    path = "/console/", operation_id = "console_slash",
+    tag = "console",
+    responses((status = 308, description = "To `/console`", headers(("location" = String, description = "/console")))),
+)]
 pub async fn slash() -> Redirect {
     Redirect::permanent("/console")
 }

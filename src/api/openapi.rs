@@ -199,6 +199,9 @@ impl Modify for Credentials {
         super::install::checksum,
         super::metrics::scrape,
         super::console::index,
+        super::console::script,
+        super::console::style,
+        super::console::slash,
         document,
     ),
     components(schemas(ErrorBody, ErrorDetails, super::tailscale::TsErrorBody)),
@@ -211,6 +214,7 @@ impl Modify for Credentials {
         (name = "cluster", description = "The cluster: status, health, membership, backups, initialisation."),
         (name = "tailscale-compatible", description = "Tailscale's keys API, for its clients and Terraform provider."),
         (name = "installation", description = "The install script and the binary it fetches."),
+        (name = "console", description = "The web console's page and its script and style sheet."),
     )
 )]
 pub struct ApiDoc;
@@ -288,8 +292,29 @@ mod tests {
         let document: serde_json::Value = serde_json::from_str(&json()).expect("the document is JSON");
         assert_eq!(document["openapi"], "3.1.0");
         let paths = document["paths"].as_object().expect("paths");
-        for route in super::super::metrics::ROUTES.iter().chain(["/api/whoami", "/api/cluster/nodes"].iter()) {
-            assert!(paths.contains_key(*route), "{route} is not in the document");
+        // Every route the router serves (read from its source), path parameters by position.
+        let shape = |path: &str| {
+            let mut out = String::new();
+            let mut depth = 0;
+            for c in path.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        out.push_str("{}");
+                    }
+                    '}' => depth -= 1,
+                    c if depth == 0 => out.push(c),
+                    _ => {}
+                }
+            }
+            out
+        };
+        let documented: Vec<String> = paths.keys().map(|p| shape(p)).collect();
+        let router = include_str!("mod.rs");
+        let routes: Vec<&str> = router.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(routes.len() > 20, "{routes:?}");
+        for route in routes {
+            assert!(documented.contains(&shape(route)), "{route} is served but not in the document");
         }
         let body = &paths["/api/key-management"]["post"]["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(body["$ref"], "#/components/schemas/KeyManagementRequest");
