@@ -159,7 +159,7 @@ pub async fn handle(
     // The legacy op answers no state: its machines are active.
     let (e, state) = match outcome? {
         OpOk::Enrolled(e) => (e, MachineStateView::Active),
-        OpOk::EnrolledAs { enrolled, state } => (enrolled, state_view(state)),
+        OpOk::EnrolledAs { enrolled, state } => (enrolled, state.into()),
         other => return Err(ApiError::internal(format!("enrol answered {other:?}"))),
     };
     Ok(Json(Enrolled {
@@ -170,14 +170,6 @@ pub async fn handle(
         ephemeral: e.ephemeral,
         state,
     }))
-}
-
-fn state_view(state: MachineState) -> MachineStateView {
-    match state {
-        MachineState::Active => MachineStateView::Active,
-        MachineState::Pending => MachineStateView::Pending,
-        MachineState::Quarantined => MachineStateView::Quarantined,
-    }
 }
 
 /// This node's enrolment key.

@@ -165,10 +165,16 @@ impl ApiError {
     /// any handler (throttling, a full disk, a body that is not JSON).
     pub fn response_for(self, path: &str) -> Response {
         if path.starts_with("/api/v2/") {
-            let body = self.details();
-            self.respond(body)
+            self.tailscale_response()
         } else {
             self.into_response()
         }
+    }
+
+    /// This error as Tailscale's API answers one: its clients read `message` at the top level,
+    /// and ours is the same object.
+    pub fn tailscale_response(self) -> Response {
+        let body = self.details();
+        self.respond(body)
     }
 }

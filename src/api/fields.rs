@@ -236,7 +236,7 @@ macro_rules! checked_string {
 }
 
 /// `<prefix>` followed by [`ID_LEN`] letters or digits (`ak_…`, `api_…`, `m_…`).
-fn check_prefixed(prefix: &str, len: usize, value: &str) -> Result<(), String> {
+pub fn check_prefixed(prefix: &str, len: usize, value: &str) -> Result<(), String> {
     let ok =
         value.strip_prefix(prefix).is_some_and(|id| id.len() == len && id.bytes().all(|b| b.is_ascii_alphanumeric()));
     if ok {
@@ -382,6 +382,18 @@ checked_string!(
         .max_length(Some(255))
         .examples(["10.0.0.4:7001"])
 );
+
+/// A body without fields (`{}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// A body whose only field is its request id.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOnly {
+    pub request_id: Option<RequestId>,
+}
 
 /// A list of tags: at most [`MAX_TAGS`], each a [`Tag`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::{actions, parse_or_empty, request_id_or_new, MachineId, NodePublicKey, OrgId, RequestId, Tags};
+use super::fields::{
+    actions, parse_or_empty, request_id_or_new, Empty, MachineId, NodePublicKey, OrgId, RequestId, RequestOnly, Tags,
+};
 use super::views::{answers, MachineStateView, MachineView};
 use super::{api_key_actor, body, views};
 use crate::node::Node;
@@ -205,17 +207,12 @@ fn node_key_actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
     Ok(Actor::NodeKey { node_key_id: presented.id, secret_hash: presented.hash })
 }
 
-/// The body of `POST /api/machine/heartbeat`: nothing (an empty body or `{}`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {}
-
 /// `POST /api/machine/heartbeat`: the machine's state and tags; 401 once deleted or revoked.
 #[utoipa::path(
     post,
     path = "/api/machine/heartbeat", operation_id = "machine_heartbeat",
     tag = "machine",
-    request_body(content = Option<Heartbeat>, description = "May be empty."),
+    request_body(content = Option<Empty>, description = "Nothing: empty, or `{}`."),
     responses((status = 200, description = "The machine as the leader has it", body = MachineView), super::openapi::Errors),
     security(("node_key" = [])),
 )]
@@ -225,7 +222,7 @@ pub async fn heartbeat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MachineView>, ApiError> {
     let actor = node_key_actor(&headers)?;
-    let Heartbeat {} = parse_or_empty(&body(raw)?)?;
+    let Empty {} = parse_or_empty(&body(raw)?)?;
     match node.read(&actor, &Query::MachineStatus).await?? {
         Answer::Machine(machine) => Ok(Json(views::machine(&machine))),
         other => Err(ApiError::internal(format!("heartbeat answered {other:?}"))),
@@ -262,19 +259,12 @@ pub async fn set_tags(
     Ok(Json(machine_answer(&node, node.write(command).await?)?))
 }
 
-/// The body of `POST /api/machine/logout`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Logout {
-    pub request_id: Option<RequestId>,
-}
-
 /// `POST /api/machine/logout`: the machine deletes itself.
 #[utoipa::path(
     post,
     path = "/api/machine/logout", operation_id = "machine_logout",
     tag = "machine",
-    request_body(content = Option<Logout>, description = "May be empty."),
+    request_body(content = Option<RequestOnly>, description = "May be empty."),
     responses((status = 200, description = "The machine is deleted", body = MachineDeleted), super::openapi::Errors),
     security(("node_key" = [])),
 )]
@@ -284,7 +274,7 @@ pub async fn logout(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MachineAdminAnswer>, ApiError> {
     let actor = node_key_actor(&headers)?;
-    let request: Logout = parse_or_empty(&body(raw)?)?;
+    let request: RequestOnly = parse_or_empty(&body(raw)?)?;
     let command = Command {
         request_id: request_id_or_new(request.request_id),
         actor,

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::fields::{actions, parse_or_empty, request_id_or_new, ApiKeyId, Description, Name, OrgId, RequestId, Tags};
+use super::fields::{
+    actions, parse_or_empty, request_id_or_new, ApiKeyId, Description, Empty, Name, OrgId, RequestId, RequestOnly, Tags,
+};
 use super::views::{answers, ApiKeyView, OrgView};
 use super::{api_key_actor, body, new_request_id, views, write_create, write_with_fresh_ids};
 use crate::node::Node;
@@ -46,18 +48,6 @@ answers! {
         ApiKeys(ApiKeyList),
         Limits(OrgLimitsView),
     }
-}
-
-/// An action without fields.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
-/// An action whose only field is its request id.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestOnly {
-    pub request_id: Option<RequestId>,
 }
 
 /// `create_org`: a new org.

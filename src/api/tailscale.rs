@@ -63,10 +63,7 @@ impl From<crate::node::Unavailable> for TsError {
 
 impl IntoResponse for TsError {
     fn into_response(self) -> Response {
-        let TsError(e) = self;
-        // Tailscale's clients read `message` at the top level; ours is the same object.
-        let body = e.details();
-        e.respond(body)
+        self.0.tailscale_response()
     }
 }
 
@@ -109,11 +106,10 @@ async fn org_of(node: &Node, actor: &Actor, tailnet: &str) -> Result<String, Api
 /// Our key id for Tailscale's `keyId` (`abc…`, or `ak_abc…` as our own API names it); one that
 /// cannot be a key's id is a key not found, as Tailscale answers.
 fn key_id(key_id: &str) -> Result<String, ApiError> {
-    let id = key_id.strip_prefix(AUTH_KEY_ID_PREFIX).unwrap_or(key_id);
-    if id.len() != crate::secret::ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::not_found(format!("no auth key {:?} in this tailnet", super::fields::short(key_id))));
-    }
-    Ok(format!("{AUTH_KEY_ID_PREFIX}{id}"))
+    let id = format!("{AUTH_KEY_ID_PREFIX}{}", key_id.strip_prefix(AUTH_KEY_ID_PREFIX).unwrap_or(key_id));
+    super::fields::check_prefixed(AUTH_KEY_ID_PREFIX, crate::secret::ID_LEN, &id)
+        .map_err(|_| ApiError::not_found(format!("no auth key {:?} in this tailnet", super::fields::short(key_id))))?;
+    Ok(id)
 }
 
 /// A key in Tailscale's shape, with our `uses` and `maxUses` beside it.

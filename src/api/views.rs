@@ -183,6 +183,16 @@ pub enum MachineStateView {
     NodeKeyRevoked,
 }
 
+impl From<MachineState> for MachineStateView {
+    fn from(state: MachineState) -> Self {
+        match state {
+            MachineState::Active => MachineStateView::Active,
+            MachineState::Pending => MachineStateView::Pending,
+            MachineState::Quarantined => MachineStateView::Quarantined,
+        }
+    }
+}
+
 /// An enrolled machine.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MachineView {
@@ -209,12 +219,7 @@ pub struct MachineView {
 
 pub fn machine(m: &Machine) -> MachineView {
     let key = m.auth_key_id.strip_prefix(AUTH_KEY_ID_PREFIX).unwrap_or(&m.auth_key_id);
-    let state = match (m.node_key_revoked, m.state) {
-        (true, _) => MachineStateView::NodeKeyRevoked,
-        (false, MachineState::Active) => MachineStateView::Active,
-        (false, MachineState::Quarantined) => MachineStateView::Quarantined,
-        (false, MachineState::Pending) => MachineStateView::Pending,
-    };
+    let state = if m.node_key_revoked { MachineStateView::NodeKeyRevoked } else { m.state.into() };
     MachineView {
         machine_id: m.machine_id.clone(),
         org_id: m.org_id.clone(),
