@@ -67,7 +67,9 @@ pub struct Settings {
     pub cluster_name: String,
     /// Leader heartbeat interval.
     pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in this range starts an election.
+    /// A follower that hears no leader for a random time in this range starts an election (a
+    /// voter refuses to vote for another candidate until half of the maximum has passed since it
+    /// heard the leader). See [`Settings::raft_election_timers`] for how openraft is told so.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// How long a request may wait for a leader before it answers 503.
@@ -143,6 +145,29 @@ impl Default for Settings {
             body_read_timeout_ms: 30_000,
             auth_failures_per_minute: 30,
         }
+    }
+}
+
+impl Settings {
+    /// openraft 0.9's election timers `(election_timeout_min, election_timeout_max)` that make a
+    /// follower campaign within about `election_timeout_min_ms..election_timeout_max_ms` of
+    /// the last word from the leader, as the settings (and etcd's `--election-timeout`) say.
+    ///
+    /// openraft waits for a *leader lease* of its `election_timeout_max` **plus** a random
+    /// timeout drawn once per process from `election_timeout_min..election_timeout_max`, checked
+    /// on a tick every 1.5 heartbeat intervals; passed through unchanged, 100–200 ms would mean
+    /// 300–400 ms. So the lease is half the configured maximum and the random part is drawn from
+    /// half the minimum up to the lease: 100–200 ms becomes a lease of 100 ms and a campaign
+    /// 150–200 ms (plus up to one tick) after the leader was last heard. openraft also uses its
+    /// `election_timeout_min` as the timeout of a vote request (which the voter answers after an
+    /// fsync), so it never goes below half the configured minimum nor to the heartbeat
+    /// interval. The lease is how long a voter refuses other candidates after hearing the
+    /// leader. `ClusterFile::validate` refuses settings for which openraft's
+    /// `heartbeat < min < max` would not hold.
+    pub fn raft_election_timers(&self) -> (u64, u64) {
+        let lease = self.election_timeout_max_ms / 2;
+        let random_from = (self.election_timeout_min_ms / 2).max(self.heartbeat_interval_ms + 1);
+        (random_from, lease)
     }
 }
 
@@ -261,11 +286,16 @@ impl ClusterFile {
             return Err(ConfigError::Invalid("settings: max_connections must be at least 16".into()));
         }
         let s = &self.settings;
+        let (raft_min, raft_max) = s.raft_election_timers();
         if s.election_timeout_min_ms <= s.heartbeat_interval_ms
             || s.election_timeout_max_ms <= s.election_timeout_min_ms
+            || raft_max <= raft_min
         {
             return Err(ConfigError::Invalid(
-                "settings: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+                "settings: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms, \
+                 and election_timeout_max_ms / 2 above both election_timeout_min_ms / 2 and \
+                 heartbeat_interval_ms + 1"
+                    .into(),
             ));
         }
         if s.ephemeral_inactivity_timeout_ms < 1000 {
@@ -421,6 +451,42 @@ mod tests {
         .unwrap();
         assert!(ok.validate().is_ok());
         assert!(NodeConfig::new(2, "x".into(), ok).is_err());
+    }
+
+    #[test]
+    fn a_follower_campaigns_within_the_configured_range() {
+        // openraft campaigns `lease + random` after the last word from the leader, with
+        // `random` drawn from `min..lease`.
+        let campaign = |heartbeat, min, max| {
+            let s = Settings {
+                heartbeat_interval_ms: heartbeat,
+                election_timeout_min_ms: min,
+                election_timeout_max_ms: max,
+                ..Settings::default()
+            };
+            let (random_from, lease) = s.raft_election_timers();
+            assert!(heartbeat < random_from && random_from < lease, "openraft's rule for {s:?}");
+            (lease + random_from, lease + lease)
+        };
+        assert_eq!(campaign(20, 100, 200), (150, 200));
+        assert_eq!(campaign(50, 100, 200), (151, 200));
+        assert_eq!(campaign(300, 3000, 6000), (4500, 6000));
+        let refused = |heartbeat: u64, min: u64, max: u64| {
+            let file: ClusterFile = toml::from_str(&format!(
+                "[settings]\ninsecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster = true\n\
+                 heartbeat_interval_ms = {heartbeat}\nelection_timeout_min_ms = {min}\nelection_timeout_max_ms = {max}\n\
+                 [[nodes]]\nid = 1\napi_addr = \"a\"\nraft_addr = \"b\"\n"
+            ))
+            .unwrap();
+            file.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(refused(50, 100, 200), None);
+        // openraft would be given a lease no longer than its random part, or no longer than
+        // a heartbeat interval: refused when the file is read, not when the node starts.
+        for (heartbeat, min, max) in [(50, 200, 201), (60, 100, 120), (50, 100, 100)] {
+            let refusal = refused(heartbeat, min, max);
+            assert!(refusal.as_deref().is_some_and(|e| e.contains("election_timeout_max_ms / 2")), "{refusal:?}");
+        }
     }
 
     #[test]

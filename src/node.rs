@@ -201,11 +201,12 @@ impl Node {
         if settings.test_only_clock_offset_ms != 0 {
             tracing::warn!("TEST ONLY setting test_only_clock_offset_ms = {}", settings.test_only_clock_offset_ms);
         }
+        let (election_timeout_min, election_timeout_max) = settings.raft_election_timers();
         let raft_config = openraft::Config {
             cluster_name: settings.cluster_name.clone(),
             heartbeat_interval: settings.heartbeat_interval_ms,
-            election_timeout_min: settings.election_timeout_min_ms,
-            election_timeout_max: settings.election_timeout_max_ms,
+            election_timeout_min,
+            election_timeout_max,
             // Snapshots are triggered by the number of commands applied (below), not entries.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 1000,

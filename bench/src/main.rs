@@ -37,6 +37,16 @@ enum Command {
         #[arg(long)]
         skip_scale: bool,
     },
+    /// Failover of one system alone (fresh cluster, same Raft timing as `run`); prints each kill.
+    Failover {
+        #[arg(long)]
+        system: String,
+        /// Leader kills.
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        #[command(flatten)]
+        systems: Systems,
+    },
     /// The scale measurement alone; results under --out as results-scale.{md,json}.
     Scale {
         #[arg(long)]
@@ -133,11 +143,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Throughput { system, workload, clients, seconds, systems: Systems { ztna, etcd, work_dir } } => {
-            let kind = match system.as_str() {
-                "ztna" => ztna_bench::systems::Kind::Ztna,
-                "etcd" => ztna_bench::systems::Kind::Etcd,
-                other => anyhow::bail!("unknown --system {other:?}; must be ztna or etcd"),
-            };
+            let kind = ztna_bench::systems::Kind::parse(&system)?;
             let levels: Vec<usize> = clients.split(',').map(str::parse).collect::<Result<_, _>>()?;
             let options = ztna_bench::bench::Options {
                 quick: true,
@@ -153,6 +159,37 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let phase = std::time::Duration::from_secs(seconds);
             ztna_bench::bench::workload_on_fresh_cluster(&options, kind, &workload, &levels, phase).await.map(drop)
+        }
+        Command::Failover { system, kills, systems: Systems { ztna, etcd, work_dir } } => {
+            let kind = ztna_bench::systems::Kind::parse(&system)?;
+            let options = ztna_bench::bench::Options {
+                quick: true,
+                ztna,
+                etcd,
+                work_dir,
+                scale_keys: 0,
+                kills,
+                skip_scale: true,
+                runs: 1,
+                seconds: 0,
+                levels: Vec::new(),
+            };
+            let failover = ztna_bench::bench::failover_run(&options, kind, 0).await?;
+            for kill in &failover.kills {
+                println!(
+                    "kill of node {}: first success {}, 90% {}",
+                    kill.leader,
+                    ztna_bench::report::opt_ms(kill.first_ok_ms),
+                    ztna_bench::report::opt_ms(kill.recovered_90_ms)
+                );
+            }
+            println!(
+                "{}: median to first success {}, to 90% {}",
+                kind.name(),
+                ztna_bench::report::opt_ms(failover.median_first_ok_ms),
+                ztna_bench::report::opt_ms(failover.median_recovered_90_ms)
+            );
+            Ok(())
         }
         Command::Scale { ztna, keys, work_dir, out } => {
             ztna_bench::systems::require(&ztna, "build it with cargo build --release")?;

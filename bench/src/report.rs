@@ -43,7 +43,8 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn opt_ms(v: Option<f64>) -> String {
+/// A duration in whole milliseconds, or — when it was not measured.
+pub fn opt_ms(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.0} ms"))
 }
 

@@ -20,6 +20,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The system a `--system` option names.
+    pub fn parse(name: &str) -> anyhow::Result<Kind> {
+        match name {
+            "ztna" => Ok(Kind::Ztna),
+            "etcd" => Ok(Kind::Etcd),
+            other => anyhow::bail!("unknown --system {other:?}; must be ztna or etcd"),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ztna => "ztna",

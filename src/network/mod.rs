@@ -229,9 +229,20 @@ impl PeerClient {
     }
 }
 
-/// The waits between retries to a peer that does not take part: 50 ms doubling to 2 s.
-fn peer_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
-    std::iter::successors(Some(Duration::from_millis(50)), |d| Some((*d * 2).min(Duration::from_secs(2))))
+/// The waits between retries to a peer that does not take part: 50 ms doubling to `longest`.
+fn peer_backoff(longest: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
+    let first = Duration::from_millis(50).min(longest);
+    std::iter::successors(Some(first), move |d| Some((*d * 2).min(longest)))
+}
+
+/// The longest wait between retries to a peer that does not take part (each retry is one
+/// failed connection and one line of openraft's log): a node restarted after a long outage
+/// must hear the leader before its own election timer, at least `election_timeout_min_ms`
+/// after it starts, runs out. Otherwise it campaigns with a log it knows is short: it loses,
+/// but it raises the term, which deposes the live leader, and openraft then holds its next
+/// campaign back by twice its lease, which slows the next failover.
+fn longest_peer_backoff(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.election_timeout_min_ms.clamp(50, 2000))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +271,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        PeerNetwork { client: self.client.clone(), target, addr: self.settings.dial_addr(target, &node.raft_addr) }
+        PeerNetwork {
+            client: self.client.clone(),
+            target,
+            addr: self.settings.dial_addr(target, &node.raft_addr),
+            longest_backoff: longest_peer_backoff(&self.settings),
+        }
     }
 }
 
@@ -269,6 +285,7 @@ pub struct PeerNetwork {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    longest_backoff: Duration,
 }
 
 /// What the receiving side answers to a Raft RPC: the response, or the remote error's text.
@@ -324,8 +341,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 
     fn backoff(&self) -> openraft::network::Backoff {
         // Retry an unreachable peer quickly at first (a restarted node rejoins within a heartbeat
-        // or two), then less and less often, to one try every 2 s: a peer that is down for long
-        // costs a few log lines a second, not thousands.
-        openraft::network::Backoff::new(peer_backoff())
+        // or two), then less often, to one try per minimum election timeout: a peer that is down
+        // for long costs a few failed connections and log lines a second, not thousands.
+        openraft::network::Backoff::new(peer_backoff(self.longest_backoff))
     }
 }

@@ -74,7 +74,17 @@ pub struct Rows {
     /// The first failed read or write since the node started: sticky, the store cannot be
     /// trusted after it.
     fault: Mutex<Option<String>>,
+    /// The last few committed rows read, newest last: an enrolment reads its auth key's row to
+    /// authenticate and again to decide, with other reads in between. Emptied by every write,
+    /// so it only ever holds what the source holds.
+    recent: Mutex<Vec<RecentRead>>,
 }
+
+/// A row key and what the source held under it.
+type RecentRead = (Vec<u8>, Option<Vec<u8>>);
+
+/// How many committed rows [`Rows`] keeps from its last reads.
+const RECENT_READS: usize = 4;
 
 impl std::fmt::Debug for Rows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,7 +94,13 @@ impl std::fmt::Debug for Rows {
 
 impl Rows {
     pub fn new(source: Arc<dyn RowSource>) -> Self {
-        Rows { source, overlay: Writes::new(), overlay_bytes: 0, fault: Mutex::new(None) }
+        Rows {
+            source,
+            overlay: Writes::new(),
+            overlay_bytes: 0,
+            fault: Mutex::new(None),
+            recent: Mutex::new(Vec::new()),
+        }
     }
 
     fn record_fault(&self, message: String) {
@@ -105,10 +121,31 @@ impl Rows {
         if let Some(pending) = self.overlay.get(key) {
             return pending.clone();
         }
-        self.source.get(key).unwrap_or_else(|e| {
-            self.record_fault(format!("reading row {}: {e}", show_key(key)));
-            None
-        })
+        let recent = || self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, value)) = recent().iter().find(|(k, _)| k.as_slice() == key) {
+            return value.clone();
+        }
+        // Read without the lock (readers share it); the source cannot change meanwhile: it
+        // changes only through `&mut self`.
+        match self.source.get(key) {
+            Ok(value) => {
+                let mut recent = recent();
+                if recent.len() == RECENT_READS {
+                    recent.remove(0);
+                }
+                recent.push((key.to_vec(), value.clone()));
+                value
+            }
+            Err(e) => {
+                self.record_fault(format!("reading row {}: {e}", show_key(key)));
+                None
+            }
+        }
+    }
+
+    /// Forgets the rows kept from the last reads: the source is about to change.
+    fn forget_recent(&mut self) {
+        self.recent.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
     /// The decoded value of `key`.
@@ -130,11 +167,13 @@ impl Rows {
 
     /// Stores bytes already encoded by [`codec::encode`].
     pub fn put_encoded(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
+        self.forget_recent();
         self.overlay_bytes += key.len() + bytes.len();
         self.overlay.insert(key, Some(bytes));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
+        self.forget_recent();
         self.overlay_bytes += key.len();
         self.overlay.insert(key, None);
     }
@@ -200,12 +239,14 @@ impl Rows {
 
     /// The writes made since the last call, for the adapter to persist in one batch.
     pub fn take_writes(&mut self) -> Writes {
+        self.forget_recent();
         self.overlay_bytes = 0;
         std::mem::take(&mut self.overlay)
     }
 
     /// Forgets the writes made since the last [`Rows::take_writes`] (the entry is refused).
     pub fn discard_writes(&mut self) {
+        self.forget_recent();
         self.overlay_bytes = 0;
         self.overlay.clear();
     }

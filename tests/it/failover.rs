@@ -196,6 +196,56 @@ async fn without_a_quorum_requests_answer_503_with_retry_after_and_recover() {
     assert!(record["uses"].as_u64().unwrap() <= 1, "{record}");
 }
 
+/// A node restarted after an outage, while the cluster is busy, hears the leader before its own
+/// election timer runs out, so it does not campaign: a campaign raises the term and deposes the
+/// live leader. A busy leader sends no heartbeats (its appends stand in for them), and while
+/// the node was down the leader's retries to it slowed to their longest wait, which must stay
+/// below the restarted node's election timeout (at 2 s it did not, and every restart under
+/// load cost elections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_load_rejoins_without_an_election() {
+    let mut cluster = Cluster::start().await;
+    for round in 0..3 {
+        let old_leader = cluster.wait_ready().await;
+        cluster.kill(old_leader);
+        let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+        let leader = cluster.wait_leader_among(&others).await;
+        let term = |info: Option<Value>| info.and_then(|i| i["term"].as_u64());
+        let before = term(cluster.cluster_info(leader).await);
+        // Keys created without a pause, so the leader is never idle.
+        let busy = Arc::new(AtomicBool::new(true));
+        let load: Vec<_> = (0..8)
+            .map(|_| {
+                let (http, url) = (cluster.http.clone(), format!("{}/api/key-management", cluster.url(leader)));
+                let body = json!({"action": "create_auth_key", "org_id": cluster.org_id, "reusable": true});
+                let (api_key, busy) = (cluster.api_key.clone(), busy.clone());
+                tokio::spawn(async move {
+                    while busy.load(Ordering::Relaxed) {
+                        let _ = http.post(&url).bearer_auth(&api_key).json(&body).send().await;
+                    }
+                })
+            })
+            .collect();
+        // The leader's retries to the dead node reach their longest wait.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cluster.spawn(old_leader);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        busy.store(false, Ordering::Relaxed);
+        for task in load {
+            let _ = task.await;
+        }
+        cluster.wait_caught_up().await;
+        let after = term(cluster.cluster_info(leader).await);
+        let info = cluster.cluster_info(old_leader).await;
+        assert_eq!(
+            (after, info.as_ref().and_then(|i| i["leader"].as_u64())),
+            (before, Some(leader)),
+            "round {round}: the restart of node {old_leader} changed the term or the leader\n{}",
+            cluster.logs()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_missed_snapshots_catches_up_with_every_key_and_use() {
     // Snapshots every 40 commands while the follower is away. (Whether it then gets a snapshot
