@@ -289,6 +289,9 @@ pub async fn workload_on_fresh_cluster(
                     cpu.follower_us_per_op,
                     stats.ran_dry_after_s.map_or(String::new(), |s| format!("  (keys ran out after {s:.1} s)")),
                 );
+                if let Some(error) = &stats.first_error {
+                    eprintln!("bench:   first error: {error}");
+                }
                 measured.push((clients, stats, cpu));
             }
             Err(e) => {

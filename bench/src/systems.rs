@@ -146,7 +146,36 @@ impl Cluster {
             .send()
             .await?;
         anyhow::ensure!(answer.status().is_success(), "set_org_limits: {}", answer.text().await.unwrap_or_default());
+        cluster.wait_rules_adopted().await?;
         Ok(cluster)
+    }
+
+    /// ztna only: waits until every node applies entries by its build's rules, which a new
+    /// cluster adopts shortly after it forms (`ztna_state_machine_rules` reaches
+    /// `ztna_build_rules` on `/metrics`): measured from then on, as a cluster in service is.
+    async fn wait_rules_adopted(&self) -> anyhow::Result<()> {
+        let gauge = |text: &str, name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok()))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for url in &self.urls {
+            loop {
+                let text = match self.http.get(format!("{url}/metrics")).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let (applied, built) = (gauge(&text, "ztna_state_machine_rules "), gauge(&text, "ztna_build_rules "));
+                if applied.is_some() && applied == built {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{url} did not adopt its build's rules: {applied:?} of {built:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
     }
 
     /// A fresh etcd cluster with default settings (fsync on) but for `timing`. Like every ztna
