@@ -32,7 +32,8 @@ async fn post(http: &reqwest::Client, url: String, bearer: Option<&str>, body: &
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!("HTTP {status}: {}", body["error"]["code"].as_str().unwrap_or("?"));
+        let error = &body["error"];
+        bail!("HTTP {status}: {}: {}", error["code"].as_str().unwrap_or("?"), error["message"].as_str().unwrap_or(""));
     }
     Ok(body)
 }
@@ -149,7 +150,9 @@ impl Ztna {
 fn enrolment(server_key: &str, secret: &str, hostname: &str) -> Value {
     let (private, public) = ztna_proof::new_key_pair();
     let request_id = format!("b-{:016x}", rand::random::<u64>());
-    ztna_proof::enrol_body(&private, &public, server_key, secret, hostname, &request_id, ztna_proof::issued_now())
+    // Each machine proves once, and a phase's are made 100,000 at a time: the wall clock, not
+    // `issued_now`, which would run minutes ahead of it and be refused.
+    ztna_proof::enrol_body(&private, &public, server_key, secret, hostname, &request_id, ztna_proof::wall_now())
 }
 
 /// etcd through gRPC: per node, a few HTTP/2 connections (one `etcd-client` channel each)

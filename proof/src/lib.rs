@@ -101,14 +101,14 @@ pub fn key_pair_from_seed(seed: &str) -> (String, String) {
 }
 
 /// A proof's `issued_at` for now: this process's wall clock in ms, strictly later than any
-/// earlier call (a machine's next proof must be later than its last).
+/// earlier call (a machine's next proof must be later than its last). Called more than once a
+/// millisecond it runs ahead of the clock by a millisecond a call, and a node refuses a proof
+/// more than [`MAX_AGE_MS`] off its clock: it is for one machine's proofs. A tool that prepares
+/// the first proofs of many machines at once uses [`wall_now`].
 pub fn issued_now() -> Millis {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let wall = wall_now();
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = wall.max(last + 1);
@@ -117,6 +117,12 @@ pub fn issued_now() -> Millis {
             Err(seen) => last = seen,
         }
     }
+}
+
+/// This process's wall clock in ms: `issued_at` for a machine's first proof when many are made
+/// at once (see [`issued_now`]).
+pub fn wall_now() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 /// The public key (hex) of a private key (hex).
