@@ -169,9 +169,7 @@ impl Settings {
         let random_from = (self.election_timeout_min_ms / 2).max(self.heartbeat_interval_ms + 1);
         (random_from, lease)
     }
-}
 
-impl Settings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

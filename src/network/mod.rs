@@ -9,6 +9,7 @@
 
 pub mod server;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,7 +161,7 @@ impl PeerClient {
             // The peer's reason, e.g. a format version it does not know (a node of a newer build).
             let status = response.status();
             let reason = response.text().await.unwrap_or_default();
-            return Err(CallError::Sent(format!("{addr}{path} answered {status}: {}", reason.trim())));
+            return Err(CallError::Answered(format!("{addr}{path} answered {status}: {}", reason.trim())));
         }
         let bytes = response.bytes().await.map_err(|e| CallError::Sent(e.to_string()))?;
         codec::decode(&bytes).map_err(|e| CallError::Sent(format!("bad answer from {addr}: {e}")))
@@ -176,7 +177,7 @@ impl PeerClient {
         match self.call::<_, Vec<Result<Outcome, ForwardError>>>(addr, PATH_PROPOSE, &commands, timeout).await {
             Ok(answers) => Ok(answers),
             Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
-            Err(CallError::Sent(e)) => Err(ForwardError::Transport(e)),
+            Err(CallError::Sent(e)) | Err(CallError::Answered(e)) => Err(ForwardError::Transport(e)),
         }
     }
 
@@ -190,7 +191,7 @@ impl PeerClient {
         match self.call::<_, Result<Result<Answer, OpError>, ForwardError>>(addr, PATH_QUERY, query, timeout).await {
             Ok(answer) => answer,
             Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
-            Err(CallError::Sent(e)) => Err(ForwardError::Transport(e)),
+            Err(CallError::Sent(e)) | Err(CallError::Answered(e)) => Err(ForwardError::Transport(e)),
         }
     }
 }
@@ -229,18 +230,39 @@ impl PeerClient {
     }
 }
 
-/// The waits between retries to a peer that does not take part: 50 ms doubling to `longest`.
-fn peer_backoff(longest: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
-    let first = Duration::from_millis(50).min(longest);
-    std::iter::successors(Some(first), move |d| Some((*d * 2).min(longest)))
+/// The longest wait between retries to a peer that answers but refuses (its Raft stopped, its
+/// disk full, not a member): it will not take part soon, and each retry is a line of
+/// openraft's log on this node and a refusal on that one.
+const LONGEST_BACKOFF_REFUSED: Duration = Duration::from_secs(2);
+
+/// The waits between retries to a peer that does not take part: 50 ms doubling, to
+/// [`LONGEST_BACKOFF_REFUSED`] while the peer answers with a refusal, and to
+/// `longest_unreachable` while it cannot be reached at all.
+struct PeerBackoff {
+    next: Duration,
+    longest_unreachable: Duration,
+    /// Whether the last failed call was answered with a refusal (set by [`PeerNetwork::rpc`]).
+    refused: Arc<AtomicBool>,
 }
 
-/// The longest wait between retries to a peer that does not take part (each retry is one
-/// failed connection and one line of openraft's log): a node restarted after a long outage
-/// must hear the leader before its own election timer, at least `election_timeout_min_ms`
-/// after it starts, runs out. Otherwise it campaigns with a log it knows is short: it loses,
-/// but it raises the term, which deposes the live leader, and openraft then holds its next
-/// campaign back by twice its lease, which slows the next failover.
+impl Iterator for PeerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let longest =
+            if self.refused.load(Ordering::Relaxed) { LONGEST_BACKOFF_REFUSED } else { self.longest_unreachable };
+        let wait = self.next.min(longest);
+        self.next = (self.next * 2).min(LONGEST_BACKOFF_REFUSED);
+        Some(wait)
+    }
+}
+
+/// The longest wait between retries to a peer that cannot be reached (each retry is one failed
+/// connection and one line of openraft's log): a node restarted after a long outage must hear
+/// the leader before its own election timer, at least `election_timeout_min_ms` after it
+/// starts, runs out. Otherwise it campaigns with a log it knows is short: it loses, but it
+/// raises the term, which deposes the live leader, and openraft then holds its next campaign
+/// back by twice its lease, which slows the next failover.
 fn longest_peer_backoff(settings: &Settings) -> Duration {
     Duration::from_millis(settings.election_timeout_min_ms.clamp(50, 2000))
 }
@@ -251,6 +273,9 @@ enum CallError {
     Unreachable(String),
     #[error("{0}")]
     Sent(String),
+    /// The peer answered with an error status (it refused the call).
+    #[error("{0}")]
+    Answered(String),
     #[error("cannot encode: {0}")]
     Encode(String),
 }
@@ -276,6 +301,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: self.settings.dial_addr(target, &node.raft_addr),
             longest_backoff: longest_peer_backoff(&self.settings),
+            refused: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -286,6 +312,8 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     longest_backoff: Duration,
+    /// Whether the last failed call was answered with a refusal rather than not at all.
+    refused: Arc<AtomicBool>,
 }
 
 /// What the receiving side answers to a Raft RPC: the response, or the remote error's text.
@@ -304,11 +332,17 @@ impl PeerNetwork {
             // refused our certificate), or the call failed on the way: both back off (openraft
             // retries a `Network` error at once, thousands of times a second, each logged).
             // Raft's calls are idempotent, so a retry after a lost answer is safe.
-            Ok(Err(remote)) => Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
-                "node {} refused {path}: {remote}",
-                self.target
-            ))))),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Ok(Err(remote)) => {
+                self.refused.store(true, Ordering::Relaxed);
+                Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
+                    "node {} refused {path}: {remote}",
+                    self.target
+                )))))
+            }
+            Err(e) => {
+                self.refused.store(matches!(e, CallError::Answered(_)), Ordering::Relaxed);
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
         }
     }
 }
@@ -340,9 +374,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
-        // Retry an unreachable peer quickly at first (a restarted node rejoins within a heartbeat
-        // or two), then less often, to one try per minimum election timeout: a peer that is down
-        // for long costs a few failed connections and log lines a second, not thousands.
-        openraft::network::Backoff::new(peer_backoff(self.longest_backoff))
+        // Retry a peer quickly at first (a restarted node rejoins within a heartbeat or two),
+        // then less often: one that cannot be reached about once per minimum election timeout,
+        // one that refuses every 2 s. Either costs a few log lines a second, not thousands.
+        openraft::network::Backoff::new(PeerBackoff {
+            next: Duration::from_millis(50),
+            longest_unreachable: self.longest_backoff,
+            refused: self.refused.clone(),
+        })
     }
 }

@@ -141,9 +141,9 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {
     let mut sm_opts = Options::default();
     sm_opts.set_block_based_table_factory(&sm_tables);
     sm_opts.set_write_buffer_size(MEMTABLE_BUDGET / 4);
-    // Most reads of an enrolment look for rows that are not there (its request id, the machine
-    // it might already be): a whole-key Bloom filter over the memtable answers those without
-    // walking the skip list.
+    // Most reads of an enrolment look for rows that are not there (the outcome remembered under
+    // its request id, and under the id's older unscoped row): a whole-key Bloom filter over the
+    // memtable answers those without walking the skip list.
     sm_opts.set_memtable_whole_key_filtering(true);
     sm_opts.set_memtable_prefix_bloom_ratio(0.02);
     let mut log_tables = BlockBasedOptions::default();
