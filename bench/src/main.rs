@@ -142,38 +142,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", ztna_bench::report::markdown(&results, &ztna_bench::report::machine()));
             Ok(())
         }
-        Command::Throughput { system, workload, clients, seconds, systems: Systems { ztna, etcd, work_dir } } => {
+        Command::Throughput { system, workload, clients, seconds, systems } => {
             let kind = ztna_bench::systems::Kind::parse(&system)?;
             let levels: Vec<usize> = clients.split(',').map(str::parse).collect::<Result<_, _>>()?;
-            let options = ztna_bench::bench::Options {
-                quick: true,
-                ztna,
-                etcd,
-                work_dir,
-                scale_keys: 0,
-                kills: 0,
-                skip_scale: true,
-                runs: 1,
-                seconds,
-                levels: levels.clone(),
-            };
+            let options = ztna_bench::bench::Options { seconds, levels: levels.clone(), ..one_part(systems) };
             let phase = std::time::Duration::from_secs(seconds);
             ztna_bench::bench::workload_on_fresh_cluster(&options, kind, &workload, &levels, phase).await.map(drop)
         }
-        Command::Failover { system, kills, systems: Systems { ztna, etcd, work_dir } } => {
+        Command::Failover { system, kills, systems } => {
             let kind = ztna_bench::systems::Kind::parse(&system)?;
-            let options = ztna_bench::bench::Options {
-                quick: true,
-                ztna,
-                etcd,
-                work_dir,
-                scale_keys: 0,
-                kills,
-                skip_scale: true,
-                runs: 1,
-                seconds: 0,
-                levels: Vec::new(),
-            };
+            let options = ztna_bench::bench::Options { kills, ..one_part(systems) };
             let failover = ztna_bench::bench::failover_run(&options, kind, 0).await?;
             for kill in &failover.kills {
                 println!(
@@ -218,5 +196,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Selfcheck { ztna, etcd, work_dir } => {
             ztna_bench::selfcheck::run(&ztna, etcd.as_deref(), &work_dir).await
         }
+    }
+}
+
+/// Options for one part of the benchmark run alone: one run, no scale test.
+fn one_part(systems: Systems) -> ztna_bench::bench::Options {
+    let Systems { ztna, etcd, work_dir } = systems;
+    ztna_bench::bench::Options {
+        quick: true,
+        ztna,
+        etcd,
+        work_dir,
+        scale_keys: 0,
+        kills: 0,
+        skip_scale: true,
+        runs: 1,
+        seconds: 0,
+        levels: Vec::new(),
     }
 }
