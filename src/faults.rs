@@ -54,6 +54,17 @@ fault_switch!(
 );
 
 fault_switch!(
+    /// `ZTNA_FAULT_SKIP_SNAPSHOT_FSYNC=1`: the state machine's snapshot files (built here or
+    /// received from the leader) are written and renamed into place but never fsynced, nor is
+    /// their directory: a real missing fsync in the state machine's own files (its rows share
+    /// the log's WAL, which `skip_fsync` covers). `kill -9` cannot see it; after a power cut
+    /// that loses the page cache the current snapshot is empty, and a node whose log was purged
+    /// up to it cannot start again.
+    skip_snapshot_fsync,
+    "ZTNA_FAULT_SKIP_SNAPSHOT_FSYNC"
+);
+
+fault_switch!(
     /// `ZTNA_FAULT_SKIP_LIMIT_CHECK=1`: the state machine lets any unrevoked, unexpired key enrol,
     /// ignoring one-shot and `max_uses` limits.
     skip_limit_check,

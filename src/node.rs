@@ -41,6 +41,9 @@ pub enum StartError {
     Store(#[from] crate::store::OpenError),
     #[error("invalid Raft settings: {0}")]
     Raft(String),
+    /// Raft could not start from what this node stored (its log, state or snapshot).
+    #[error("cannot start Raft from this node's stored state: {0}")]
+    RaftState(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
@@ -271,7 +274,7 @@ impl Node {
         let network = NetworkFactory { client: peers.clone(), settings: Arc::new(settings.clone()) };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm_store)
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(|e| StartError::RaftState(e.to_string()))?;
         let trigger = raft.clone();
         tokio::spawn(async move {
             loop {

@@ -39,6 +39,8 @@ pub struct Cluster {
     /// The bootstrap token's SHA-256 (in every node's settings) and the token (for init).
     token_sha256: String,
     pub bootstrap_token: String,
+    /// `snapshot_every_commands` of every node (`set_snapshot_every`).
+    snapshot_every: u64,
     /// Each node's data directory on lazyfs, when the run uses it (`mount_lazyfs`).
     lazy: std::sync::Mutex<Vec<crate::lazyfs::LazyMount>>,
 }
@@ -47,6 +49,8 @@ pub struct Cluster {
 struct Proc {
     child: Option<Child>,
     paused: bool,
+    /// How its last process ended on its own (not killed or stopped by the harness).
+    exited: Option<String>,
 }
 
 /// What `GET /api/cluster` says, reduced to what the harness needs.
@@ -56,6 +60,8 @@ pub struct View {
     pub role: String,
     pub term: u64,
     pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
 }
 
 impl Cluster {
@@ -113,12 +119,22 @@ impl Cluster {
             timing,
             token_sha256,
             bootstrap_token,
+            snapshot_every: 3000,
             lazy: std::sync::Mutex::new(Vec::new()),
         };
         for &id in &ids {
             cluster.write_config(id)?;
         }
         Ok(cluster)
+    }
+
+    /// Every node builds a snapshot every `commands` commands (before the nodes first start).
+    pub fn set_snapshot_every(&mut self, commands: u64) -> anyhow::Result<()> {
+        self.snapshot_every = commands;
+        for &id in &self.ids {
+            self.write_config(id)?;
+        }
+        Ok(())
     }
 
     fn config_path(&self, id: u64) -> PathBuf {
@@ -138,7 +154,8 @@ impl Cluster {
         let mut text = String::from("# Written by jepsen-lite for one node; TEST ONLY settings below.\n[settings]\n");
         text.push_str("cluster_name = \"jepsen-lite\"\n");
         // Keys that expire during the run; snapshots and log purges happen during the run.
-        text.push_str("test_only_min_expiry_secs = 1\nsnapshot_every_commands = 3000\n");
+        text.push_str("test_only_min_expiry_secs = 1\n");
+        text.push_str(&format!("snapshot_every_commands = {}\n", self.snapshot_every));
         // Every client is one address: a run that lost its state (every call refused) must still
         // get definite 401s for its final reads, not 429s.
         text.push_str("auth_failures_per_minute = 1000000\n");
@@ -157,12 +174,19 @@ impl Cluster {
         std::fs::write(self.config_path(id), text).context("write node config")
     }
 
-    /// Starts node `id` with its data (a no-op when it runs).
+    /// Starts node `id` with its data (a no-op when it runs). A process that ended on its own
+    /// is noted (`exited`) and started again.
     pub async fn start(&self, id: u64) -> anyhow::Result<()> {
         let mut procs = self.procs.lock().await;
         let proc = procs.entry(id).or_default();
-        if proc.child.is_some() {
-            return Ok(());
+        if let Some(child) = &mut proc.child {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    proc.exited = Some(format!("exited on its own ({status})"));
+                    proc.child = None;
+                }
+                _ => return Ok(()),
+            }
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
         let prefix = self.hosts.exec_prefix(id);
@@ -202,10 +226,21 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s process, to kill or stop; one that already ended on its own is noted.
+    async fn take_child(&self, id: u64) -> Option<Child> {
+        let mut procs = self.procs.lock().await;
+        let proc = procs.get_mut(&id)?;
+        let mut child = proc.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            proc.exited = Some(format!("exited on its own ({status})"));
+        }
+        Some(child)
+    }
+
     /// `kill -9` node `id` (resuming it first would be pointless: SIGKILL works on a stopped
     /// process).
     pub async fn kill(&self, id: u64) {
-        let child = self.procs.lock().await.get_mut(&id).and_then(|p| p.child.take());
+        let child = self.take_child(id).await;
         if let Some(mut child) = child {
             Self::signal(&child, libc::SIGKILL);
             let _ = child.wait().await;
@@ -214,7 +249,7 @@ impl Cluster {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(&self, id: u64) {
-        let child = self.procs.lock().await.get_mut(&id).and_then(|p| p.child.take());
+        let child = self.take_child(id).await;
         if let Some(mut child) = child {
             Self::signal(&child, libc::SIGCONT);
             Self::signal(&child, libc::SIGTERM);
@@ -223,6 +258,23 @@ impl Cluster {
                 let _ = child.wait().await;
             }
         }
+    }
+
+    /// How node `id`'s process ended on its own, if it did (now or before its last start).
+    pub async fn exited(&self, id: u64) -> Option<String> {
+        let mut procs = self.procs.lock().await;
+        let proc = procs.get_mut(&id)?;
+        match proc.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(format!("exited on its own ({status})")),
+            _ => proc.exited.clone(),
+        }
+    }
+
+    /// The last line of node `id`'s log that reports an error, shortened.
+    pub fn last_error(&self, id: u64) -> Option<String> {
+        let log = std::fs::read_to_string(self.log_path(id)).ok()?;
+        let line = log.lines().rev().find(|l| l.contains("ERROR") || l.starts_with("error:"))?;
+        Some(line.chars().take(400).collect())
     }
 
     pub async fn pause(&self, id: u64) {
@@ -275,6 +327,8 @@ impl Cluster {
                 role: v["role"].as_str().unwrap_or_default().to_string(),
                 term: v["term"].as_u64().unwrap_or(0),
                 leader: v["leader"].as_u64(),
+                last_log_index: v["last_log_index"].as_u64(),
+                last_applied_index: v["last_applied_index"].as_u64(),
             })
             .collect()
     }

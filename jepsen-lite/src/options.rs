@@ -67,6 +67,9 @@ pub struct RunOptions {
     /// used whenever it can run: /dev/fuse and root).
     #[arg(long)]
     pub no_lazyfs: bool,
+    /// Each node builds a snapshot (and may purge its log) every this many commands.
+    #[arg(long, default_value_t = 3000)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, Clone, Args)]

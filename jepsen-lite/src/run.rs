@@ -50,6 +50,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     let mode = hosts.mode();
     let env: Vec<(String, String)> = options.faults.iter().map(|f| (f.clone(), "1".to_string())).collect();
     let mut cluster = Cluster::new(hosts, &dir, &ztna, env).await?;
+    cluster.set_snapshot_every(options.snapshot_every)?;
     // The power nemesis loses unsynced data when the data directories are on lazyfs.
     let lazy = nemeses.iter().any(|n| n == "power") && !options.no_lazyfs && crate::lazyfs::available();
     let mounted =
@@ -134,6 +135,7 @@ async fn drive(
         "nemesis": nemeses,
         "workload": workloads,
         "faults": options.faults,
+        "snapshot_every": options.snapshot_every,
         "hosts": cluster.hosts.mode(),
         "dir": dir.display().to_string(),
     });
@@ -164,6 +166,7 @@ async fn final_phase(ctx: &Arc<Ctx>) {
     let _ = cluster.start_all().await;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
     ctx.history.nemesis("heal", json!({ "phase": "end", "detail": format!("leader {leader:?}") }));
+    record_nodes(ctx).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let key_ids: Vec<String> = ctx
@@ -197,6 +200,58 @@ async fn final_phase(ctx: &Arc<Ctx>) {
         }
         tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
     }
+}
+
+/// How long the nodes get, after the heal, to come back and catch up.
+const COME_BACK: Duration = Duration::from_secs(60);
+
+/// Waits up to [`COME_BACK`] for every node to answer, follow the one leader and apply up to
+/// the leader's last log index as it was when the wait began, then records what each node
+/// showed as the `nodes` event (judged by `checker::recovery`).
+async fn record_nodes(ctx: &Arc<Ctx>) {
+    let cluster = &ctx.cluster;
+    let deadline = tokio::time::Instant::now() + COME_BACK;
+    let mut target: Option<u64> = None;
+    let (views, leader) = loop {
+        let views = cluster.views().await;
+        let leaders: Vec<&crate::cluster::View> = views.iter().filter(|v| v.role == "leader").collect();
+        let leader = match leaders.as_slice() {
+            [leader] => Some(leader.node),
+            _ => None,
+        };
+        if let ([l], None) = (leaders.as_slice(), target) {
+            target = Some(l.last_log_index.unwrap_or(0));
+        }
+        let all_back = cluster.ids.iter().all(|&id| node_back(&views, id, leader, target));
+        if all_back || tokio::time::Instant::now() >= deadline {
+            break (views, leader);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut nodes = Vec::new();
+    for &id in &cluster.ids {
+        let view = views.iter().find(|v| v.node == id);
+        let back = node_back(&views, id, leader, target);
+        let (exit, last_error) = if back { (None, None) } else { (cluster.exited(id).await, cluster.last_error(id)) };
+        nodes.push(json!({
+            "node": id,
+            "back": back,
+            "answered": view.is_some(),
+            "role": view.map(|v| v.role.clone()),
+            "leader": view.and_then(|v| v.leader),
+            "applied": view.and_then(|v| v.last_applied_index),
+            "exit": exit,
+            "last_error": last_error,
+        }));
+    }
+    let value = json!({ "phase": "final", "leader": leader, "target_index": target, "nodes": nodes });
+    ctx.history.nemesis(checker::recovery::EVENT, value);
+}
+
+/// Node `id` answers, follows `leader` (the one node that leads now) and has applied `target`.
+fn node_back(views: &[crate::cluster::View], id: u64, leader: Option<u64>, target: Option<u64>) -> bool {
+    let (Some(leader), Some(target)) = (leader, target) else { return false };
+    views.iter().any(|v| v.node == id && v.leader == Some(leader) && v.last_applied_index.is_some_and(|a| a >= target))
 }
 
 fn commit() -> String {

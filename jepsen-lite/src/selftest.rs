@@ -21,6 +21,8 @@ pub struct Scenario {
     /// Runs of `--time` seconds it gets to be caught in (one for a switch every run catches; two
     /// for one whose catch depends on where the nemesis's partitions fall).
     pub tries: u64,
+    /// `snapshot_every_commands` of the nodes (3000 in a normal run).
+    pub snapshot_every: u64,
 }
 
 /// What a write acknowledged before it was durable looks like after a power cut: an
@@ -44,6 +46,7 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: &[],
         no_lazyfs: false,
         tries: 1,
+        snapshot_every: 3000,
     },
     Scenario {
         name: "skip the limit check",
@@ -54,6 +57,7 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: &[("limits", Kind::OverLimit), ("linearizable", Kind::NotLinearizable)],
         no_lazyfs: false,
         tries: 1,
+        snapshot_every: 3000,
     },
     Scenario {
         name: "decide use from a stale local read",
@@ -64,6 +68,7 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: &[("limits", Kind::OverLimit), ("linearizable", Kind::NotLinearizable)],
         no_lazyfs: false,
         tries: 1,
+        snapshot_every: 3000,
     },
     Scenario {
         name: "acknowledge before the log is durable",
@@ -74,6 +79,7 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: LOST_WRITES,
         no_lazyfs: false,
         tries: 1,
+        snapshot_every: 3000,
     },
     // Reads answered from a node's own state: a node cut off by a partition answers from the
     // past (a revoked key shown valid, a listing without keys created since).
@@ -87,6 +93,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         // A stale read shows only when a key read on the cut-off node changed after the cut.
         tries: 2,
+        snapshot_every: 3000,
     },
     // A real missing fsync: the WAL is written to the OS but never synced. Only a power cut
     // that loses the page cache (lazyfs) can see it; with `kill -9` alone it must pass.
@@ -99,6 +106,7 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: &[],
         no_lazyfs: true,
         tries: 1,
+        snapshot_every: 3000,
     },
     Scenario {
         name: "skip the log's fsync, power on lazyfs",
@@ -109,8 +117,38 @@ pub const SCENARIOS: &[Scenario] = &[
         caught_by: LOST_WRITES,
         no_lazyfs: false,
         tries: 1,
+        snapshot_every: 3000,
+    },
+    // A missing fsync of the state machine's own files: snapshots built every 100 commands are
+    // renamed into place but never synced. `kill -9` leaves them in the page cache; a lazyfs
+    // power cut leaves them empty, and a node cannot start from an empty snapshot.
+    Scenario {
+        name: "skip the snapshot's fsync, power as kill -9",
+        fault: Some("ZTNA_FAULT_SKIP_SNAPSHOT_FSYNC"),
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "power",
+        expect: Verdict::Valid,
+        caught_by: &[],
+        no_lazyfs: true,
+        tries: 1,
+        snapshot_every: 100,
+    },
+    Scenario {
+        name: "skip the snapshot's fsync, power on lazyfs",
+        fault: Some("ZTNA_FAULT_SKIP_SNAPSHOT_FSYNC"),
+        workload: "one-shot,max-uses,revoke",
+        nemesis: "power",
+        expect: Verdict::Invalid,
+        caught_by: &[("recovery", Kind::NodeNotBack)],
+        no_lazyfs: false,
+        // Caught only if a power cut comes after the first snapshot.
+        tries: 2,
+        snapshot_every: 100,
     },
 ];
+
+/// The switches only a power cut that loses the page cache can catch.
+const SEEN_ONLY_BY_LAZYFS: &[&str] = &["ZTNA_FAULT_SKIP_FSYNC", "ZTNA_FAULT_SKIP_SNAPSHOT_FSYNC"];
 
 /// Runs every scenario; `Ok(true)` when each met its expectation.
 pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
@@ -118,7 +156,8 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
     let mut lines = Vec::new();
     for (i, scenario) in SCENARIOS.iter().enumerate() {
         // Only lazyfs can see a missing fsync; without /dev/fuse or root the scenario cannot run.
-        if scenario.fault == Some("ZTNA_FAULT_SKIP_FSYNC") && !scenario.no_lazyfs && !crate::lazyfs::available() {
+        let missing_fsync = scenario.fault.is_some_and(|f| SEEN_ONLY_BY_LAZYFS.contains(&f));
+        if missing_fsync && !scenario.no_lazyfs && !crate::lazyfs::available() {
             lines.push(format!("SKIP {:<40} lazyfs needs /dev/fuse and root", scenario.name));
             continue;
         }
@@ -139,6 +178,7 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
                 keep_data: false,
                 search_limit: 10,
                 no_lazyfs: scenario.no_lazyfs,
+                snapshot_every: scenario.snapshot_every,
             };
             let result = crate::run::run(run).await?;
             let missed = scenario.expect == Verdict::Invalid && result.verdict == Verdict::Valid;

@@ -205,7 +205,9 @@ impl StateMachineStore {
         let mut copy = std::fs::File::create(&received)?;
         std::io::copy(&mut file, &mut copy)?;
         copy.flush()?;
-        copy.sync_all()?;
+        if !crate::faults::skip_snapshot_fsync() {
+            copy.sync_all()?;
+        }
         Ok(received)
     }
 
@@ -221,6 +223,9 @@ impl StateMachineStore {
             }
         }
         std::fs::rename(from, self.current_path()).map_err(io)?;
+        if crate::faults::skip_snapshot_fsync() {
+            return Ok(());
+        }
         std::fs::File::open(&self.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(io)
     }
 
@@ -441,7 +446,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        snapshot.sync_all().await.map_err(snap_err)?;
+        if !crate::faults::skip_snapshot_fsync() {
+            snapshot.sync_all().await.map_err(snap_err)?;
+        }
         let snapshot = snapshot.into_std().await;
         let started = std::time::Instant::now();
         let this = self.clone();

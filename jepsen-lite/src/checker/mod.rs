@@ -7,6 +7,7 @@
 //! | `expiry`       | `expiry.rs`        | an expired key enrols nothing (within the clock-skew bound)            |
 //! | `linearizable` | `linearizable.rs`  | each key behaves like one atomic record (uses, limit, revoked)         |
 //! | `listing`      | `listing.rs`       | every acknowledged creation is in every listing that starts after it   |
+//! | `recovery`     | `recovery.rs`      | every node comes back after the faults and catches up with the leader  |
 //!
 //! Each checker is a `check(&Analysis, &mut Results)` function. A checker that cannot decide
 //! (a key with no final read, a search over its time limit) says `unknown`, never `valid`.
@@ -17,6 +18,7 @@ pub mod expiry;
 pub mod limits;
 pub mod linearizable;
 pub mod listing;
+pub mod recovery;
 pub mod revoke;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +73,8 @@ pub enum Kind {
     NotLinearizable,
     /// An acknowledged creation is missing from a later listing.
     MissingFromListing,
+    /// A node did not come back (answer, follow the leader, catch up) after the faults.
+    NodeNotBack,
 }
 
 impl Kind {
@@ -86,6 +90,7 @@ impl Kind {
             Kind::EnrolledAfterExpiry => "enrolled-after-expiry",
             Kind::NotLinearizable => "not-linearizable",
             Kind::MissingFromListing => "missing-from-listing",
+            Kind::NodeNotBack => "node-not-back",
         }
     }
 }
@@ -147,7 +152,7 @@ impl Results {
     }
 }
 
-pub const CHECKERS: &[&str] = &["limits", "revoke", "expiry", "linearizable", "listing"];
+pub const CHECKERS: &[&str] = &["limits", "revoke", "expiry", "linearizable", "listing", "recovery"];
 
 /// Settings of the checkers.
 #[derive(Debug, Clone)]
@@ -268,6 +273,7 @@ pub fn check_all(ops: &[Op], config: Config) -> Results {
     expiry::check(&analysis, &mut results);
     linearizable::check(&analysis, &mut results);
     listing::check(&analysis, &mut results);
+    recovery::check(ops, &mut results);
     results
 }
 

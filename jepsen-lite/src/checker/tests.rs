@@ -423,3 +423,45 @@ fn a_run_where_little_happened_or_a_fault_failed_is_unknown_not_valid() {
     let results = h.coverage(&["test"]);
     assert!(results.unknown.iter().any(|(c, why)| c == "coverage" && why.contains("netem nemesis failed")));
 }
+
+#[test]
+fn a_node_that_did_not_come_back_after_the_run_is_caught() {
+    let nodes = |n2: Value| {
+        json!({ "phase": "final", "leader": 1, "target_index": 40, "nodes": [
+            { "node": 1, "back": true, "answered": true, "role": "leader", "leader": 1, "applied": 40 },
+            n2,
+            { "node": 3, "back": true, "answered": true, "role": "follower", "leader": 1, "applied": 41 },
+        ] })
+    };
+    let run = |n2: Value| {
+        let mut h = H::default();
+        h.create("ak_a", true, None, LATER);
+        h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+        h.final_list(&["ak_a"], 110);
+        h.nemesis(super::recovery::EVENT, "final", 90);
+        h.ops.last_mut().unwrap().value = nodes(n2);
+        h.check()
+    };
+
+    let back = json!({ "node": 2, "back": true, "answered": true, "role": "follower", "leader": 1, "applied": 40 });
+    let results = run(back);
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+    assert_eq!(results.examined["recovery"], 3);
+
+    for (n2, why) in [
+        (
+            json!({ "node": 2, "back": false, "answered": false, "exit": "exited on its own (exit status: 1)" }),
+            "does not answer",
+        ),
+        (
+            json!({ "node": 2, "back": false, "answered": true, "role": "follower", "leader": 1, "applied": 12 }),
+            "applied up to index 12",
+        ),
+    ] {
+        let results = run(n2);
+        assert_eq!(results.verdict(), Verdict::Invalid);
+        let anomaly = &results.anomalies[0];
+        assert_eq!((anomaly.checker, anomaly.kind), ("recovery", Kind::NodeNotBack));
+        assert!(anomaly.message.contains("n2") && anomaly.message.contains(why), "{}", anomaly.message);
+    }
+}

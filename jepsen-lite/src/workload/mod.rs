@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::Outcome;
 use crate::cluster::Cluster;
@@ -39,9 +39,11 @@ use crate::history::{f, History, OpType};
 /// Workload names accepted by `--workload`.
 pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol"];
 
-/// Most operations in flight at once per workload; a burst that would exceed it is skipped
-/// (and counted: `skipped_rounds` in the report).
-const MAX_IN_FLIGHT: usize = 320;
+/// Most operations in flight at once, all workloads together; a round that would exceed it is
+/// skipped (and counted: `skipped_rounds` in the report). Each operation holds its own slot and
+/// gives it back when it ends, so the requests stuck on a paused or cut-off node (up to the
+/// client's 7 s patience) hold only their own slots, and rounds to the other nodes go on.
+const MAX_IN_FLIGHT: usize = 640;
 
 /// What every client shares.
 pub struct Ctx {
@@ -154,6 +156,16 @@ impl Ctx {
     fn request_id(&self) -> String {
         format!("jl-{}-{:016x}", self.run_tag, rand::thread_rng().next_u64())
     }
+}
+
+/// In-flight slots for `n` operations, one each (see [`MAX_IN_FLIGHT`]); `None` (and nothing
+/// held) when fewer are free.
+pub fn slots(limit: &Arc<Semaphore>, n: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(limit.clone().try_acquire_owned().ok()?);
+    }
+    Some(held)
 }
 
 /// One client process. Dropping it returns its id to the pool unless it was retired.

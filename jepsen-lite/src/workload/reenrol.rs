@@ -19,21 +19,29 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
     while ctx.sleep(Duration::from_millis(rng.gen_range(1200..1800))).await {
         let max_uses = rng.gen_range(2..=3u32);
         let clients = 6u32;
-        let Ok(permits) = limit.clone().try_acquire_many_owned(clients + 3) else {
+        let Some(creating) = super::slots(&limit, 1) else {
             ctx.skip("reenrol");
             continue;
         };
-        let ctx = ctx.clone();
+        let (ctx, limit) = (ctx.clone(), limit.clone());
         let seed = rng.gen::<u64>();
         rounds.spawn(async move {
-            let _held = permits;
             let spec = json!({ "reusable": true, "max_uses": max_uses, "expires_in": 3600, "tags": ["tag:jepsen"] });
             let mut admin = ctx.client();
-            let Some(key) = admin.create(admin.random_node(), "reenrol", spec).await else { return };
+            let created = admin.create(admin.random_node(), "reenrol", spec).await;
+            drop(creating);
+            let Some(key) = created else { return };
+            // One slot per enroller (its enrolments follow one another) and per read.
+            let Some(mut slots) = super::slots(&limit, clients as usize + 2) else {
+                ctx.skip("reenrol");
+                return;
+            };
+            let read_slots = [slots.pop(), slots.pop()];
             let pool: Arc<Vec<Machine>> = Arc::new((0..max_uses + 2).map(|_| Machine::fresh()).collect());
-            let enrollers = (0..clients).map(|c| {
+            let enrollers = slots.into_iter().zip(0..clients).map(|(slot, c)| {
                 let (ctx, key, pool) = (ctx.clone(), key.clone(), pool.clone());
                 async move {
+                    let _slot = slot;
                     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(c));
                     let mut client = ctx.client();
                     for _ in 0..4 {
@@ -43,9 +51,10 @@ pub async fn run(ctx: Arc<Ctx>, limit: Arc<Semaphore>, salt: u64) {
                     }
                 }
             });
-            let reads = [50u64, 400].map(|delay| {
+            let reads = [50u64, 400].into_iter().zip(read_slots).map(|(delay, slot)| {
                 let (ctx, key) = (ctx.clone(), key.clone());
                 async move {
+                    let _slot = slot;
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     let mut client = ctx.client();
                     client.read(client.random_node(), &key.key_id, false).await;

@@ -1,0 +1,47 @@
+//! Every node comes back: once every fault is lifted, each node must answer, follow the one
+//! leader and apply everything the leader had logged when the run ended. A node that cannot
+//! start again (a snapshot or log lost to a power cut, a crash at start) or that never catches
+//! up has lost what it promised to keep, even when the other two still answer every client.
+//!
+//! The harness observes the nodes after the heal and records it as one `nodes` event (see
+//! `run::final_phase`); this checker only judges that record.
+
+use super::{Kind, Results};
+use crate::history::{Op, Process};
+
+const NAME: &str = "recovery";
+
+/// The harness's `nodes` event.
+pub const EVENT: &str = "nodes";
+
+pub fn check(ops: &[Op], results: &mut Results) {
+    // Histories written before this check, and the hand-written ones of the unit tests, have
+    // no record; a run always writes one (even when no node answers).
+    let Some(event) = ops.iter().rev().find(|o| o.process == Process::NEMESIS && o.f == EVENT) else { return };
+    let target = event.value["target_index"].as_u64();
+    for node in event.value["nodes"].as_array().into_iter().flatten() {
+        results.examined(NAME, 1);
+        if node["back"] == true {
+            continue;
+        }
+        let id = node["node"].as_u64().unwrap_or(0);
+        let leader = event.value["leader"].as_u64();
+        let why = if node["answered"] != true {
+            "it does not answer".to_string()
+        } else if leader.is_none() || target.is_none() {
+            "no single node led the cluster".to_string()
+        } else if node["leader"].as_u64() != leader {
+            format!("it follows {} instead of n{}", node["leader"], leader.unwrap_or(0))
+        } else {
+            format!("it applied up to index {}, the leader had logged {}", node["applied"], target.unwrap_or(0))
+        };
+        let mut message = format!("node n{id} did not come back after the run: {why}");
+        if let Some(exit) = node["exit"].as_str() {
+            message.push_str(&format!("; its process {exit}"));
+        }
+        if let Some(line) = node["last_error"].as_str() {
+            message.push_str(&format!("; its last error: {line}"));
+        }
+        results.anomaly(NAME, Kind::NodeNotBack, None, message, vec![event.index]);
+    }
+}
