@@ -87,6 +87,15 @@ fault_switch!(
     "ZTNA_FAULT_LOCAL_READ"
 );
 
+fault_switch!(
+    /// `ZTNA_FAULT_FORWARD_SWEEP=1`: a node that stopped leading keeps its last view of which
+    /// machines heartbeat, goes on sweeping it, and forwards what it decides to the new leader,
+    /// stamped with the new term: the deposed leader's view of silence takes effect under its
+    /// successor, and machines heartbeating to the new leader are deleted.
+    forward_sweep,
+    "ZTNA_FAULT_FORWARD_SWEEP"
+);
+
 /// The state machine leaves the use limit to someone else (either switch above).
 pub fn state_machine_skips_limit() -> bool {
     skip_limit_check() || stale_read_enrol()

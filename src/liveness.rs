@@ -76,6 +76,11 @@ impl Liveness {
         self.seen.get(machine_id).and_then(|s| s.wall)
     }
 
+    /// The term this view was built in, while it is kept.
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
     /// This node is not the leader (any more): forget everything.
     pub fn step_down(&mut self) {
         self.term = None;

@@ -841,14 +841,20 @@ impl Node {
             (metrics.current_term, metrics.state == ServerState::Leader)
         };
         let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        if !leading {
-            liveness.step_down();
-            return None;
-        }
+        let swept_term = match (leading, liveness.term()) {
+            (true, _) => term,
+            // The forbidden shortcut, on purpose: sweep the view kept from the old term.
+            (false, Some(old)) if crate::faults::forward_sweep() => old,
+            (false, _) => {
+                liveness.step_down();
+                return None;
+            }
+        };
         let machines = read_state(&self.state).store.machine_liveness_ids();
         let mono = self.mono_ms();
-        let expired = liveness.sweep(term, mono, machines.iter().map(|(id, eph)| (id.as_str(), *eph)));
-        Some((term, expired, liveness.take_persist(mono)))
+        let expired = liveness.sweep(swept_term, mono, machines.iter().map(|(id, eph)| (id.as_str(), *eph)));
+        let seen = if leading { liveness.take_persist(mono) } else { None };
+        Some((term, expired, seen))
     }
 
     /// One sweep: on the leader, deregister ephemeral machines past their timeout and persist
@@ -869,7 +875,14 @@ impl Node {
             } else {
                 Op::DeregisterInactive { machine_ids: expired }
             };
-            match local(system(op)).await {
+            let leading = self.raft.metrics().borrow().state == ServerState::Leader;
+            let decided = if !leading && crate::faults::forward_sweep() {
+                // The fault: forwarded to the new leader, in its term.
+                tokio::time::timeout(timeout, self.write(system(op))).await.map(|r| r.map_err(|e| e.last_error))
+            } else {
+                local(system(op)).await.map(|r| r.map_err(|e| e.to_string()))
+            };
+            match decided {
                 Ok(Ok(Ok(OpOk::Count(count)))) => crate::metrics::global().ephemeral_deleted(count),
                 Ok(Ok(other)) => tracing::warn!("inactive machines not deregistered: {other:?}"),
                 Ok(Err(e)) => tracing::warn!("inactive machines not deregistered this sweep: {e}"),

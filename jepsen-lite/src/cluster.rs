@@ -141,6 +141,11 @@ impl Cluster {
         self.dir.join(format!("n{id}.toml"))
     }
 
+    /// The `ztna` binary the nodes run (the agents run it too).
+    pub fn ztna(&self) -> &Path {
+        &self.ztna
+    }
+
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("n{id}.log"))
     }
@@ -155,6 +160,9 @@ impl Cluster {
         text.push_str("cluster_name = \"jepsen-lite\"\n");
         // Keys that expire during the run; snapshots and log purges happen during the run.
         text.push_str("test_only_min_expiry_secs = 1\n");
+        // The agents workload's ephemeral machines go after this much silence.
+        let timeout = crate::workload::agents::INACTIVITY_TIMEOUT_MS;
+        text.push_str(&format!("ephemeral_inactivity_timeout_ms = {timeout}\n"));
         text.push_str(&format!("snapshot_every_commands = {}\n", self.snapshot_every));
         // Every client is one address: a run that lost its state (every call refused) must still
         // get definite 401s for its final reads, not 429s.

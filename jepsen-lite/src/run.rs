@@ -141,7 +141,7 @@ async fn drive(
     });
     let history = History::new();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let ctx = Ctx::new(cluster.clone(), history.clone(), stop, seed, skew_ms);
+    let ctx = Ctx::new(cluster.clone(), history.clone(), stop, seed, skew_ms, dir);
     let work = tokio::spawn(workload::run(ctx.clone(), workloads.to_vec()));
     let faults = tokio::spawn(nemesis::run(ctx.clone(), nemeses.to_vec(), seed));
     tokio::time::sleep(Duration::from_secs(options.time)).await;
@@ -166,7 +166,9 @@ async fn final_phase(ctx: &Arc<Ctx>) {
     let _ = cluster.start_all().await;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
     ctx.history.nemesis("heal", json!({ "phase": "end", "detail": format!("leader {leader:?}") }));
-    record_nodes(ctx).await;
+    // A cluster without a leader a minute after the heal gets a short look, not another minute.
+    record_nodes(ctx, if leader.is_some() { COME_BACK } else { Duration::from_secs(5) }).await;
+    ctx.fleet.settle(ctx).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let key_ids: Vec<String> = ctx
@@ -205,12 +207,12 @@ async fn final_phase(ctx: &Arc<Ctx>) {
 /// How long the nodes get, after the heal, to come back and catch up.
 const COME_BACK: Duration = Duration::from_secs(60);
 
-/// Waits up to [`COME_BACK`] for every node to answer, follow the one leader and apply up to
+/// Waits up to `patience` ([`COME_BACK`]) for every node to answer, follow the one leader and apply up to
 /// the leader's last log index as it was when the wait began, then records what each node
 /// showed as the `nodes` event (judged by `checker::recovery`).
-async fn record_nodes(ctx: &Arc<Ctx>) {
+async fn record_nodes(ctx: &Arc<Ctx>, patience: Duration) {
     let cluster = &ctx.cluster;
-    let deadline = tokio::time::Instant::now() + COME_BACK;
+    let deadline = tokio::time::Instant::now() + patience;
     let mut target: Option<u64> = None;
     let (views, leader) = loop {
         let views = cluster.views().await;

@@ -23,6 +23,8 @@ pub struct Scenario {
     pub tries: u64,
     /// `snapshot_every_commands` of the nodes (3000 in a normal run).
     pub snapshot_every: u64,
+    /// Seconds per run when `--time` is too short for the fault to show.
+    pub time: Option<u64>,
 }
 
 /// What a write acknowledged before it was durable looks like after a power cut: an
@@ -47,6 +49,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     Scenario {
         name: "skip the limit check",
@@ -58,6 +61,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     Scenario {
         name: "decide use from a stale local read",
@@ -69,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     Scenario {
         name: "acknowledge before the log is durable",
@@ -80,6 +85,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     // Reads answered from a node's own state: a node cut off by a partition answers from the
     // past (a revoked key shown valid, a listing without keys created since).
@@ -94,6 +100,7 @@ pub const SCENARIOS: &[Scenario] = &[
         // A stale read shows only when a key read on the cut-off node changed after the cut.
         tries: 2,
         snapshot_every: 3000,
+        time: None,
     },
     // A real missing fsync: the WAL is written to the OS but never synced. Only a power cut
     // that loses the page cache (lazyfs) can see it; with `kill -9` alone it must pass.
@@ -107,6 +114,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: true,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     Scenario {
         name: "skip the log's fsync, power on lazyfs",
@@ -118,6 +126,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: false,
         tries: 1,
         snapshot_every: 3000,
+        time: None,
     },
     // A missing fsync of the state machine's own files: snapshots built every 100 commands are
     // renamed into place but never synced. `kill -9` leaves them in the page cache; a lazyfs
@@ -132,6 +141,7 @@ pub const SCENARIOS: &[Scenario] = &[
         no_lazyfs: true,
         tries: 1,
         snapshot_every: 100,
+        time: None,
     },
     Scenario {
         name: "skip the snapshot's fsync, power on lazyfs",
@@ -144,6 +154,34 @@ pub const SCENARIOS: &[Scenario] = &[
         // Caught only if a power cut comes after the first snapshot.
         tries: 2,
         snapshot_every: 100,
+        time: None,
+    },
+    // A sweep decided from a deposed leader's stale view, forwarded to its successor: only a
+    // change of leader while the leader lives (a partition, a pause) makes a node deposed with
+    // a view to forward. The view must then go stale for the inactivity timeout (10 s).
+    Scenario {
+        name: "forward the sweep, no nemesis",
+        fault: Some("ZTNA_FAULT_FORWARD_SWEEP"),
+        workload: "agents,one-shot",
+        nemesis: "none",
+        expect: Verdict::Valid,
+        caught_by: &[],
+        no_lazyfs: false,
+        tries: 1,
+        snapshot_every: 3000,
+        time: Some(30),
+    },
+    Scenario {
+        name: "forward the sweep to a new leader",
+        fault: Some("ZTNA_FAULT_FORWARD_SWEEP"),
+        workload: "agents,one-shot",
+        nemesis: "partition,pause",
+        expect: Verdict::Invalid,
+        caught_by: &[("machines", Kind::LiveMachineDeleted)],
+        no_lazyfs: false,
+        tries: 2,
+        snapshot_every: 3000,
+        time: Some(30),
     },
 ];
 
@@ -168,7 +206,7 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
         let result = loop {
             eprintln!("jepsen-lite self-test: {} …", scenario.name);
             let run = RunOptions {
-                time: options.time,
+                time: scenario.time.unwrap_or(0).max(options.time),
                 seed: options.seed.map(|s| s + i as u64 + 1000 * attempt),
                 nemesis: scenario.nemesis.into(),
                 workload: scenario.workload.into(),

@@ -3,7 +3,7 @@
 //!
 //! - a nemesis that failed to apply or lift a fault makes the run `unknown`;
 //! - every workload of the run has at least [`MIN_OK_PER_WORKLOAD`] acknowledged creations and
-//!   enrolments;
+//!   enrolments (for `agents`: its two keys and the agents that enrolled);
 //! - every fault window (its `start`, recorded once the fault took effect, to its `end`) saw a
 //!   client operation invoked while it held, and an acknowledged operation before
 //!   [`RECOVERY_NS`] after it ended;
@@ -89,6 +89,10 @@ pub fn check(ops: &[Op], workloads: &[String], results: &mut Results) -> Value {
         if let Some(n) = workload.and_then(|w| acknowledged.get_mut(w)) {
             *n += 1;
         }
+    }
+    // The agents workload's work is its agents' enrolments, made by `ztna up`, not by clients.
+    if let Some(n) = acknowledged.get_mut("agents") {
+        *n += super::machines::enrolled(ops);
     }
     for (workload, n) in &acknowledged {
         results.examined(NAME, 1);

@@ -465,3 +465,51 @@ fn a_node_that_did_not_come_back_after_the_run_is_caught() {
         assert!(anomaly.message.contains("n2") && anomaly.message.contains(why), "{}", anomaly.message);
     }
 }
+
+#[test]
+fn machines_deleted_while_alive_or_kept_after_their_agent_died_are_caught() {
+    use crate::workload::agents::{AGENTS_EVENT, MACHINES_EVENT};
+    const S: u64 = 1_000_000_000;
+    let agent = |name: &str, ephemeral: bool, killed: Option<u64>, exit: Option<&str>| {
+        json!({ "name": name, "ephemeral": ephemeral, "machine_id": format!("m_{name}"), "started_ns": 0,
+                "killed_ns": killed.map(|k| k * S), "exit": exit })
+    };
+    // e0 runs, e1 was killed at 20 s, p0 runs, p1 was killed for good at 30 s; healed at 60 s.
+    let run = |exit: Option<&str>, listed: &[&str], listed_at: u64| {
+        let mut h = H::default();
+        h.create("ak_a", true, None, LATER);
+        h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+        h.final_list(&["ak_a"], 110);
+        let agents = json!([
+            agent("e0", true, None, exit),
+            agent("e1", true, Some(20), None),
+            agent("p0", false, None, None),
+            agent("p1", false, Some(30), None),
+        ]);
+        h.nemesis(AGENTS_EVENT, "final", 90);
+        h.ops.last_mut().unwrap().value =
+            json!({ "phase": "final", "timeout_ms": 10_000, "healed_ns": 60 * S, "agents": agents });
+        h.nemesis(MACHINES_EVENT, "final", 91);
+        let ids: Vec<String> = listed.iter().map(|n| format!("m_{n}")).collect();
+        h.ops.last_mut().unwrap().value = json!({ "phase": "final", "listed_ns": listed_at * S, "machine_ids": ids });
+        h.check()
+    };
+    let kinds = |results: &Results| results.anomalies.iter().map(|a| (a.checker, a.kind)).collect::<Vec<_>>();
+
+    let results = run(None, &["e0", "p0", "p1"], 70);
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
+    assert_eq!(results.examined["machines"], 4);
+
+    // The live ephemeral machine and the persistent one whose agent is gone, deleted.
+    let results = run(None, &["p0"], 70);
+    assert_eq!(kinds(&results), [("machines", Kind::LiveMachineDeleted), ("machines", Kind::PersistentMachineDeleted)]);
+    // An agent refused while it ran.
+    let results = run(Some("exit status: 1: error: this machine was deleted"), &["p0", "p1"], 70);
+    assert_eq!(kinds(&results), [("machines", Kind::LiveMachineDeleted)]);
+    // The killed ephemeral machine still there 15 s after the heal (due: timeout + two sweeps).
+    let results = run(None, &["e0", "e1", "p0", "p1"], 76);
+    assert_eq!(kinds(&results), [("machines", Kind::DeadMachineKept)]);
+    // ... but not yet due 12 s after it: undecided, not valid.
+    let results = run(None, &["e0", "e1", "p0", "p1"], 72);
+    assert_eq!(results.verdict(), Verdict::Unknown, "{:?}", results.anomalies);
+}

@@ -9,6 +9,7 @@
 //! | `expiry`      | keys that expire during the run, enrolments straddling the boundary      |
 //! | `create-list` | unique creations and periodic paginated listings                        |
 //! | `reenrol`     | the same few machines enrolling again and again with one `max_uses` key  |
+//! | `agents`      | real `ztna up` agents (ephemeral, persistent) heartbeating, killed, restarted |
 //!
 //! Every enrolment proves possession of its machine's private key, made for the node it is
 //! sent to (`ztna_proof`), as `ztna up` does.
@@ -16,6 +17,7 @@
 //! Clients follow the outcome table in `api.rs`. This module must not judge results; the
 //! checkers do.
 
+pub mod agents;
 mod create_list;
 mod expiry;
 mod max_uses;
@@ -37,7 +39,7 @@ use crate::cluster::Cluster;
 use crate::history::{f, History, OpType};
 
 /// Workload names accepted by `--workload`.
-pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol"];
+pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol", "agents"];
 
 /// Most operations in flight at once, all workloads together; a round that would exceed it is
 /// skipped (and counted: `skipped_rounds` in the report). Each operation holds its own slot and
@@ -62,6 +64,8 @@ pub struct Ctx {
     skipped: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The checkers' clock-skew bound: the expiry workload enrols past it.
     pub skew_ms: u64,
+    /// The `ztna up` agents of the `agents` workload.
+    pub fleet: agents::Fleet,
 }
 
 /// A machine's key pair (hex): what it enrols and proves with.
@@ -92,6 +96,7 @@ impl Ctx {
         stop: watch::Receiver<bool>,
         seed: u64,
         skew_ms: u64,
+        run_dir: &std::path::Path,
     ) -> Arc<Ctx> {
         let (bursts, _) = broadcast::channel(16);
         Arc::new(Ctx {
@@ -105,6 +110,7 @@ impl Ctx {
             server_keys: Mutex::new(Default::default()),
             skipped: Mutex::new(Default::default()),
             skew_ms,
+            fleet: agents::Fleet::new(run_dir),
         })
     }
 
@@ -362,6 +368,7 @@ pub async fn run(ctx: Arc<Ctx>, names: Vec<String>) {
                 }
                 "create-list" => create_list::run(ctx, salt as u64).await,
                 "reenrol" => reenrol::run(ctx, limit, salt as u64).await,
+                "agents" => agents::run(ctx, salt as u64).await,
                 _ => {}
             }
         });
