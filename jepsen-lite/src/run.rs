@@ -207,9 +207,9 @@ async fn final_phase(ctx: &Arc<Ctx>) {
 /// How long the nodes get, after the heal, to come back and catch up.
 const COME_BACK: Duration = Duration::from_secs(60);
 
-/// Waits up to `patience` ([`COME_BACK`]) for every node to answer, follow the one leader and apply up to
-/// the leader's last log index as it was when the wait began, then records what each node
-/// showed as the `nodes` event (judged by `checker::recovery`).
+/// Waits up to `patience` ([`COME_BACK`]) for every node to answer, follow the one leader and
+/// apply up to the leader's last log index as it was when the wait began, then records what
+/// each node showed as the `nodes` event (judged by `checker::recovery`).
 async fn record_nodes(ctx: &Arc<Ctx>, patience: Duration) {
     let cluster = &ctx.cluster;
     let deadline = tokio::time::Instant::now() + patience;

@@ -196,7 +196,7 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
         // Only lazyfs can see a missing fsync; without /dev/fuse or root the scenario cannot run.
         let missing_fsync = scenario.fault.is_some_and(|f| SEEN_ONLY_BY_LAZYFS.contains(&f));
         if missing_fsync && !scenario.no_lazyfs && !crate::lazyfs::available() {
-            lines.push(format!("SKIP {:<40} lazyfs needs /dev/fuse and root", scenario.name));
+            lines.push(format!("SKIP {:<48} lazyfs needs /dev/fuse and root", scenario.name));
             continue;
         }
         // A run that could decide nothing (`unknown`: too little happened, e.g. the cluster never
@@ -221,14 +221,14 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
             let result = crate::run::run(run).await?;
             let missed = scenario.expect == Verdict::Invalid && result.verdict == Verdict::Valid;
             if missed && attempt + 1 < scenario.tries {
-                lines.push(format!("AGAIN {:<39} not caught in this run — {}", scenario.name, result.dir.display()));
+                lines.push(format!("AGAIN {:<47} not caught in this run — {}", scenario.name, result.dir.display()));
                 attempt += 1;
                 continue;
             }
             if result.verdict != Verdict::Unknown || attempt >= scenario.tries {
                 break result;
             }
-            lines.push(format!("AGAIN {:<39} unknown (decided nothing) — {}", scenario.name, result.dir.display()));
+            lines.push(format!("AGAIN {:<47} unknown (decided nothing) — {}", scenario.name, result.dir.display()));
             attempt += 1;
         };
         let mut caught: std::collections::BTreeMap<(&str, Kind), usize> = Default::default();
@@ -240,7 +240,7 @@ pub async fn run(options: SelfTestOptions) -> anyhow::Result<bool> {
         all_ok &= ok;
         let shown: Vec<String> = caught.iter().map(|((c, k), n)| format!("{c}/{} ×{n}", k.name())).collect();
         lines.push(format!(
-            "{} {:<40} expected {:?}, got {:?} ({}) — {}",
+            "{} {:<48} expected {:?}, got {:?} ({}) — {}",
             if ok { "PASS" } else { "FAIL" },
             scenario.name,
             scenario.expect,

@@ -1,7 +1,9 @@
 //! Three network namespaces on a bridge: the real-network hosts of a run (root only).
 //!
 //! Node `i` lives in namespace `jl-n<i>` with address `10.231.0.<i>` on its `eth0`, a veth
-//! whose other end is on bridge `jl-br` (`10.231.0.254`) in the root namespace. Partitions are
+//! whose other end is on bridge `jl-br` (`10.231.0.254`) in the root namespace. Runs at the same
+//! time on one machine take the next free slot `k` (a lock file each): `jl<k>-n<i>`,
+//! `jl<k>-br`, `10.231.<k>.<i>`. Partitions are
 //! an nftables table `inet jepsen` in each node's namespace; latency, loss and reordering are a
 //! netem qdisc on `eth0`.
 //!
@@ -19,8 +21,34 @@ use anyhow::{bail, Context};
 
 use super::{Link, NodeAddrs};
 
-const BRIDGE: &str = "jl-br";
-const SUBNET: &str = "10.231.0";
+/// Runs that may hold namespaces at once on one machine.
+const SLOTS: u8 = 4;
+/// This process's slot, taken once by [`Netns::create`] (a process runs one cluster at a time).
+static SLOT: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+fn slot() -> u8 {
+    SLOT.get().copied().unwrap_or(0)
+}
+
+/// Names of slot 0 are those of a single run: `jl-…`; other slots add their number.
+fn prefix() -> String {
+    match slot() {
+        0 => "jl".to_string(),
+        k => format!("jl{k}"),
+    }
+}
+
+fn bridge() -> String {
+    format!("{}-br", prefix())
+}
+
+fn veth(id: u64) -> String {
+    format!("{}-v{id}", prefix())
+}
+
+fn subnet() -> String {
+    format!("10.231.{}", slot())
+}
 const API_PORT: u16 = 7100;
 const RAFT_PORT: u16 = 7200;
 
@@ -30,8 +58,8 @@ pub struct Netns {
     relays: Option<Arc<super::proxy::Delay>>,
     /// Dropping these stops the relay threads.
     relay_stops: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
-    /// An exclusive lock on `/run/jepsen-lite.lock`: the namespaces and addresses are fixed, so
-    /// only one run per machine may hold them.
+    /// An exclusive lock on `/run/jepsen-lite.lock` (slot 0) or `/run/jepsen-lite.<k>.lock`:
+    /// a slot's namespaces and addresses are fixed, so only one run at a time may hold them.
     _lock: std::fs::File,
 }
 
@@ -43,11 +71,11 @@ fn relay_port(to: u64) -> u16 {
 const RELAY_PORT_BASE: u16 = 7300;
 
 fn ns(id: u64) -> String {
-    format!("jl-n{id}")
+    format!("{}-n{id}", prefix())
 }
 
 fn ip_of(id: u64) -> String {
-    format!("{SUBNET}.{id}")
+    format!("{}.{id}", subnet())
 }
 
 /// Runs a command; fails with its stderr.
@@ -85,21 +113,18 @@ impl Netns {
     }
 
     pub fn create(nodes: u64) -> anyhow::Result<Netns> {
-        let lock = std::fs::File::create("/run/jepsen-lite.lock").context("create /run/jepsen-lite.lock")?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!("another jepsen-lite run holds /run/jepsen-lite.lock; runs with network namespaces cannot overlap");
-        }
+        let lock = take_slot()?;
         let mut hosts = Netns { nodes, relays: None, relay_stops: Default::default(), _lock: lock };
         hosts.teardown();
-        run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
-        run("ip", &["addr", "add", &format!("{SUBNET}.254/24"), "dev", BRIDGE])?;
-        run("ip", &["link", "set", BRIDGE, "up"])?;
+        let bridge = bridge();
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run("ip", &["addr", "add", &format!("{}.254/24", subnet()), "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
         for id in 1..=nodes {
-            let (name, veth) = (ns(id), format!("jl-v{id}"));
+            let (name, veth) = (ns(id), veth(id));
             run("ip", &["netns", "add", &name])?;
             run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name])?;
-            run("ip", &["link", "set", &veth, "master", BRIDGE])?;
+            run("ip", &["link", "set", &veth, "master", &bridge])?;
             run("ip", &["link", "set", &veth, "up"])?;
             run("ip", &["-n", &name, "addr", "add", &format!("{}/24", ip_of(id)), "dev", "eth0"])?;
             run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
@@ -225,18 +250,19 @@ impl Netns {
         self.relay_stops.lock().unwrap_or_else(|e| e.into_inner()).clear();
         for id in 1..=self.nodes.max(3) {
             run_quiet("ip", &["netns", "del", &ns(id)]);
-            run_quiet("ip", &["link", "del", &format!("jl-v{id}")]);
+            run_quiet("ip", &["link", "del", &veth(id)]);
         }
-        run_quiet("ip", &["link", "del", BRIDGE]);
+        run_quiet("ip", &["link", "del", &bridge()]);
     }
 }
 
 /// Whether `tc netem` works here (tried on the first namespace's `eth0`).
 fn netem_available() -> bool {
-    let probe = ["netns", "exec", "jl-n1", "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"];
+    let first = ns(1);
+    let probe = ["netns", "exec", &first, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"];
     let ok = run("ip", &probe).is_ok();
     if ok {
-        run_quiet("ip", &["netns", "exec", "jl-n1", "tc", "qdisc", "del", "dev", "eth0", "root"]);
+        run_quiet("ip", &["netns", "exec", &first, "tc", "qdisc", "del", "dev", "eth0", "root"]);
     }
     ok
 }
@@ -284,6 +310,29 @@ fn start_relays(
     })?;
     ready_rx.recv().context("relay thread ended")??;
     Ok(stop_tx)
+}
+
+/// Takes the first free slot: its lock file, held for the run.
+fn take_slot() -> anyhow::Result<std::fs::File> {
+    if let Some(&k) = SLOT.get() {
+        return lock_slot(k)?.with_context(|| format!("this process's slot {k} is held by another run"));
+    }
+    for k in 0..SLOTS {
+        if let Some(lock) = lock_slot(k)? {
+            let _ = SLOT.set(k);
+            return Ok(lock);
+        }
+    }
+    bail!("{SLOTS} jepsen-lite runs hold every slot of network namespaces on this machine (/run/jepsen-lite*.lock)")
+}
+
+/// Slot `k`'s lock, if no other run holds it.
+fn lock_slot(k: u8) -> anyhow::Result<Option<std::fs::File>> {
+    let path = if k == 0 { "/run/jepsen-lite.lock".to_string() } else { format!("/run/jepsen-lite.{k}.lock") };
+    let lock = std::fs::File::create(&path).with_context(|| format!("create {path}"))?;
+    // SAFETY: flock on a file descriptor we own.
+    let taken = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(taken.then_some(lock))
 }
 
 /// Loads an nftables ruleset inside namespace `name`.
