@@ -190,7 +190,7 @@ impl Cluster {
         if let Some(child) = &mut proc.child {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    proc.exited = Some(format!("exited on its own ({status})"));
+                    proc.exited = Some(format!("{status}"));
                     proc.child = None;
                 }
                 _ => return Ok(()),
@@ -240,7 +240,7 @@ impl Cluster {
         let proc = procs.get_mut(&id)?;
         let mut child = proc.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {
-            proc.exited = Some(format!("exited on its own ({status})"));
+            proc.exited = Some(format!("{status}"));
         }
         Some(child)
     }
@@ -273,7 +273,7 @@ impl Cluster {
         let mut procs = self.procs.lock().await;
         let proc = procs.get_mut(&id)?;
         match proc.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(format!("exited on its own ({status})")),
+            Some(Ok(Some(status))) => Some(format!("{status}")),
             _ => proc.exited.clone(),
         }
     }
@@ -344,6 +344,11 @@ impl Cluster {
     /// The node that says it leads, with the highest term.
     pub async fn leader(&self) -> Option<u64> {
         self.views().await.into_iter().filter(|v| v.role == "leader").max_by_key(|v| v.term).map(|v| v.node)
+    }
+
+    /// The term of the node that says it leads (the highest, if several do).
+    pub async fn leader_term(&self) -> Option<u64> {
+        self.views().await.into_iter().filter(|v| v.role == "leader").map(|v| v.term).max()
     }
 
     /// Waits until exactly one node leads and every answering node agrees on it.

@@ -41,8 +41,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
         bail!("no ztna binary at {}; build it (cargo build --release) or pass --ztna", ztna.display());
     }
     let stamp = stamp()?;
-    let dir = options.store.join(format!("{stamp}-{seed}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::create_dir_all(&options.store).with_context(|| format!("create {}", options.store.display()))?;
+    // Two runs with one seed started in the same second get folders of their own.
+    let mut dir = options.store.join(format!("{stamp}-{seed}"));
+    if std::fs::create_dir(&dir).is_err() {
+        dir = options.store.join(format!("{stamp}-{seed}-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+    }
     let dir = dir.canonicalize()?;
     let skew_ms = if nemeses.iter().any(|n| n == "clock") { nemesis::MAX_CLOCK_JUMP_MS as u64 + 500 } else { 500 };
 
@@ -213,20 +218,25 @@ const COME_BACK: Duration = Duration::from_secs(60);
 async fn record_nodes(ctx: &Arc<Ctx>, patience: Duration) {
     let cluster = &ctx.cluster;
     let deadline = tokio::time::Instant::now() + patience;
-    let mut target: Option<u64> = None;
-    let (views, leader) = loop {
+    // (leader, its last log index when first seen leading): a new leader's log may lack an
+    // uncommitted tail of the old one's, so its own index is the target.
+    let mut seen: Option<(u64, u64)> = None;
+    let (views, leader, target) = loop {
         let views = cluster.views().await;
         let leaders: Vec<&crate::cluster::View> = views.iter().filter(|v| v.role == "leader").collect();
         let leader = match leaders.as_slice() {
             [leader] => Some(leader.node),
             _ => None,
         };
-        if let ([l], None) = (leaders.as_slice(), target) {
-            target = Some(l.last_log_index.unwrap_or(0));
+        if let [l] = leaders.as_slice() {
+            if seen.is_none_or(|(node, _)| node != l.node) {
+                seen = Some((l.node, l.last_log_index.unwrap_or(0)));
+            }
         }
+        let target = seen.map(|(_, index)| index);
         let all_back = cluster.ids.iter().all(|&id| node_back(&views, id, leader, target));
         if all_back || tokio::time::Instant::now() >= deadline {
-            break (views, leader);
+            break (views, leader, target);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -234,7 +244,9 @@ async fn record_nodes(ctx: &Arc<Ctx>, patience: Duration) {
     for &id in &cluster.ids {
         let view = views.iter().find(|v| v.node == id);
         let back = node_back(&views, id, leader, target);
-        let (exit, last_error) = if back { (None, None) } else { (cluster.exited(id).await, cluster.last_error(id)) };
+        // A process that ended on its own during the run is reported even if it came back.
+        let exit = cluster.exited(id).await;
+        let last_error = if back && exit.is_none() { None } else { cluster.last_error(id) };
         nodes.push(json!({
             "node": id,
             "back": back,

@@ -77,6 +77,8 @@ pub enum Kind {
     MissingFromListing,
     /// A node did not come back (answer, follow the leader, catch up) after the faults.
     NodeNotBack,
+    /// A node's process ended on its own during the run (and came back).
+    NodeExited,
     /// An ephemeral machine whose agent kept heartbeating was deleted.
     LiveMachineDeleted,
     /// A persistent machine was deleted (nobody asked to).
@@ -99,6 +101,7 @@ impl Kind {
             Kind::NotLinearizable => "not-linearizable",
             Kind::MissingFromListing => "missing-from-listing",
             Kind::NodeNotBack => "node-not-back",
+            Kind::NodeExited => "node-exited",
             Kind::LiveMachineDeleted => "live-machine-deleted",
             Kind::PersistentMachineDeleted => "persistent-machine-deleted",
             Kind::DeadMachineKept => "dead-machine-kept",

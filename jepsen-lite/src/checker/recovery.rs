@@ -2,6 +2,8 @@
 //! leader and apply everything the leader had logged when the run ended. A node that cannot
 //! start again (a snapshot or log lost to a power cut, a crash at start) or that never catches
 //! up has lost what it promised to keep, even when the other two still answer every client.
+//! And no node's process ends on its own (the harness kills and stops them; a crash, even one
+//! the node came back from, is reported).
 //!
 //! The harness observes the nodes after the heal and records it as one `nodes` event (see
 //! `run::final_phase`); this checker only judges that record.
@@ -21,10 +23,17 @@ pub fn check(ops: &[Op], results: &mut Results) {
     let target = event.value["target_index"].as_u64();
     for node in event.value["nodes"].as_array().into_iter().flatten() {
         results.examined(NAME, 1);
+        let id = node["node"].as_u64().unwrap_or(0);
         if node["back"] == true {
+            if let Some(exit) = node["exit"].as_str() {
+                let mut message = format!("node n{id}'s process ended on its own during the run ({exit})");
+                if let Some(line) = node["last_error"].as_str() {
+                    message.push_str(&format!("; its last error: {line}"));
+                }
+                results.anomaly(NAME, Kind::NodeExited, None, message, vec![event.index]);
+            }
             continue;
         }
-        let id = node["node"].as_u64().unwrap_or(0);
         let leader = event.value["leader"].as_u64();
         let why = if node["answered"] != true {
             "it does not answer".to_string()
@@ -37,7 +46,7 @@ pub fn check(ops: &[Op], results: &mut Results) {
         };
         let mut message = format!("node n{id} did not come back after the run: {why}");
         if let Some(exit) = node["exit"].as_str() {
-            message.push_str(&format!("; its process {exit}"));
+            message.push_str(&format!("; its process ended on its own ({exit})"));
         }
         if let Some(line) = node["last_error"].as_str() {
             message.push_str(&format!("; its last error: {line}"));

@@ -103,10 +103,11 @@ impl Fleet {
         }
     }
 
-    /// Notes machine ids from the agents' state files and agents that ended on their own.
-    async fn poll(&self) {
+    /// Notes agents that ended on their own and, when `learn_ids`, machine ids from the
+    /// agents' state files.
+    async fn poll(&self, learn_ids: bool) {
         for agent in self.agents.lock().await.iter_mut() {
-            if agent.machine_id.is_none() {
+            if learn_ids && agent.machine_id.is_none() {
                 agent.machine_id = machine_id(&agent.dir);
             }
             let Some(child) = agent.child.as_mut() else { continue };
@@ -162,15 +163,18 @@ impl Fleet {
         if self.agents.lock().await.is_empty() {
             return;
         }
-        self.poll().await;
+        // The machines judged are those known now: one that enrols during the wait below may
+        // miss a listing it came too late for.
+        self.poll(true).await;
         let healed = ctx.history.now();
+        let healed_term = ctx.cluster.leader_term().await;
         let wait = Duration::from_millis(INACTIVITY_TIMEOUT_MS + INACTIVITY_TIMEOUT_MS / 2 + 3000);
         let deadline = tokio::time::Instant::now() + wait;
         let gone_for_good: Vec<String> = {
             let agents = self.agents.lock().await;
             agents.iter().filter(|a| a.ephemeral && a.killed.is_some()).filter_map(|a| a.machine_id.clone()).collect()
         };
-        let mut listed: Option<(u64, Vec<String>)> = None;
+        let mut listed: Option<(u64, Option<u64>, Vec<String>)> = None;
         loop {
             let node = ctx.cluster.ids[rand::thread_rng().gen_range(0..ctx.cluster.ids.len())];
             let body = json!({ "action": "list_machines", "org_id": ctx.cluster.api.org_id });
@@ -184,7 +188,7 @@ impl Fleet {
                     .filter_map(|m| m["machine_id"].as_str().map(str::to_string))
                     .collect();
                 let done = !gone_for_good.iter().any(|id| ids.contains(id));
-                listed = Some((ctx.history.now(), ids));
+                listed = Some((ctx.history.now(), ctx.cluster.leader_term().await, ids));
                 if done {
                     break;
                 }
@@ -194,7 +198,7 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        self.poll().await;
+        self.poll(false).await;
         let mut agents = self.agents.lock().await;
         let records: Vec<Value> = agents
             .iter()
@@ -212,11 +216,17 @@ impl Fleet {
             .collect();
         ctx.history.nemesis(
             AGENTS_EVENT,
-            json!({ "phase": "final", "timeout_ms": INACTIVITY_TIMEOUT_MS, "healed_ns": healed, "agents": records }),
+            json!({
+                "phase": "final",
+                "timeout_ms": INACTIVITY_TIMEOUT_MS,
+                "healed_ns": healed,
+                "healed_term": healed_term,
+                "agents": records,
+            }),
         );
         let listing = match listed {
-            Some((at, ids)) => json!({ "phase": "final", "listed_ns": at, "machine_ids": ids }),
-            None => json!({ "phase": "final", "listed_ns": null, "machine_ids": null }),
+            Some((at, term, ids)) => json!({ "phase": "final", "listed_ns": at, "term": term, "machine_ids": ids }),
+            None => json!({ "phase": "final", "listed_ns": null, "term": null, "machine_ids": null }),
         };
         ctx.history.nemesis(MACHINES_EVENT, listing);
         for agent in agents.iter_mut() {
@@ -265,7 +275,7 @@ pub async fn run(ctx: Arc<Ctx>, salt: u64) {
     let mut next_persistent_kill = ctx.history.now() + rng.gen_range(20..30) * 1_000_000_000;
     let mut persistent_kills = 0;
     while ctx.sleep(Duration::from_secs(1)).await {
-        fleet.poll().await;
+        fleet.poll(true).await;
         let now = ctx.history.now();
         if now >= next_ephemeral_kill {
             fleet.kill_one(&ctx, true, true, &mut rng).await;
