@@ -314,8 +314,13 @@ impl Cluster {
 
     /// Makes node `id`'s clock jump by `offset_ms` from the true time: rewrites its file and
     /// sends SIGHUP, on which `ztna server` reloads `test_only_clock_offset_ms`.
+    /// An offset it already has sends nothing (the heal resets every clock, and a SIGHUP that
+    /// needs no answer is one fewer to race a node's start).
     pub async fn set_clock_offset(&self, id: u64, offset_ms: i64) -> anyhow::Result<()> {
-        self.offsets.lock().unwrap_or_else(|e| e.into_inner()).insert(id, offset_ms);
+        let before = self.offsets.lock().unwrap_or_else(|e| e.into_inner()).insert(id, offset_ms);
+        if before.unwrap_or(0) == offset_ms {
+            return Ok(());
+        }
         self.write_config(id)?;
         if let Some(child) = self.procs.lock().await.get(&id).and_then(|p| p.child.as_ref()) {
             Self::signal(child, libc::SIGHUP);

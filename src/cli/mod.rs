@@ -631,6 +631,10 @@ fn init_tracing(format: LogFormat) {
 
 async fn server(args: ServerArgs) -> Result<(), CliError> {
     init_tracing(args.log_format);
+    // SIGHUP is caught from the first moment: one that arrives while the node is still
+    // starting (a reload sent too early) is handled once it runs, never the default action,
+    // which would end the process.
+    let hangups = hangups();
     let mut cluster = ClusterFile::load(&args.cluster)?;
     if let Some(timeout) = &args.ephemeral_inactivity_timeout {
         cluster.settings.ephemeral_inactivity_timeout_ms = crate::config::parse_duration_ms(timeout)?;
@@ -645,7 +649,7 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     }
     let config = NodeConfig::new(args.id, args.data_dir, cluster)?;
     let running = Node::start(config).await?;
-    tokio::spawn(reload_clock_offset_on_sighup(args.cluster.clone(), running.node.clone()));
+    tokio::spawn(reload_clock_offset_on_sighup(hangups, args.cluster.clone(), running.node.clone()));
     let failed = tokio::select! {
         _ = wait_for_stop_signal() => None,
         reason = running.failed() => Some(reason),
@@ -659,14 +663,30 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
     }
 }
 
-/// On SIGHUP, re-reads `test_only_clock_offset_ms` from the cluster file: the clock jump of
-/// jepsen-lite's clock nemesis. Nothing else is reloaded.
-async fn reload_clock_offset_on_sighup(cluster: std::path::PathBuf, node: std::sync::Arc<Node>) {
+/// The process's SIGHUPs, caught from now on (`None` where there are none, or if the handler
+/// cannot be installed).
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangups() -> Hangups {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            return;
-        };
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot catch SIGHUP: {e}"))
+            .ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// On SIGHUP, re-reads `test_only_clock_offset_ms` from the cluster file: the clock jump of
+/// jepsen-lite's clock nemesis. Nothing else is reloaded.
+async fn reload_clock_offset_on_sighup(hangups: Hangups, cluster: std::path::PathBuf, node: std::sync::Arc<Node>) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hangups else { return };
         while hup.recv().await.is_some() {
             match ClusterFile::load(&cluster) {
                 Ok(file) => {
@@ -679,7 +699,7 @@ async fn reload_clock_offset_on_sighup(cluster: std::path::PathBuf, node: std::s
         }
     }
     #[cfg(not(unix))]
-    let _ = (cluster, node);
+    let _ = (hangups, cluster, node);
 }
 
 async fn wait_for_stop_signal() {

@@ -68,3 +68,21 @@ async fn a_leader_clock_jumping_hours_ahead_or_minutes_back_moves_no_expiry_and_
     assert_eq!(state, "expired", "listings answer at cluster time");
     jump_clock(&cluster, leader, 0).await;
 }
+
+/// A SIGHUP (the clock nemesis's reload, or `systemctl reload`) that reaches a node while it is
+/// still starting is handled once it runs; it never ends the process, as the signal's default
+/// action would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_a_node_starts_does_not_stop_it() {
+    let mut cluster = Cluster::start().await;
+    cluster.wait_ready().await;
+    cluster.stop(2);
+    cluster.spawn(2);
+    // From 10 ms after the spawn (it starts in a few ms; opening its store takes longer) to 1 s.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cluster.signal(2, "-HUP");
+    }
+    assert_eq!(cluster.wait_exit(2, Duration::from_secs(2)).await, None, "node 2 stopped: {}", cluster.log(2));
+    cluster.wait_caught_up().await;
+}
