@@ -85,7 +85,7 @@ def state(server, api_key, operator_key, org):
         if cursor is None:
             break
     _, machines = call(f"{server}/api/machine-admin", {"action": "list_machines", "org_id": org}, api_key)
-    _, cluster = call(f"{server}/api/cluster")
+    _, cluster = call(f"{server}/api/cluster", None, api_key)
     return {
         "members": sorted(json.dumps(m, sort_keys=True) for m in cluster["members"]),
         "orgs": strip(orgs["orgs"]),

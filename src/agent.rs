@@ -158,6 +158,13 @@ pub async fn enrol_with_proof(client: &Client, state: &mut AgentState, auth_key:
                 tried.push(format!("{server} ({message})"))
             }
             Err(ClientError::Api { status: 503 | 507, message, .. }) => tried.push(format!("{server} ({message})")),
+            // A node of an older build judges freshness by its own clock, which may be wrong:
+            // another node may take the same (fresh) proof.
+            Err(ClientError::Api { code, message, .. })
+                if code == "proof_invalid" && message.contains("from this node's clock") =>
+            {
+                tried.push(format!("{server} ({message})"))
+            }
             other => return other,
         }
         if (n + 1) % servers.len() == 0 {

@@ -171,6 +171,52 @@ impl Client {
         Err(ClientError::Unreachable(tried.join(", ")))
     }
 
+    /// POSTs a create whose secret only the node that made it can show (`api::held`): nodes are
+    /// tried in turn until one takes the request (a refused connection or a full disk took
+    /// nothing); from then on only that node is asked again, as long as its answer stays
+    /// unknown (503, or none after sending), so that its retry is answered with what it made.
+    /// `body` must carry a `request_id`.
+    pub async fn post_sticky(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + self.total;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut index = first;
+        let mut tried = Vec::new();
+        while !deadline.saturating_duration_since(Instant::now()).is_zero() {
+            let server = &self.servers[index % self.servers.len()];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut request = self.http.post(format!("{server}{path}")).json(body).timeout(self.per_node.min(left));
+            if let Some(bearer) = &self.bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let moved_on = match request.send().await {
+                Ok(response) => match answer(response).await {
+                    Err(ClientError::Api { status: 507, message, .. }) => {
+                        index += 1;
+                        format!("{server} ({message})")
+                    }
+                    Err(ClientError::Api { status: 503, message, .. }) => {
+                        format!("{server} ({message}); asking it again")
+                    }
+                    other => {
+                        self.preferred.store(index % self.servers.len(), Ordering::Relaxed);
+                        return other;
+                    }
+                },
+                Err(e) if e.is_connect() => {
+                    index += 1;
+                    format!("{server} ({})", describe(&e))
+                }
+                Err(e) => format!("{server} ({}); asking it again", describe(&e)),
+            };
+            if tried.len() < self.servers.len() * 2 {
+                tried.push(moved_on);
+            }
+            tokio::time::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+        Err(ClientError::Unreachable(tried.join(", ")))
+    }
+
     /// POSTs `body` to `path` on `server` only, within the per-node wait (an enrolment's proof
     /// is made for one node's key, so it goes to that node).
     pub async fn post_to(&self, server: &str, path: &str, body: &Value) -> Result<Value, ClientError> {
@@ -189,9 +235,13 @@ impl Client {
         self.total
     }
 
-    /// GETs `path` from one node.
+    /// GETs `path` from one node (with the client's credential, if it has one).
     pub async fn get_from(&self, server: &str, path: &str) -> Result<Value, ClientError> {
-        match self.http.get(format!("{server}{path}")).timeout(Duration::from_secs(3)).send().await {
+        let mut request = self.http.get(format!("{server}{path}")).timeout(Duration::from_secs(3));
+        if let Some(bearer) = &self.bearer {
+            request = request.bearer_auth(bearer);
+        }
+        match request.send().await {
             Ok(response) => answer(response).await,
             Err(e) => Err(ClientError::Unreachable(format!("{server} ({})", describe(&e)))),
         }

@@ -122,6 +122,12 @@ impl ClusterClock {
         estimate(own, state.peers.values().map(|s| (s.wall, now.saturating_duration_since(s.at))))
     }
 
+    /// The time [`ClusterClock::stamp`] would stamp now, without stamping.
+    pub fn peek(&self, term: u64, floor: Millis) -> Millis {
+        let estimate = self.estimate();
+        next_stamp(self.state().pace, term, floor, estimate, Instant::now()).1
+    }
+
     /// The time to stamp on an entry the leader of `term` proposes now; never below `floor` (the
     /// state machine's clock) nor below an earlier stamp of the same term.
     pub fn stamp(&self, term: u64, floor: Millis) -> Millis {

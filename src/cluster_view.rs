@@ -111,8 +111,11 @@ async fn assemble(node: &Node) -> ClusterView {
         let answer = if member.id == node.id() {
             Ok(mine.clone())
         } else {
-            let addr = node.config().settings().dial_addr(member.id, &member.raft_addr);
-            node.peers().cluster_info(&addr, ASK_TIMEOUT).await
+            let peer = crate::network::Peer {
+                id: member.id,
+                addr: node.config().settings().dial_addr(member.id, &member.raft_addr),
+            };
+            node.peers().cluster_info(&peer, ASK_TIMEOUT).await
         };
         (member, answer)
     });

@@ -77,6 +77,7 @@ pub struct Settings {
     /// Build a snapshot (and allow purging the log) after this many applied commands (like
     /// etcd's `--snapshot-count`). Counted in commands, not entries, because an entry holds up
     /// to `max_batch` of them: this bounds what a follower replays after installing a snapshot.
+    /// An entry without commands (a read barrier, a new leader's first entry) counts as one.
     pub snapshot_every_commands: u64,
     /// Most commands the leader puts in one log entry.
     pub max_batch: usize,
@@ -96,6 +97,10 @@ pub struct Settings {
     /// TEST ONLY: milliseconds added to this node's wall clock (may be negative), to inject a
     /// clock jump.
     pub test_only_clock_offset_ms: i64,
+    /// TEST ONLY: log entries kept behind a snapshot (openraft's `max_in_snapshot_log_to_keep`,
+    /// 1000 by default): fewer make a follower that fell behind install a snapshot sooner, so
+    /// fault tests see installs often.
+    pub test_only_log_kept_after_snapshot: u64,
     /// TEST ONLY: node id (as a string) → address this node dials instead of that peer's
     /// `raft_addr`, so jepsen-lite can put a fault-injecting proxy on every link without root.
     pub test_only_dial: std::collections::BTreeMap<String, String>,
@@ -109,15 +114,74 @@ pub struct Settings {
     pub insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster: bool,
     /// Most connections each listener keeps open at once; more are closed at once.
     pub max_connections: usize,
+    /// Most connections from one client address (an IPv6 client by its /64) on the API, and
+    /// from one member on the internal listener.
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once per listener (an eighth of them from one address).
+    pub max_tls_handshakes: usize,
+    /// A TLS handshake must finish within this long.
+    pub tls_handshake_timeout_ms: u64,
     /// A client must send a request's headers within this long.
     pub header_read_timeout_ms: u64,
     /// A connection with nothing read or written for this long is closed.
     pub idle_timeout_ms: u64,
     /// A request's body must arrive within this long.
     pub body_read_timeout_ms: u64,
-    /// Failed authentications allowed per minute from one client address (then 429 for a
-    /// minute), and per credential id (then its failures answer 429).
+    /// Failed authentications allowed per minute from one client address (then its requests
+    /// without a valid credential answer 429 for the rest of the minute), and per credential id
+    /// (then its failures answer 429).
     pub auth_failures_per_minute: u32,
+    /// Proxies (CIDR blocks, e.g. `"10.0.0.0/8"`) whose `X-Forwarded-For` names the client a
+    /// request's failed authentications count against. Empty: the connection's peer always.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An IP network, `address/prefix` (an address alone is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let bits = |prefix: u8, width: u32| if prefix == 0 { 0 } else { u128::MAX << (width - u32::from(prefix)) };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = bits(self.prefix, 32) as u32;
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = bits(self.prefix, 128);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_some_and(|v4| self.contains(v4.into())),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a CIDR block (e.g. \"10.0.0.0/8\" or \"fd00::/8\")");
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() { width } else { prefix.parse::<u8>().map_err(|_| bad())? };
+        if prefix > width {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Settings {
@@ -136,14 +200,19 @@ impl Default for Settings {
             min_free_disk_mb: 256,
             test_only_min_expiry_secs: MIN_EXPIRY_SECS,
             test_only_clock_offset_ms: 0,
+            test_only_log_kept_after_snapshot: 1000,
             test_only_dial: Default::default(),
             bootstrap_token_sha256: None,
             insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster: false,
             max_connections: 512,
+            max_connections_per_address: 128,
+            max_tls_handshakes: 64,
+            tls_handshake_timeout_ms: 3000,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
             auth_failures_per_minute: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -193,7 +262,9 @@ impl Settings {
     pub fn listener_limits(&self) -> crate::listener::Limits {
         crate::listener::Limits {
             max_connections: self.max_connections,
-            handshake: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections_per_address: self.max_connections_per_address,
+            max_tls_handshakes: self.max_tls_handshakes,
+            handshake: Duration::from_millis(self.tls_handshake_timeout_ms),
             header_read: Duration::from_millis(self.header_read_timeout_ms),
             idle: Duration::from_millis(self.idle_timeout_ms),
         }

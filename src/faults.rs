@@ -96,6 +96,32 @@ fault_switch!(
     "ZTNA_FAULT_FORWARD_SWEEP"
 );
 
+fault_switch!(
+    /// `ZTNA_FAULT_INSTALL_DEFERS_PURGE=1`: a snapshot install does not purge the log in its own
+    /// last batch; the purge comes on its own task, seconds later (as builds before did, without
+    /// the delay). A crash after the first entries appended past the snapshot then leaves the old
+    /// log, a hole and the new entries, from which openraft cannot start.
+    install_defers_purge,
+    "ZTNA_FAULT_INSTALL_DEFERS_PURGE"
+);
+
+fault_switch!(
+    /// `ZTNA_FAULT_STALE_REFUSAL=1`: a leader refuses a credential from its applied state as it
+    /// stands, without confirming it is current: a leader that has not yet applied its
+    /// predecessor's last entries, or a deposed one, answers a definite 401 for a key that exists.
+    stale_refusal,
+    "ZTNA_FAULT_STALE_REFUSAL"
+);
+
+fault_switch!(
+    /// `ZTNA_FAULT_SWEEP_UNCHECKED=1`: a sweep deletes the machines it names by id whatever
+    /// happened to them since the leader judged them silent (a re-enrolment, a heartbeat during
+    /// the sweep), as builds before `SweepSilent` did; and it is proposed two seconds after it
+    /// was decided, as a sweep held up behind other work (or whose caller gave up) could be.
+    sweep_unchecked,
+    "ZTNA_FAULT_SWEEP_UNCHECKED"
+);
+
 /// The state machine leaves the use limit to someone else (either switch above).
 pub fn state_machine_skips_limit() -> bool {
     skip_limit_check() || stale_read_enrol()
@@ -104,7 +130,10 @@ pub fn state_machine_skips_limit() -> bool {
 /// `ZTNA_TEST_ONLY_CRASH_AT=<point>`: the process aborts when it reaches `point`, as a crash
 /// would (nothing is flushed or cleaned up). Unlike the switches above this is in every build:
 /// it breaks no guarantee (a node may crash anywhere; surviving that is the point), and the
-/// crash tests run the same binary users run. Points: `purge` (before the log purge's write),
+/// crash tests run the same binary users run. Points: `start` (before the node touches its data),
+/// `create-new:written` (a file made once, such as `enrol.key`, written under its temporary
+/// name and not yet linked), `append:after-install` (the first entries appended after a snapshot
+/// install are durable), `purge` (before the log purge's write),
 /// `install:received` (a snapshot fully received, before it is checked), `install:promoted`
 /// (it is `snapshot/current`, no row written), `install:rows` (after the first batch of its
 /// rows), `install:applied` (all rows and the applied id written, before the node uses them).
@@ -121,4 +150,36 @@ pub fn crash_point(point: &str) {
         eprintln!("ZTNA_TEST_ONLY_CRASH_AT: aborting at {point}");
         std::process::abort();
     }
+}
+
+/// `ZTNA_TEST_ONLY_DELAY=<point>=<ms>[,while=<path>]`: the node waits that long when it reaches
+/// `point` (every time, or only while file `path` exists, which a test creates and removes to
+/// turn the delay on and off). Like the crash points, in every build (a node may be slow
+/// anywhere; a test uses this to hold a race open). Points: `sweep:decided` (a sweep has decided
+/// which machines were silent, before it is proposed), `propose:answer` (a leader has the
+/// outcomes of a follower's forwarded batch, before it answers them).
+pub async fn delay_point(point: &str) {
+    struct Delay {
+        at: String,
+        ms: u64,
+        while_exists: Option<std::path::PathBuf>,
+    }
+    static AT: std::sync::OnceLock<Option<Delay>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let value = std::env::var("ZTNA_TEST_ONLY_DELAY").ok()?;
+        let (value, while_exists) = match value.split_once(",while=") {
+            Some((value, path)) => (value.to_string(), Some(std::path::PathBuf::from(path))),
+            None => (value, None),
+        };
+        let (at, ms) = value.rsplit_once('=')?;
+        let ms = ms.parse().ok()?;
+        tracing::warn!("TEST ONLY: ZTNA_TEST_ONLY_DELAY: this node waits {ms} ms at {at}");
+        Some(Delay { at: at.to_string(), ms, while_exists })
+    });
+    let Some(delay) = at.as_ref().filter(|d| d.at == point) else { return };
+    if delay.while_exists.as_ref().is_some_and(|path| !path.exists()) {
+        return;
+    }
+    tracing::info!("ZTNA_TEST_ONLY_DELAY: waiting {} ms at {point}", delay.ms);
+    tokio::time::sleep(std::time::Duration::from_millis(delay.ms)).await;
 }

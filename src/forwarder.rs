@@ -22,15 +22,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::network::{ForwardError, PeerClient};
+use crate::network::{ForwardError, Peer, PeerClient};
 use crate::sm::model::{Command, Outcome};
 
 type Reply = oneshot::Sender<Result<Outcome, ForwardError>>;
 
-/// A command waiting to be forwarded: the leader's address, the command, when its request
-/// gives up, and where its outcome goes.
+/// A command waiting to be forwarded: the leader, the command, when its request gives up, and
+/// where its outcome goes.
 struct Waiting {
-    addr: String,
+    leader: Peer,
     command: Command,
     deadline: Instant,
     reply: Reply,
@@ -51,12 +51,11 @@ impl Forwarder {
         Forwarder { queue }
     }
 
-    /// Sends `command` to the leader at internal address `addr` and waits for its outcome, until
-    /// `deadline` at most.
-    pub async fn propose(&self, addr: String, command: Command, deadline: Instant) -> Result<Outcome, ForwardError> {
+    /// Sends `command` to the leader and waits for its outcome, until `deadline` at most.
+    pub async fn propose(&self, leader: Peer, command: Command, deadline: Instant) -> Result<Outcome, ForwardError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Waiting { addr, command, deadline, reply })
+            .send(Waiting { leader, command, deadline, reply })
             .await
             .map_err(|_| ForwardError::Unavailable("the node is shutting down".into()))?;
         answer.await.map_err(|_| ForwardError::Transport("the forwarded write was dropped".into()))?
@@ -81,13 +80,13 @@ async fn run(
     while let Some(first) = waiting.recv().await {
         // Wait for room first, so that commands arriving meanwhile join this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut by_leader: BTreeMap<String, Batch> = BTreeMap::new();
+        let mut by_leader: BTreeMap<Peer, Batch> = BTreeMap::new();
         let mut add = |w: Waiting| {
             // A request that already gave up is not sent at all.
             if w.reply.is_closed() {
                 return;
             }
-            let batch = by_leader.entry(w.addr).or_default();
+            let batch = by_leader.entry(w.leader).or_default();
             batch.commands.push(w.command);
             batch.replies.push(w.reply);
             batch.deadline = Some(batch.deadline.map_or(w.deadline, |d| d.max(w.deadline)));
@@ -102,10 +101,10 @@ async fn run(
         // One call per leader (two only around a leader change), side by side, so a batch for
         // the new leader never waits behind a call to the old one.
         let permit = Arc::new(permit);
-        for (addr, batch) in by_leader {
+        for (leader, batch) in by_leader {
             let (peers, permit) = (peers.clone(), permit.clone());
             tokio::spawn(async move {
-                send(&peers, &addr, batch, timeout).await;
+                send(&peers, &leader, batch, timeout).await;
                 drop(permit);
             });
         }
@@ -113,12 +112,12 @@ async fn run(
 }
 
 /// Sends one batch and hands out its outcomes; gives up when every caller has.
-async fn send(peers: &PeerClient, addr: &str, mut batch: Batch, timeout: Duration) {
+async fn send(peers: &PeerClient, leader: &Peer, mut batch: Batch, timeout: Duration) {
     let deadline = batch.deadline.unwrap_or_else(Instant::now);
     let timeout = deadline.saturating_duration_since(Instant::now()).min(timeout);
     let everyone_gave_up = futures::future::join_all(batch.replies.iter_mut().map(|r| r.closed()));
     let outcomes = tokio::select! {
-        outcomes = peers.propose(addr, &batch.commands, timeout) => outcomes,
+        outcomes = peers.propose(leader, &batch.commands, timeout) => outcomes,
         _ = everyone_gave_up => return,
     };
     match outcomes {

@@ -97,7 +97,7 @@ pub fn inspect(data_dir: &Path, cluster_name: &str, node_id: NodeId) -> Result<D
 /// Makes `data_dir` this node's, with a new incarnation.
 pub fn create(data_dir: &Path, cluster_name: &str, node_id: NodeId) -> Result<Identity, IdentityError> {
     let io = |source| IdentityError::Io { path: data_dir.display().to_string(), source };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    crate::private_file::create_dir_all_synced(data_dir).map_err(io)?;
     let identity = Identity {
         format: FORMAT,
         cluster_name: cluster_name.to_string(),
@@ -107,7 +107,6 @@ pub fn create(data_dir: &Path, cluster_name: &str, node_id: NodeId) -> Result<Id
     let bytes = serde_json::to_vec_pretty(&identity)
         .map_err(|e| IdentityError::Invalid { path: FILE.into(), message: e.to_string() })?;
     crate::private_file::write(&file(data_dir), &bytes).map_err(io)?;
-    std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(io)?;
     Ok(identity)
 }
 

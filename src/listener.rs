@@ -1,20 +1,34 @@
 //! Serving HTTP with limits: both listeners of a node go through [`serve`].
 //!
-//! Every connection is bounded: at most `max_connections` at once per listener (one more is
-//! closed at once, so a flood of idle sockets cannot take the file descriptors RocksDB and Raft
-//! need), a TLS handshake within `handshake`, request headers within `header_read`, and no
-//! more than `idle` without a byte read or written (a client that stalls a body, or a download
-//! it does not read, is dropped). Whole requests are bounded by the routers' own timeout layers.
+//! Every connection is bounded, and no one client takes every slot:
+//! - at most `max_connections` served at once per listener (one more is closed at once, so a
+//!   flood of idle sockets cannot take the file descriptors RocksDB and Raft need), and on the
+//!   public listener at most `max_connections_per_address` from one client address (an IPv6
+//!   client by its /64), handshakes included;
+//! - a TLS handshake holds no connection slot: it takes one of `max_tls_handshakes` slots (an
+//!   eighth of them at most per address), and must finish within `tls_handshake_timeout`;
+//! - request headers within `header_read`, and no more than `idle` without a byte read or
+//!   written (a client that stalls a body, or a download it does not read, is dropped);
+//! - on the internal listener the client certificate is checked right after the handshake
+//!   ([`Admit`]: a current member's, naming its node id), before the connection takes a slot; a
+//!   refused one is closed, and each member holds at most `max_connections_per_address`
+//!   connections, so members' slots are theirs. A removed node's certificate holds one
+//!   connection at most, enough to ask whether it was removed.
+//!
+//! Whole requests are bounded by the routers' own timeout layers; large answers (the binary
+//! download, a backup) by a minimum transfer rate ([`min_rate`]).
 //!
 //! On the internal listener the TLS layer also says who is calling: the client certificate's
 //! node identity ([`PeerCertificate`]), which `network::server` checks against the membership.
 //!
 //! This module must not decide anything about keys or routes.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +45,10 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// From one client address (public listener) or one member (internal listener).
+    pub max_connections_per_address: usize,
+    /// TLS handshakes in progress at once (an eighth of them per address).
+    pub max_tls_handshakes: usize,
     pub handshake: Duration,
     pub header_read: Duration,
     pub idle: Duration,
@@ -40,20 +58,107 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
 
-/// Serves `router` on `listener` (TLS first with `tls`) within `limits`, until `stop`.
+/// Checks a client certificate right after the handshake: the node id it may call as, or why
+/// it may not (the connection is then closed).
+pub type Admit = Arc<dyn Fn(&PeerCertificate) -> Result<Admitted, String> + Send + Sync>;
+
+/// Who a client certificate let in on the internal listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// A member (or a node joining, or one of a cluster not formed yet): its share of slots.
+    Member(u64),
+    /// A node whose id is retired: one connection at a time, to learn that it was removed
+    /// (the routes refuse it everything else).
+    Retired(u64),
+}
+
+/// The client address a limit counts by: an IPv4 address, or an IPv6 address's /64 (one
+/// subscriber usually holds a whole /64); IPv4-mapped IPv6 addresses as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+/// Counts per key (an address, a member) with a cap; a [`Held`] gives its count back.
+struct PerKey<K: Hash + Eq + Clone + Send + 'static> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    cap: usize,
+}
+
+struct Held<K: Hash + Eq + Clone + Send + 'static> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static> PerKey<K> {
+    fn new(cap: usize) -> Self {
+        PerKey { counts: Arc::default(), cap: cap.max(1) }
+    }
+
+    /// One more for `key`, unless it is at its cap.
+    fn take(&self, key: K) -> Option<Held<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key.clone()).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Held { counts: self.counts.clone(), key })
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a listener shares between its connections.
+struct Shared {
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    per_address: PerKey<IpAddr>,
+    handshakes_per_address: PerKey<IpAddr>,
+    per_member: PerKey<u64>,
+    per_retired: PerKey<u64>,
+    refusals: crate::log_every::LogEvery,
+}
+
+/// Serves `router` on `listener` (TLS first with `tls`) within `limits`, until `stop`. With
+/// `admit` (the internal listener), every client certificate is checked right after its
+/// handshake and connections are counted per member instead of per address.
 pub fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     limits: Limits,
+    admit: Option<Admit>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let shared = Arc::new(Shared {
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(limits.max_tls_handshakes.max(1))),
+            per_address: PerKey::new(limits.max_connections_per_address),
+            handshakes_per_address: PerKey::new((limits.max_tls_handshakes / 8).max(2)),
+            per_member: PerKey::new(limits.max_connections_per_address),
+            per_retired: PerKey::new(1),
+            refusals: crate::log_every::LogEvery::new(crate::log_every::PERIOD),
+        });
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let mut refused_logged = Instant::now() - Duration::from_secs(60);
-        let mut refused = 0u64;
-        let refusals = Arc::new(crate::log_every::LogEvery::new(crate::log_every::PERIOD));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -67,45 +172,78 @@ pub fn serve(
                 },
                 () = stopped(&mut stop) => return,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                refused += 1;
-                if refused_logged.elapsed() >= Duration::from_secs(10) {
-                    tracing::warn!(
-                        refused,
-                        limit = limits.max_connections,
-                        "connection limit reached: closing new connections"
-                    );
-                    refused_logged = Instant::now();
-                    refused = 0;
-                }
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (router, acceptor, stop, refusals) = (router.clone(), acceptor.clone(), stop.clone(), refusals.clone());
+            let (router, acceptor, admit, stop, shared) =
+                (router.clone(), acceptor.clone(), admit.clone(), stop.clone(), shared.clone());
             tokio::spawn(async move {
-                let _slot = slot;
-                match acceptor {
-                    None => connection(IdleIo::new(stream, limits.idle), peer, None, router, limits, stop).await,
-                    Some(acceptor) => {
-                        let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await;
-                        let stream = match handshake {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => return refusals.warn(format_args!("TLS handshake refused from {peer}: {e}")),
-                            Err(_) => return refusals.warn(format_args!("TLS handshake from {peer} timed out")),
-                        };
-                        let cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
-                        connection(IdleIo::new(stream, limits.idle), peer, cert, router, limits, stop).await
-                    }
+                if let Err(why) = accept(stream, peer, acceptor, admit, router, &shared, stop).await {
+                    crate::metrics::global().connection_refused();
+                    shared.refusals.warn(format_args!("connection from {peer} closed: {why}"));
                 }
             });
         }
     })
+}
+
+/// Takes one accepted connection through its limits and serves it; why it was closed if not.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    admit: Option<Admit>,
+    router: axum::Router,
+    shared: &Shared,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let limits = shared.limits;
+    let address = client_key(peer.ip());
+    // The public listener counts per address, from the first byte; the internal one per member,
+    // once the certificate says which.
+    let _per_address = match admit {
+        None => Some(shared.per_address.take(address).ok_or("too many connections from this address")?),
+        Some(_) => None,
+    };
+    let slot = || shared.slots.clone().try_acquire_owned().map_err(|_| "the connection limit is reached");
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = acceptor else {
+        let _slot = slot()?;
+        connection(IdleIo::new(stream, limits.idle), peer, None, router, limits, stop).await;
+        return Ok(());
+    };
+    let stream = {
+        let _handshake =
+            shared.handshakes.clone().try_acquire_owned().map_err(|_| "too many TLS handshakes at once")?;
+        let _from_here =
+            shared.handshakes_per_address.take(address).ok_or("too many TLS handshakes from this address")?;
+        match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("TLS handshake refused: {e}")),
+            Err(_) => return Err("the TLS handshake did not finish in time".into()),
+        }
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+    let _per_member = match (&admit, &cert) {
+        (None, _) => None,
+        (Some(admit), Some(cert)) => match admit(cert)? {
+            Admitted::Member(member) => Some(
+                shared.per_member.take(member).ok_or_else(|| format!("node {member} holds too many connections"))?,
+            ),
+            Admitted::Retired(id) => Some(
+                shared
+                    .per_retired
+                    .take(id)
+                    .ok_or_else(|| format!("node {id} was removed; it holds its one connection"))?,
+            ),
+        },
+        (Some(_), None) => return Err("no client certificate".into()),
+    };
+    let _slot = slot()?;
+    connection(IdleIo::new(stream, limits.idle), peer, cert, router, limits, stop).await;
+    Ok(())
 }
 
 /// Serves one connection's requests (HTTP/1.1, keep-alive) until it ends or the node stops.
@@ -210,5 +348,58 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Wraps a large answer's body so that it must keep a minimum transfer rate: after `grace`, a
+/// client that has taken less than `bytes_per_second` on average since the start (a slow
+/// reader holding the connection and the data) is cut off, as it is past `deadline` in all.
+pub fn min_rate(
+    body: axum::body::Body,
+    bytes_per_second: u64,
+    grace: Duration,
+    deadline: Duration,
+) -> axum::body::Body {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let stream = body.into_data_stream().map(move |chunk| {
+        let elapsed = started.elapsed();
+        let slow = elapsed > grace && sent < bytes_per_second.saturating_mul(elapsed.as_secs());
+        if slow || elapsed > deadline {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads too slowly"));
+        }
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        sent += chunk.len() as u64;
+        Ok(chunk)
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_slash_64_and_a_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_key_at_its_cap_gets_no_more_until_one_is_given_back() {
+        let per = PerKey::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = per.take(ip).unwrap();
+        let _second = per.take(ip).unwrap();
+        assert!(per.take(ip).is_none());
+        assert!(per.take("10.0.0.2".parse().unwrap()).is_some(), "another address is not held back");
+        drop(first);
+        assert!(per.take(ip).is_some());
     }
 }

@@ -16,7 +16,10 @@
 //!
 //! A sweep's decision carries the term it was made in; the state machine ignores it under any
 //! other term, and the node never forwards it, so a deposed or frozen leader's view of silence
-//! cannot take effect under its successor.
+//! cannot take effect under its successor. It also carries, per machine, the node key and the
+//! persisted last-seen time it judged: a machine that re-keyed (an enrolment is a sign of life)
+//! or was seen since is skipped when the sweep commits. A heartbeat that arrives while its
+//! machine is being swept waits for the sweep and is answered by the state after it.
 //!
 //! Times here are milliseconds on a monotonic clock the caller supplies, so the rules are
 //! testable without waiting. This module must not propose anything itself.
@@ -48,6 +51,8 @@ pub struct Liveness {
     /// Machines heard from since the last persisted batch.
     unpersisted: HashSet<String>,
     last_persist_mono: u64,
+    /// The machines the sweep in flight decided to delete, until it is done ([`Liveness::swept`]).
+    sweeping: HashSet<String>,
 }
 
 impl Liveness {
@@ -62,13 +67,26 @@ impl Liveness {
             seen: HashMap::new(),
             unpersisted: HashSet::new(),
             last_persist_mono: 0,
+            sweeping: HashSet::new(),
         }
     }
 
-    /// A heartbeat from `machine_id`, observed by the leader.
-    pub fn observe(&mut self, machine_id: &str, mono: u64, wall: Millis) {
+    /// A heartbeat (or an enrolment) from `machine_id`, observed by the leader. Answers whether
+    /// the sweep in flight is deleting it: the heartbeat must then wait for that sweep and be
+    /// answered by the state after it, so no machine is told it is fine just before it goes.
+    pub fn observe(&mut self, machine_id: &str, mono: u64, wall: Millis) -> bool {
         self.seen.insert(machine_id.to_string(), Seen { mono, wall: Some(wall) });
         self.unpersisted.insert(machine_id.to_string());
+        self.sweeping.contains(machine_id)
+    }
+
+    /// A sign of life from `machine_id` that is not a heartbeat (it enrolled, or re-keyed): its
+    /// timer starts again, and its last-seen time stays what its heartbeats said. Answers
+    /// whether the sweep in flight is deleting it.
+    pub fn alive(&mut self, machine_id: &str, mono: u64) -> bool {
+        let wall = self.seen.get(machine_id).and_then(|s| s.wall);
+        self.seen.insert(machine_id.to_string(), Seen { mono, wall });
+        self.sweeping.contains(machine_id)
     }
 
     /// The wall-clock time of the last heartbeat this leader saw from `machine_id`.
@@ -87,6 +105,7 @@ impl Liveness {
         self.last_sweep_mono = None;
         self.seen.clear();
         self.unpersisted.clear();
+        self.sweeping.clear();
     }
 
     /// Called periodically while leading in `term`, with every machine in the store and whether
@@ -126,12 +145,15 @@ impl Liveness {
         // Forget machines that are gone.
         self.seen.retain(|id, _| present.contains(id.as_str()));
         self.unpersisted.retain(|id| present.contains(id.as_str()));
+        self.sweeping = expired.iter().cloned().collect();
         expired
     }
 
     /// The sweep that began with [`Liveness::sweep`] has finished proposing at `mono`: the next
-    /// sweep's gap is measured from here, so a slow commit is not taken for a blackout.
+    /// sweep's gap is measured from here, so a slow commit is not taken for a blackout; the
+    /// machines it decided about are no longer being swept.
     pub fn swept(&mut self, mono: u64) {
+        self.sweeping.clear();
         if self.term.is_some() {
             self.last_sweep_mono = Some(mono);
         }
@@ -169,7 +191,7 @@ mod tests {
             let mono = second * 1000;
             for (n, id) in machines.iter().enumerate() {
                 if (n as u64 + second) % 30 == 0 {
-                    live.observe(id, mono, 1_700_000_000_000 + mono);
+                    let _ = live.observe(id, mono, 1_700_000_000_000 + mono);
                 }
             }
             if second % 5 == 0 {
@@ -190,7 +212,7 @@ mod tests {
         let both = [("a", true), ("b", true), ("p", false)];
         assert!(live.sweep(1, 0, both).is_empty());
         assert!(live.sweep(1, 5_000, both).is_empty());
-        live.observe("a", 8_000, 1);
+        let _ = live.observe("a", 8_000, 1);
         // "b" is silent for the timeout; "p" is persistent and never expires.
         assert_eq!(live.sweep(1, 10_000, both), vec!["b".to_string()]);
         assert!(live.sweep(1, 14_000, [("p", false)]).is_empty());
@@ -202,17 +224,28 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_while_its_machine_is_being_swept_is_told_so_until_the_sweep_is_done() {
+        let mut live = Liveness::new(10_000, MIN, 5_000);
+        assert!(live.sweep(1, 0, [("a", true)]).is_empty());
+        assert!(live.sweep(1, 5_000, [("a", true)]).is_empty());
+        assert_eq!(live.sweep(1, 10_000, [("a", true)]), vec!["a".to_string()]);
+        assert!(live.observe("a", 10_001, 1), "being swept: the heartbeat waits for the sweep");
+        live.swept(10_002);
+        assert!(!live.observe("a", 10_003, 2), "the sweep is done");
+    }
+
+    #[test]
     fn a_leader_that_did_not_run_for_longer_than_the_timeout_deletes_nobody() {
         let mut live = Liveness::new(10_000, MIN, 5_000);
         let both = [("a", true), ("b", true)];
         assert!(live.sweep(1, 0, both).is_empty());
-        live.observe("a", 2_000, 1);
+        let _ = live.observe("a", 2_000, 1);
         // Frozen from 2 s to 40 s: nothing it could hear counts as silence.
         assert!(live.sweep(1, 40_000, both).is_empty());
         assert!(live.sweep(1, 44_000, both).is_empty());
         // Back to sweeping every few seconds: a machine silent for the full timeout since the
         // thaw goes, one that heartbeats stays.
-        live.observe("a", 48_000, 2);
+        let _ = live.observe("a", 48_000, 2);
         assert!(live.sweep(1, 48_000, both).is_empty());
         assert_eq!(live.sweep(1, 50_000, both), vec!["b".to_string()]);
     }

@@ -123,8 +123,8 @@ impl Node {
         loop {
             let result = match self.route_to_leader() {
                 Ok((_, Route::Local)) => self.change_as_leader(actor, change).await,
-                Ok((_, Route::Remote(addr))) => {
-                    self.peers().change_membership(&addr, actor, change, CATCH_UP_TIMEOUT * 2).await
+                Ok((_, Route::Remote(leader))) => {
+                    self.peers().change_membership(&leader, actor, change, CATCH_UP_TIMEOUT * 2).await
                 }
                 Err(_) => Err(MembershipError::NotLeader(None)),
             };
@@ -142,7 +142,11 @@ impl Node {
 
     /// [`Node::change_membership`] on this node, which must be the leader.
     pub async fn change_as_leader(&self, actor: &Actor, change: &Change) -> Result<Vec<MemberInfo>, MembershipError> {
-        self.authorize_operator(actor).map_err(MembershipError::Refused)?;
+        self.authorize_operator(actor).await.map_err(|e| match e {
+            crate::node::OperatorRefusal::Refused(e) => MembershipError::Refused(e),
+            crate::node::OperatorRefusal::NotLeader(leader) => MembershipError::NotLeader(leader),
+            crate::node::OperatorRefusal::Unavailable(why) => MembershipError::Unavailable(why),
+        })?;
         let _running = self.membership_changes().try_begin(change)?;
         // A change openraft has not finished (say, a joint configuration a deposed leader left)
         // is also in progress.
@@ -332,7 +336,8 @@ pub async fn ask_peers(
                 continue;
             }
             let request = WhoisRequest { node_id: config.id };
-            if let Ok(answer) = peers.whois(addr, &request, Duration::from_secs(2)).await {
+            let peer = crate::network::Peer { id: *id, addr: addr.clone() };
+            if let Ok(answer) = peers.whois(&peer, &request, Duration::from_secs(2)).await {
                 if answer.cluster_name != config.settings().cluster_name {
                     tracing::error!(
                         peer = id,
@@ -393,7 +398,7 @@ fn answer_as_fresh(
         }),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    crate::listener::serve(copy, tls, router, config.settings().listener_limits(), stopped);
+    crate::listener::serve(copy, tls, router, config.settings().listener_limits(), None, stopped);
     Ok(stop)
 }
 
@@ -478,10 +483,10 @@ async fn removed_says_a_peer(
     timeout: Duration,
 ) -> Option<String> {
     let asks = addrs.into_iter().filter(|(id, _)| *id != config.id).map(|(id, addr)| {
-        let addr = config.settings().dial_addr(id, &addr);
+        let peer = crate::network::Peer { id, addr: config.settings().dial_addr(id, &addr) };
         async move {
             let request = WhoisRequest { node_id: config.id };
-            let answer = peers.whois(&addr, &request, timeout).await.ok()?;
+            let answer = peers.whois(&peer, &request, timeout).await.ok()?;
             answer.record.as_ref().is_some_and(|r| r.removed_at.is_some()).then(|| {
                 format!(
                     "node {} was removed from the cluster (node {} says so); its id is retired",

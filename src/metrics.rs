@@ -89,6 +89,7 @@ pub struct Metrics {
     ephemeral_deletions: AtomicU64,
     leader_changes: AtomicU64,
     peer_refusals: AtomicU64,
+    connection_refusals: AtomicU64,
     auth_throttled: AtomicU64,
     proposals: AtomicU64,
     proposal_commands: Histogram,
@@ -114,6 +115,7 @@ impl Metrics {
             ephemeral_deletions: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             peer_refusals: AtomicU64::new(0),
+            connection_refusals: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             proposal_commands: Histogram::new(BATCH_BUCKETS),
@@ -161,6 +163,11 @@ impl Metrics {
         self.peer_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection closed by a listener's limits (per address, handshakes, a refused peer).
+    pub fn connection_refused(&self) {
+        self.connection_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A request answered 429 because its client or credential failed too often.
     pub fn throttled(&self) {
         self.auth_throttled.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +210,13 @@ impl Metrics {
         sample(&mut out, "ztna_raft_leader_changes_total", "", self.leader_changes.load(Ordering::Relaxed));
         header(&mut out, "ztna_peer_refused_total", "counter", "Internal calls refused (certificate or membership).");
         sample(&mut out, "ztna_peer_refused_total", "", self.peer_refusals.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "ztna_connections_refused_total",
+            "counter",
+            "Connections closed by a listener's limits (per address or member, TLS handshakes, a refused certificate).",
+        );
+        sample(&mut out, "ztna_connections_refused_total", "", self.connection_refusals.load(Ordering::Relaxed));
         header(
             &mut out,
             "ztna_auth_throttled_total",

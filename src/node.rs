@@ -97,8 +97,16 @@ pub struct Node {
     held_creates: crate::api::held::HeldCreates,
     /// This node's enrolment key pair: machines prove possession of their keys to it (`proof`).
     enrol_key: crate::proof::EnrolKey,
+    /// The proofs it accepted lately: each is good for one use (`proof::SeenProofs`).
+    seen_proofs: crate::proof::SeenProofs,
     /// Every member's view of the cluster, as last asked (`GET /api/cluster/nodes`).
     cluster_views: crate::cluster_view::Cache,
+    /// One leadership confirmation at a time ([`Node::confirm_leading`]), and when the last
+    /// one that succeeded began.
+    confirming: tokio::sync::Mutex<()>,
+    confirmed_round: std::sync::Mutex<Option<Instant>>,
+    /// Counts the sweeps done, for heartbeats waiting on one (see [`Liveness::observe`]).
+    sweeps_done: tokio::sync::watch::Sender<u64>,
 }
 
 /// A node this far from applying what it has received is catching up, not ready.
@@ -131,15 +139,24 @@ pub struct MemberInfo {
     pub voter: bool,
 }
 
-/// What a sweep must propose: the term it was decided in, inactive ephemeral machines, and
-/// last-seen times if due.
-type LivenessDue = (u64, Vec<String>, Option<Vec<(String, crate::sm::model::Millis)>>);
+/// What a sweep must propose: the term it was decided in, inactive ephemeral machines (as judged),
+/// and last-seen times if due.
+struct LivenessDue {
+    term: u64,
+    expired: Vec<crate::sm::model::SweptMachine>,
+    seen: Option<Vec<(String, crate::sm::model::Millis)>>,
+    /// Whether this node leads (not, only under the `forward_sweep` fault).
+    leading: bool,
+}
 
-/// Where a request goes: this node is the leader, or the leader's internal address.
+/// Where a request goes: this node is the leader, or the leader over the internal listener.
 pub(crate) enum Route {
     Local,
-    Remote(String),
+    Remote(crate::network::Peer),
 }
+
+/// How long a heartbeat waits for a leader before this node answers 503.
+const HEARTBEAT_WAIT: Duration = Duration::from_secs(2);
 
 /// Upper bound on one forwarded request; the request deadline usually cuts it shorter.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,6 +173,17 @@ pub enum BackupRefusal {
     Unavailable(String),
     #[error(transparent)]
     Failed(#[from] crate::store::backup::BackupError),
+}
+
+/// Why the operator was not authorised on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorRefusal {
+    #[error(transparent)]
+    Refused(OpError),
+    #[error("this node is not the leader")]
+    NotLeader(Option<NodeId>),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A started node: wait on it, or shut it down.
@@ -201,6 +229,12 @@ impl Node {
         if !settings.test_only_dial.is_empty() {
             tracing::warn!("TEST ONLY setting test_only_dial = {:?}", settings.test_only_dial);
         }
+        if settings.test_only_log_kept_after_snapshot != 1000 {
+            tracing::warn!(
+                "TEST ONLY setting test_only_log_kept_after_snapshot = {}",
+                settings.test_only_log_kept_after_snapshot
+            );
+        }
         if settings.test_only_clock_offset_ms != 0 {
             tracing::warn!("TEST ONLY setting test_only_clock_offset_ms = {}", settings.test_only_clock_offset_ms);
         }
@@ -212,7 +246,7 @@ impl Node {
             election_timeout_max,
             // Snapshots are triggered by the number of commands applied (below), not entries.
             snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: settings.test_only_log_kept_after_snapshot,
             // A follower installs a snapshot when it receives the last chunk, and answers that
             // chunk only then: with a million keys that takes seconds, not openraft's default
             // 200 ms, after which the leader would resend the snapshot forever.
@@ -322,10 +356,17 @@ impl Node {
             membership_changes: ChangeLock::default(),
             disk: crate::disk::DiskState::default(),
             fatal: tokio::sync::watch::channel(None).0,
-            throttle: crate::api::throttle::Throttle::new(settings.auth_failures_per_minute),
+            throttle: crate::api::throttle::Throttle::new(
+                settings.auth_failures_per_minute,
+                settings.trusted_proxies.clone(),
+            ),
             held_creates: crate::api::held::HeldCreates::default(),
             enrol_key,
+            seen_proofs: crate::proof::SeenProofs::default(),
             cluster_views: crate::cluster_view::Cache::default(),
+            confirming: tokio::sync::Mutex::default(),
+            sweeps_done: tokio::sync::watch::channel(0).0,
+            confirmed_round: std::sync::Mutex::default(),
         });
 
         let (shutdown, stop) = tokio::sync::watch::channel(false);
@@ -336,20 +377,34 @@ impl Node {
         // kept-alive connection waits for its next request, so it is the idle timeout here.
         let internal_limits = crate::listener::Limits { header_read: limits.idle, ..limits };
         let api_tls = tls.as_ref().and_then(|t| t.api.clone());
+        let admit = internal_tls.is_some().then(|| {
+            let node = Arc::downgrade(&node);
+            let admit: crate::listener::Admit = Arc::new(move |cert| {
+                let id = crate::tls::named_node(&cert.0).ok_or("the client certificate names no node")?;
+                let node = node.upgrade().ok_or("the node is stopping")?;
+                match node.node_record(id) {
+                    Some(record) if record.removed_at.is_some() => Ok(crate::listener::Admitted::Retired(id)),
+                    _ => Ok(crate::listener::Admitted::Member(id)),
+                }
+            });
+            admit
+        });
         let servers = vec![
             crate::listener::serve(
                 raft_listener,
                 internal_tls,
                 crate::network::server::router(node.clone()),
                 internal_limits,
+                admit,
                 stop.clone(),
             ),
-            crate::listener::serve(api_listener, api_tls.clone(), crate::api::router(node.clone()), limits, stop),
+            crate::listener::serve(api_listener, api_tls.clone(), crate::api::router(node.clone()), limits, None, stop),
         ];
         node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
         tokio::spawn(drive_heartbeats(Arc::downgrade(&node), stop_sweeper.clone()));
-        tokio::spawn(watch_free_space(Arc::downgrade(&node), stop_sweeper));
+        tokio::spawn(watch_free_space(Arc::downgrade(&node), stop_sweeper.clone()));
+        tokio::spawn(prune_throttle(Arc::downgrade(&node), stop_sweeper));
         tokio::spawn(crate::membership::keep_registered(Arc::downgrade(&node), identity.incarnation));
         match (&tls, &api_tls) {
             (Some(_), Some(_)) => {
@@ -417,12 +472,44 @@ impl Node {
         &self.throttle
     }
 
+    /// Whether credential `text` (of `kind`) verifies against this node's applied state: an
+    /// API key not revoked or expired, a current node key. A throttled address's requests are
+    /// served only with one (see `api::throttle`); this node's state may lag a brand-new key by
+    /// a moment, which only delays such a client.
+    pub fn credential_valid_here(&self, kind: crate::secret::CredentialKind, text: &str) -> bool {
+        use crate::secret::CredentialKind;
+        let Some(presented) = crate::secret::parse_credential(kind, text) else { return false };
+        let state = read_state(&self.state);
+        match kind {
+            CredentialKind::ApiKey => state.store.authenticate(&Actor::api_key(presented)).is_ok(),
+            CredentialKind::NodeKey => {
+                let actor = Actor::NodeKey { node_key_id: presented.id, secret_hash: presented.hash };
+                state.store.authenticate_machine(&actor).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an auth key's `text` is one this node knows (it may still be spent or revoked).
+    pub fn auth_key_known_here(&self, text: &str) -> bool {
+        use crate::secret::{hashes_equal, parse_credential, CredentialKind};
+        let Some(presented) = parse_credential(CredentialKind::AuthKey, text) else { return false };
+        let id = format!("{}{}", crate::sm::model::AUTH_KEY_ID_PREFIX, presented.id);
+        read_state(&self.state).store.auth_key(&id).is_some_and(|k| hashes_equal(&k.secret_hash, &presented.hash))
+    }
+
     pub fn held_creates(&self) -> &crate::api::held::HeldCreates {
         &self.held_creates
     }
 
     pub fn enrol_key(&self) -> &crate::proof::EnrolKey {
         &self.enrol_key
+    }
+
+    /// Whether `proof` is used here for the first time within its window (see
+    /// `proof::SeenProofs`).
+    pub fn proof_first_use(&self, proof: &str) -> bool {
+        self.seen_proofs.first_use(proof, self.mono_ms())
     }
 
     /// The rules the cluster's entries are applied by (see `sm::Meta::rules`): an op an older
@@ -459,11 +546,18 @@ impl Node {
         read_state(&self.state).store.node_record(id).cloned()
     }
 
-    /// Whether `actor` is the operator, by this node's applied state (used on the leader before a
-    /// membership change; the operator key cannot be revoked, so this cannot be stale in a way
-    /// that matters).
-    pub fn authorize_operator(&self, actor: &Actor) -> Result<(), OpError> {
-        read_state(&self.state).store.authorize_operator(actor)
+    /// Whether `actor` is the operator, on this node as the leader, by a state that holds every
+    /// write acknowledged before the call: after a linearizable barrier (a quorum confirms the
+    /// leadership, and this node has applied its predecessors' entries). Operator keys are
+    /// revoked by `rotate_operator_key`, so the applied state alone could be stale in a way that
+    /// matters: a rotated-out key authorised in a fresh leader's first moments. Fails with
+    /// `NotLeader` on a node that does not lead.
+    pub async fn authorize_operator(&self, actor: &Actor) -> Result<(), OperatorRefusal> {
+        self.confirm_leading().await.map_err(|e| match e {
+            ForwardError::NotLeader { leader } => OperatorRefusal::NotLeader(leader),
+            e => OperatorRefusal::Unavailable(e.to_string()),
+        })?;
+        read_state(&self.state).store.authorize_operator(actor).map_err(OperatorRefusal::Refused)
     }
 
     /// A consistent backup of the state on this node, which must be the leader: after a
@@ -473,16 +567,24 @@ impl Node {
         &self,
         actor: &Actor,
     ) -> Result<(std::fs::File, crate::store::backup::BackupInfo), BackupRefusal> {
-        self.authorize_operator(actor)?;
         if self.disk.is_full() {
             return Err(BackupRefusal::Unavailable(self.disk_full_message()));
         }
+        let not_leader = |leader: Option<NodeId>| match leader.and_then(|l| Some((l, self.member(l)?))) {
+            Some((leader, info)) => BackupRefusal::NotLeader { leader, api_addr: info.api_addr },
+            None => BackupRefusal::Unavailable("no leader is known".into()),
+        };
         match self.leader() {
             Some((leader, _)) if leader == self.id => {}
-            Some((leader, Some(info))) => return Err(BackupRefusal::NotLeader { leader, api_addr: info.api_addr }),
-            _ => return Err(BackupRefusal::Unavailable("no leader is known".into())),
+            other => return Err(not_leader(other.map(|(l, _)| l))),
         }
-        self.raft.ensure_linearizable().await.map_err(|e| BackupRefusal::Unavailable(e.to_string()))?;
+        // After the barrier, which the backup needs anyway: it then holds every write
+        // acknowledged before the call, and the operator key is checked against the same state.
+        self.authorize_operator(actor).await.map_err(|e| match e {
+            OperatorRefusal::Refused(e) => BackupRefusal::Refused(e),
+            OperatorRefusal::NotLeader(leader) => not_leader(leader),
+            OperatorRefusal::Unavailable(why) => BackupRefusal::Unavailable(why),
+        })?;
         let path = self.config.data_dir.join(format!("backup-{}.tmp", crate::clock::wall_ms()));
         let store = self.backups.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -497,6 +599,13 @@ impl Node {
         let file = written.1.map_err(|e| BackupRefusal::Unavailable(format!("cannot reopen the backup: {e}")))?;
         tracing::info!(index = info.index, rows = info.rows, bytes = info.bytes, "backup taken");
         Ok((file, info))
+    }
+
+    /// This node's applied index, row count and the hash of its state (see
+    /// `StateMachineStore::state_digest`), read off the async threads.
+    pub async fn state_hash(&self) -> Result<(Option<u64>, u64, String), String> {
+        let store = self.backups.clone();
+        tokio::task::spawn_blocking(move || store.state_digest()).await.map_err(|e| e.to_string())?
     }
 
     /// What a full disk makes every answer say.
@@ -525,11 +634,17 @@ impl Node {
         match self.leader() {
             Some((leader, _)) if leader == self.id => Ok((leader, Route::Local)),
             Some((leader, Some(info))) => {
-                Ok((leader, Route::Remote(self.config.settings().dial_addr(leader, &info.raft_addr))))
+                let addr = self.config.settings().dial_addr(leader, &info.raft_addr);
+                Ok((leader, Route::Remote(crate::network::Peer { id: leader, addr })))
             }
             Some((leader, None)) => Err(ForwardError::Unavailable(format!("leader {leader} has no address"))),
             None => Err(ForwardError::NotLeader { leader: None }),
         }
+    }
+
+    /// Member `id`'s addresses, if it is a member.
+    fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
 
     fn leader(&self) -> Option<(NodeId, Option<NodeInfo>)> {
@@ -555,12 +670,12 @@ impl Node {
     /// the state machine applies at most once.
     pub async fn write(&self, command: Command) -> Result<Outcome, Unavailable> {
         let command = &command;
-        self.via_leader(|route, deadline| async move {
+        self.via_leader(self.config.settings().request_timeout(), |route, deadline| async move {
             match route {
                 Route::Local => self.propose_as_leader(command.clone()).await,
-                Route::Remote(addr) => {
+                Route::Remote(leader) => {
                     crate::metrics::global().forwarded(true);
-                    self.forwarder.propose(addr, command.clone(), deadline).await
+                    self.forwarder.propose(leader, command.clone(), deadline).await
                 }
             }
         })
@@ -574,20 +689,26 @@ impl Node {
             return Ok(read_state(&self.state).store.query(actor, query));
         }
         let forwarded = &ForwardedQuery { actor: actor.clone(), query: query.clone() };
-        self.via_leader(|route, deadline| async move {
+        // A heartbeat that cannot reach the leader from here fails fast, so its agent asks the
+        // next node within the same heartbeat interval (see `agent`).
+        let timeout = match query {
+            Query::MachineStatus => self.config.settings().request_timeout().min(HEARTBEAT_WAIT),
+            _ => self.config.settings().request_timeout(),
+        };
+        self.via_leader(timeout, |route, deadline| async move {
             match route {
                 Route::Local => self.query_as_leader(actor, query).await,
                 // A leader of an older build cannot decode a newer query: it is not sent (again).
-                Route::Remote(addr) if self.peers.queries_of(&addr).is_some_and(|q| q < query.since()) => {
+                Route::Remote(leader) if self.peers.queries_of(&leader.addr).is_some_and(|q| q < query.since()) => {
                     Err(ForwardError::Unavailable(format!(
-                        "the leader ({addr}) runs an older build that cannot answer this request; \
+                        "the leader ({leader}) runs an older build that cannot answer this request; \
                          it can once the rolling upgrade reaches the leader"
                     )))
                 }
-                Route::Remote(addr) => {
+                Route::Remote(leader) => {
                     crate::metrics::global().forwarded(false);
                     let timeout = deadline.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
-                    self.peers.query(&addr, forwarded, timeout).await
+                    self.peers.query(&leader, forwarded, timeout).await
                 }
             }
         })
@@ -598,7 +719,7 @@ impl Node {
     /// answers or the request timeout passes. Each attempt is bounded by the same deadline (which
     /// it is given, so a forwarded call ends there too): a leader cut off from its quorum may
     /// never commit.
-    async fn via_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Unavailable>
+    async fn via_leader<T, F, Fut>(&self, timeout: Duration, mut attempt: F) -> Result<T, Unavailable>
     where
         F: FnMut(Route, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, ForwardError>>,
@@ -608,7 +729,7 @@ impl Node {
             let last_error = self.disk_full_message();
             return Err(Unavailable { waited_ms: 0, last_error, disk_full: true });
         }
-        let deadline = started + self.config.settings().request_timeout();
+        let deadline = started + timeout;
         loop {
             let result = match self.route_to_leader() {
                 Ok((leader, route)) => {
@@ -652,19 +773,68 @@ impl Node {
         }
     }
 
-    /// Proposes on this node, which must be the leader. A credential that does not
-    /// authenticate (by this leader's applied state) is refused here, before anything is
-    /// proposed, replicated or fsynced; the state machine checks again when applying.
+    /// Proposes on this node, which must be the leader. A command its caller may not send is
+    /// refused here (see [`Node::refusal`]), before anything is proposed, replicated or fsynced;
+    /// the state machine checks again when applying.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, ForwardError> {
-        {
-            let state = read_state(&self.state);
-            if state.store.rules() >= 2 {
-                if let Err(refused) = state.store.authenticates(&command) {
-                    return Ok(Err(refused));
-                }
-            }
+        if let Some(refused) = self.refusal(&command).await? {
+            return Ok(Err(refused));
         }
-        self.proposer.propose(command).await
+        let outcome = self.proposer.propose(command).await?;
+        if let Ok(OpOk::EnrolledAs { enrolled, .. }) = &outcome {
+            // An enrolment or a re-key is a sign of life, as a heartbeat is.
+            self.liveness().alive(&enrolled.machine_id, self.mono_ms());
+        }
+        Ok(outcome)
+    }
+
+    /// Why `command` is refused before Raft, if it is: whatever the state machine would refuse
+    /// it for, deciding from this leader's state at the time it would stamp (`KeyStore::admit`:
+    /// a credential that does not authenticate, a call outside its scopes or org, a spent,
+    /// revoked or expired key, a stale proof, a re-key too many). A command whose request id
+    /// is remembered is not judged here: the state machine answers its retry from memory. A
+    /// refusal is only answered once a quorum confirmed, after it was found, that this node
+    /// still leads and it applied everything committed before ([`Node::confirm_leading`]): a
+    /// new leader's applied state may lack its predecessor's last entries, and a deposed
+    /// leader's the new leader's, and a definite refusal of a credential that exists would be
+    /// a lie. What passes here is proposed, and the state machine decides.
+    async fn refusal(&self, command: &Command) -> Result<Option<OpError>, ForwardError> {
+        let refused = || {
+            let term = self.raft.metrics().borrow().current_term;
+            let state = read_state(&self.state);
+            if state.store.rules() < 2 {
+                return None;
+            }
+            let now = self.clock.peek(term, state.store.clock());
+            let refused = state.store.admit(command, now).err()?;
+            (!state.store.is_remembered(command)).then_some(refused)
+        };
+        if refused().is_none() || crate::faults::stale_refusal() {
+            return Ok(refused());
+        }
+        self.confirm_leading().await?;
+        Ok(refused())
+    }
+
+    /// Resolves once a quorum confirmed this node's leadership in a round that began after the
+    /// call, and this node applied everything committed before that round (openraft's
+    /// `ensure_linearizable`: heartbeats, no log entry). Concurrent callers share rounds: one
+    /// round at a time, and a caller is served by the first round that began after it asked.
+    pub async fn confirm_leading(&self) -> Result<(), ForwardError> {
+        let asked = Instant::now();
+        let _one_round_at_a_time = self.confirming.lock().await;
+        if self.confirmed_round.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|began| began >= asked) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        self.raft.ensure_linearizable().await.map_err(|e| match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+                ForwardError::NotLeader { leader: f.leader_id.filter(|l| *l != self.id) }
+            }
+            e => ForwardError::Unavailable(e.to_string()),
+        })?;
+        *self.confirmed_round.lock().unwrap_or_else(|p| p.into_inner()) = Some(began);
+        Ok(())
     }
 
     /// Answers a read on this node, which must be the leader. Reads of keys and listings wait for
@@ -676,57 +846,115 @@ impl Node {
         if let Some(why) = self.raft_stopped() {
             return Err(ForwardError::Unavailable(why));
         }
-        let confirmed = if matches!(query, Query::MachineStatus) {
-            self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-                    ForwardError::NotLeader { leader: f.leader_id }
-                }
-                e => ForwardError::Unavailable(e.to_string()),
-            })
+        if matches!(query, Query::MachineStatus) {
+            self.confirm_leading().await?;
         } else {
-            self.proposer.barrier().await
-        };
-        match confirmed {
-            Ok(()) => {
-                let mut answer = read_state(&self.state).store.query(actor, query);
-                let liveness = || self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-                match &mut answer {
-                    Ok(Answer::Machine(machine)) => {
-                        let mut liveness = liveness();
-                        liveness.observe(&machine.machine_id, self.mono_ms(), self.clock.wall().now_ms());
-                        machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
-                    }
-                    Ok(Answer::Machines(machines)) => {
-                        let liveness = liveness();
-                        for machine in machines {
-                            machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
-                        }
-                    }
-                    _ => {}
-                }
-                Ok(answer)
+            // Refused reads are answered before the barrier, which would cost a log entry: from
+            // a state confirmed current, as refused writes are (see `Node::refusal`).
+            let refused = || read_state(&self.state).store.admit_query(actor, query).err();
+            if refused().is_some() && !crate::faults::stale_refusal() {
+                self.confirm_leading().await?;
             }
-            Err(e) => Err(e),
+            if let Some(refused) = refused() {
+                return Ok(Err(refused));
+            }
+            self.proposer.barrier().await?;
         }
+        let mut answer = read_state(&self.state).store.query(actor, query);
+        match &mut answer {
+            Ok(Answer::Machine(machine)) => {
+                let mut sweeps = self.sweeps_done.subscribe();
+                if self.observe_alive(&machine.machine_id) && !crate::faults::sweep_unchecked() {
+                    // Its machine is being swept: answered by the state after that sweep, so a
+                    // machine is never told it is fine just before it is deleted.
+                    let timeout = self.config.settings().request_timeout();
+                    if tokio::time::timeout(timeout, sweeps.changed()).await.is_err() {
+                        return Err(ForwardError::Unavailable(
+                            "this machine is being swept and the sweep has not committed yet; ask again".into(),
+                        ));
+                    }
+                    answer = read_state(&self.state).store.query(actor, query);
+                    if let Ok(Answer::Machine(machine)) = &answer {
+                        self.observe_alive(&machine.machine_id);
+                    }
+                }
+                if let Ok(Answer::Machine(machine)) = &mut answer {
+                    machine.last_seen = self.liveness().last_seen(&machine.machine_id).or(machine.last_seen);
+                }
+            }
+            Ok(Answer::Machines(machines)) => {
+                let liveness = self.liveness();
+                for machine in machines {
+                    machine.last_seen = liveness.last_seen(&machine.machine_id).or(machine.last_seen);
+                }
+            }
+            _ => {}
+        }
+        Ok(answer)
     }
 
     /// Whether node `id` may make internal calls to this one: a member of the configuration, a
     /// node `add-node` admitted (joining), or, before the cluster is formed, a node of the cluster
     /// file. A removed node may not.
+    ///
+    /// A node the registry says was removed may not, even while still in the configuration;
+    /// nor may one that registered its data directory (it was a member) but is out of the
+    /// configuration: its removal is half done (the leader finishes it, see
+    /// [`Node::finish_removals`]), and it gets no access meanwhile.
     pub fn peer_allowed(&self, id: NodeId) -> bool {
-        let formed = {
+        let (in_config, formed) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
-            if membership.get_node(&id).is_some() {
-                return true;
-            }
-            let formed = membership.nodes().count() > 0;
-            formed
+            (membership.get_node(&id).is_some(), membership.nodes().count() > 0)
         };
         match self.node_record(id) {
-            Some(record) => record.removed_at.is_none(),
-            None => !formed && self.config.cluster.node(id).is_some(),
+            Some(record) if record.removed_at.is_some() => false,
+            // Before this node has loaded its configuration (just started), a registered member
+            // is let in: the leader's appends are how it learns it.
+            Some(record) => in_config || record.incarnation.is_none() || !formed,
+            None => in_config || (!formed && self.config.cluster.node(id).is_some()),
+        }
+    }
+
+    /// On the leader: retires the ids of nodes that were members (they registered their data
+    /// directory) and are out of the configuration, but whose removal stopped before their id
+    /// was retired (the leader that removed them stopped first). A removal is thus complete,
+    /// never half done for long.
+    async fn finish_removals(&self) {
+        if self.rules() < 4 {
+            return;
+        }
+        let (leading, config): (bool, Vec<NodeId>) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let joint = membership.get_joint_config().len() > 1;
+            (metrics.state == ServerState::Leader && !joint, membership.nodes().map(|(id, _)| *id).collect())
+        };
+        if !leading {
+            return;
+        }
+        let half_done: Vec<NodeId> = read_state(&self.state)
+            .store
+            .node_records()
+            .filter(|r| r.removed_at.is_none() && r.incarnation.is_some() && !config.contains(&r.node_id))
+            .map(|r| r.node_id)
+            .collect();
+        for node_id in half_done {
+            tracing::warn!(
+                node = node_id,
+                "node {node_id} is out of the configuration but its id was not retired: retiring it"
+            );
+            let command = Command {
+                request_id: crate::api::new_request_id(),
+                actor: Actor::Anonymous,
+                op: Op::RetireNode { node_id },
+            };
+            let timeout = self.config.settings().request_timeout();
+            if !matches!(tokio::time::timeout(timeout, self.proposer.propose(command)).await, Ok(Ok(Ok(_)))) {
+                tracing::warn!(node = node_id, "could not retire node {node_id} this time");
+            }
         }
     }
 
@@ -840,7 +1068,7 @@ impl Node {
             let metrics = metrics.borrow();
             (metrics.current_term, metrics.state == ServerState::Leader)
         };
-        let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let mut liveness = self.liveness();
         let swept_term = match (leading, liveness.term()) {
             (true, _) => term,
             // The forbidden shortcut, on purpose: sweep the view kept from the old term.
@@ -850,37 +1078,61 @@ impl Node {
                 return None;
             }
         };
-        let machines = read_state(&self.state).store.machine_liveness_ids();
+        let state = read_state(&self.state);
+        let machines = state.store.machine_liveness_ids();
         let mono = self.mono_ms();
         let expired = liveness.sweep(swept_term, mono, machines.iter().map(|(id, eph)| (id.as_str(), *eph)));
+        let expired = expired.iter().filter_map(|id| state.store.swept_machine(id)).collect();
         let seen = if leading { liveness.take_persist(mono) } else { None };
-        Some((term, expired, seen))
+        Some(LivenessDue { term, expired, seen, leading })
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A heartbeat from `machine_id` on the leader. Answers whether the sweep in flight is
+    /// deleting it (see [`Liveness::observe`]).
+    fn observe_alive(&self, machine_id: &str) -> bool {
+        self.liveness().observe(machine_id, self.mono_ms(), self.clock.wall().now_ms())
     }
 
     /// One sweep: on the leader, deregister ephemeral machines past their timeout and persist
     /// last-seen times when due; elsewhere, forget liveness. What a sweep decides is proposed
     /// here only, never forwarded: it is this leader's view, and only in its term (the state
-    /// machine ignores the deregistration in an entry of any other term).
+    /// machine ignores the deregistration in an entry of any other term, and skips a machine
+    /// that re-keyed or was seen since it was judged). A sweep not proposed within the request
+    /// timeout is dropped, never proposed later.
     async fn sweep_once(&self) {
         self.adopt_rules_when_everyone_can().await;
-        let Some((term, expired, seen)) = self.liveness_due() else { return };
+        self.finish_removals().await;
+        let Some(LivenessDue { term, expired, seen, leading }) = self.liveness_due() else { return };
         let system = |op| Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
         let timeout = self.config.settings().request_timeout();
         let local = |command| tokio::time::timeout(timeout, self.proposer.propose(command));
+        let deadline = std::time::Instant::now() + timeout;
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), term, "deregistering inactive ephemeral machines");
+            let ids: Vec<&str> = expired.iter().map(|m| m.machine_id.as_str()).collect();
+            tracing::info!(count = expired.len(), term, machines = ?ids, "deregistering inactive ephemeral machines");
+            crate::faults::delay_point("sweep:decided").await;
+            if crate::faults::sweep_unchecked() {
+                // The fault: the decision is proposed a while after it was made.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             // Until every member runs this build, the op its older peers can read.
-            let op = if self.rules() >= 2 {
-                Op::SweepInactive { term, machine_ids: expired }
-            } else {
-                Op::DeregisterInactive { machine_ids: expired }
+            let op = match self.rules() {
+                4.. => Op::SweepSilent { term, machines: expired },
+                2 | 3 => Op::SweepInactive { term, machine_ids: expired.into_iter().map(|m| m.machine_id).collect() },
+                _ => Op::DeregisterInactive { machine_ids: expired.into_iter().map(|m| m.machine_id).collect() },
             };
-            let leading = self.raft.metrics().borrow().state == ServerState::Leader;
             let decided = if !leading && crate::faults::forward_sweep() {
                 // The fault: forwarded to the new leader, in its term.
                 tokio::time::timeout(timeout, self.write(system(op))).await.map(|r| r.map_err(|e| e.last_error))
             } else {
-                local(system(op)).await.map(|r| r.map_err(|e| e.to_string()))
+                // Proposed within the request timeout or not at all, and then waited for until it
+                // commits or this node stops leading: heartbeats of these machines wait for the
+                // outcome, so none is answered "fine" before a deletion that is still to come.
+                Ok(self.proposer.propose_before(system(op), deadline).await.map_err(|e| e.to_string()))
             };
             match decided {
                 Ok(Ok(Ok(OpOk::Count(count)))) => crate::metrics::global().ephemeral_deleted(count),
@@ -889,12 +1141,14 @@ impl Node {
                 Err(_) => tracing::warn!("inactive machines not deregistered this sweep: no commit in time"),
             }
         }
+        self.liveness().swept(self.mono_ms());
+        self.sweeps_done.send_modify(|n| *n += 1);
         if let Some(seen) = seen {
             if !matches!(local(system(Op::RecordLastSeen { seen })).await, Ok(Ok(Ok(_)))) {
                 tracing::warn!("last-seen times not persisted this time");
             }
+            self.liveness().swept(self.mono_ms());
         }
-        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).swept(self.mono_ms());
     }
 }
 
@@ -943,6 +1197,18 @@ async fn sweep_inactive_machines(node: std::sync::Weak<Node>, mut stop: tokio::s
         }
         let Some(node) = node.upgrade() else { return };
         node.sweep_once().await;
+    }
+}
+
+/// Drops the throttle's ended windows every few seconds, off the request path.
+async fn prune_throttle(node: std::sync::Weak<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        node.throttle.prune();
     }
 }
 

@@ -1,19 +1,57 @@
 //! Files that hold secrets (the agent's state, `data/cluster.env`, `data/operator.key`, keys,
 //! tokens, backups): written readable only by their owner (mode 0600), created with
 //! `O_EXCL|O_NOFOLLOW` (never through a symbolic link someone planted, never over a file that
-//! appeared meanwhile), through a temporary file, fsync and rename, so a crash never leaves half
-//! a file.
+//! appeared meanwhile), through a temporary file, fsync, rename (or link, for a file that must
+//! not exist yet) and a directory fsync, so a crash or power cut never leaves half a file. The
+//! certificates `ztna cluster certs` writes go the same way, readable by all.
 
 use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` with mode 0600, atomically.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // A temporary file left by a crash is ours to replace; anything else at that name is not
+    // followed (O_NOFOLLOW) and not reused (O_EXCL).
+    let tmp = temporary(path)?;
+    let mut file = open_new(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+/// Writes `bytes` to `path`, which must not exist yet, with mode 0600 (a key or token made once).
+pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    create_new_mode(path, bytes, 0o600)
+}
+
+/// [`create_new`] for a file anyone may read (a certificate).
+pub fn create_new_readable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    create_new_mode(path, bytes, 0o644)
+}
+
+/// Writes `bytes` to `path`, which must not exist yet, whole or not at all: into a temporary
+/// file first (fsynced), then linked to `path` (which fails if `path` appeared meanwhile), the
+/// temporary name removed and the directory fsynced. A crash at any point leaves either no
+/// `path` or the whole file, never an empty or partial one.
+fn create_new_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = temporary(path)?;
+    let mut file = open_new_mode(&tmp, mode)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    crate::faults::crash_point("create-new:written");
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp)?;
+    linked?;
+    sync_parent(path)
+}
+
+/// The temporary name `path` is written under; one a crash left behind is removed (a regular
+/// file only: anything else there is not ours and is refused).
+fn temporary(path: &Path) -> std::io::Result<std::path::PathBuf> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    // A temporary file left by a crash is ours to replace; anything else at that name is not
-    // followed (O_NOFOLLOW) and not reused (O_EXCL).
     match std::fs::symlink_metadata(&tmp) {
         Ok(meta) if meta.file_type().is_file() => std::fs::remove_file(&tmp)?,
         Ok(_) => {
@@ -24,31 +62,47 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
         Err(_) => {}
     }
-    let mut file = open_new(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    Ok(tmp)
 }
 
-/// Writes `bytes` to `path`, which must not exist yet, with mode 0600 (a key or token made once).
-pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = open_new(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+/// Creates directory `path` and any missing parents, each made durable (its parent fsynced),
+/// so that what is later written and synced inside it is not lost with its name at a power cut.
+pub fn create_dir_all_synced(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_synced(parent)?;
+    }
+    match std::fs::create_dir(path) {
+        Ok(()) => sync_parent(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fsyncs the directory holding `path`, so its new name survives a power cut.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 /// Creates `path` for writing: mode 0600, `O_EXCL`, `O_NOFOLLOW`.
 pub fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    open_new_mode(path, 0o600)
+}
+
+fn open_new_mode(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        options.mode(mode).custom_flags(libc::O_NOFOLLOW);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     options.open(path)
 }

@@ -26,13 +26,21 @@ impl EnrolKey {
         let invalid = || {
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not an enrolment key", path.display()))
         };
+        let make = || -> std::io::Result<String> {
+            let (private_hex, _) = new_key_pair();
+            crate::private_file::create_new(path, format!("{private_hex}\n").as_bytes())?;
+            Ok(private_hex)
+        };
         let private_hex = match std::fs::read_to_string(path) {
-            Ok(text) => text.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (private_hex, _) = new_key_pair();
-                crate::private_file::create_new(path, format!("{private_hex}\n").as_bytes())?;
-                private_hex
+            // Empty: an older build's first start was cut short before the key reached the
+            // disk, so no proof was ever made for it. (This build never leaves one.)
+            Ok(text) if text.trim().is_empty() => {
+                tracing::warn!("{} is empty (a first start cut short): making a new enrolment key", path.display());
+                std::fs::remove_file(path)?;
+                make()?
             }
+            Ok(text) => text.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => make()?,
             Err(e) => return Err(e),
         };
         let mut secret = [0u8; 32];
@@ -55,8 +63,62 @@ impl EnrolKey {
     }
 }
 
+/// The proofs this node accepted in the last [`MAX_AGE_MS`] (and a minute): a proof is made for
+/// one node's key, so remembering them here binds each to a single use. A captured copy is
+/// refused `proof_replayed` even when the first never reached the state machine (it was refused
+/// before Raft, or lost on the way), where the request id's memory would not catch it. Kept in
+/// memory, in one bucket per minute; past [`SEEN_PROOFS_MAX`] the oldest bucket goes early.
+#[derive(Default)]
+pub struct SeenProofs {
+    buckets: std::sync::Mutex<std::collections::VecDeque<(u64, std::collections::HashSet<[u8; 16]>)>>,
+}
+
+/// Most proofs remembered at once (16 bytes each, some 40 MB at most with the table's own).
+pub const SEEN_PROOFS_MAX: usize = 1_000_000;
+
+impl SeenProofs {
+    /// Remembers `proof` (hex) at `now_ms` (this node's monotonic minutes will do); answers
+    /// false if it was seen already.
+    pub fn first_use(&self, proof: &str, now_ms: u64) -> bool {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(proof.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        let minute = now_ms / 60_000;
+        let keep = MAX_AGE_MS / 60_000 + 2;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        while buckets.front().is_some_and(|(m, _)| minute.saturating_sub(*m) >= keep) {
+            buckets.pop_front();
+        }
+        if buckets.iter().any(|(_, seen)| seen.contains(&key)) {
+            return false;
+        }
+        let total: usize = buckets.iter().map(|(_, seen)| seen.len()).sum();
+        if total >= SEEN_PROOFS_MAX && buckets.len() > 1 {
+            buckets.pop_front();
+        }
+        match buckets.back_mut() {
+            Some((m, seen)) if *m == minute => {
+                seen.insert(key);
+            }
+            _ => buckets.push_back((minute, std::collections::HashSet::from([key]))),
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_proof_is_accepted_once_within_its_window_and_forgotten_after() {
+        let seen = super::SeenProofs::default();
+        assert!(seen.first_use("aa", 0));
+        assert!(!seen.first_use("aa", 1_000), "the same proof again");
+        assert!(seen.first_use("bb", 1_000));
+        assert!(!seen.first_use("aa", 5 * 60_000), "still within its window");
+        assert!(seen.first_use("aa", 8 * 60_000), "forgotten once it could no longer be fresh");
+    }
+
     use super::*;
 
     #[test]

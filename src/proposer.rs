@@ -34,7 +34,8 @@ type BarrierReply = oneshot::Sender<Result<(), ForwardError>>;
 /// allocation each).
 #[allow(clippy::large_enum_variant)]
 enum Waiting {
-    Command(Command, Reply),
+    /// A command, and when it must have been proposed by (else it is not proposed at all).
+    Command(Command, Reply, Option<Instant>),
     Barrier(BarrierReply),
 }
 
@@ -77,8 +78,20 @@ impl Proposer {
 
     /// Proposes `command` and waits for its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ForwardError> {
+        self.propose_with(command, None).await
+    }
+
+    /// Proposes `command` if it can be handed to Raft before `deadline`, and then waits for its
+    /// outcome however long that takes (it commits, or this node stops leading): a caller that
+    /// must know whether its command took effect (a sweep) gets a definite answer, and a command
+    /// decided from an older view is never proposed late. Not proposed in time: `Unavailable`.
+    pub async fn propose_before(&self, command: Command, deadline: Instant) -> Result<Outcome, ForwardError> {
+        self.propose_with(command, Some(deadline)).await
+    }
+
+    async fn propose_with(&self, command: Command, deadline: Option<Instant>) -> Result<Outcome, ForwardError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(Waiting::Command(command, reply)).await?;
+        self.enqueue(Waiting::Command(command, reply, deadline)).await?;
         answer.await.map_err(|_| ForwardError::Transport("the proposal was dropped".into()))?
     }
 
@@ -103,15 +116,26 @@ async fn run(setup: Setup, mut waiting: mpsc::Receiver<Waiting>, last_proposal: 
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Waiting::Command(command, reply) => {
+                // A command whose caller gave up (its request timed out) is not proposed: its
+                // outcome is already "unknown" to the caller, and a decision made from an older
+                // view (a sweep) must not take effect later.
+                Waiting::Command(_, reply, _) if reply.is_closed() => {}
+                Waiting::Command(_, reply, Some(deadline)) if Instant::now() >= deadline => {
+                    let _ = reply.send(Err(ForwardError::Unavailable("not proposed in time".into())));
+                }
+                Waiting::Command(command, reply, _) => {
                     commands.push(command);
                     replies.push(reply);
                 }
+                Waiting::Barrier(reply) if reply.is_closed() => {}
                 Waiting::Barrier(reply) => barriers.push(reply),
             }
             if commands.len() + barriers.len() < max_batch {
                 next = waiting.try_recv().ok();
             }
+        }
+        if commands.is_empty() && barriers.is_empty() {
+            continue;
         }
         crate::metrics::global().proposed(commands.len());
         last_proposal.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -63,6 +63,16 @@ pub fn peer_name(id: u64) -> String {
     format!("node-{id}.ztna-peer.invalid")
 }
 
+/// The node id `cert` (already verified against the cluster CA) names, if it names exactly one.
+pub fn named_node(cert: &CertificateDer<'_>) -> Option<u64> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut ids = parsed
+        .valid_dns_names()
+        .filter_map(|name| name.strip_prefix("node-")?.strip_suffix(".ztna-peer.invalid")?.parse::<u64>().ok());
+    let id = ids.next()?;
+    (ids.next().is_none() && names_node(cert, id)).then_some(id)
+}
+
 /// Whether `cert` (already verified against the cluster CA) names node `id`.
 pub fn names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(cert) else { return false };
@@ -176,8 +186,11 @@ pub fn make_certs(out: &Path, nodes: u64, hosts: &[String], days: u32) -> Result
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
     let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let write = |path: PathBuf, text: String, secret: bool| -> Result<PathBuf, TlsError> {
-        let result =
-            if secret { crate::private_file::create_new(&path, text.as_bytes()) } else { std::fs::write(&path, text) };
+        let result = if secret {
+            crate::private_file::create_new(&path, text.as_bytes())
+        } else {
+            crate::private_file::create_new_readable(&path, text.as_bytes())
+        };
         result.map_err(|source| TlsError::Write { path: path.display().to_string(), source })?;
         Ok(path)
     };

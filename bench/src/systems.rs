@@ -46,6 +46,8 @@ pub struct Cluster {
     /// ztna only: the admin API key and org of the initialised cluster.
     pub api_key: String,
     pub org_id: String,
+    /// ztna only: what `GET /api/cluster` is asked with (the bootstrap token, then the API key).
+    status_key: String,
     commands: Vec<(PathBuf, Vec<String>)>,
     children: Mutex<Vec<Option<Child>>>,
     http: reqwest::Client,
@@ -88,6 +90,8 @@ impl Cluster {
         let token_line = printed.lines().find(|l| l.starts_with("bootstrap_token_sha256")).context("no token hash")?;
         let token = std::fs::read_to_string(&token_file)?.trim().to_string();
         let mut file = format!("[settings]\ncluster_name = \"bench\"\n{token_line}\n");
+        // The load generator is one address standing for up to 256 clients.
+        file.push_str("max_connections_per_address = 1024\nmax_connections = 2048\n");
         if timing == Timing::Same {
             file.push_str("heartbeat_interval_ms = 20\nelection_timeout_min_ms = 100\nelection_timeout_max_ms = 200\n");
         }
@@ -117,6 +121,7 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Cluster::new(Kind::Ztna, dir, urls, commands)?;
+        cluster.status_key = token.clone();
         cluster.start_all().await?;
         cluster.wait_leader(Duration::from_secs(30)).await.context("ztna elected no leader")?;
         let leader = cluster.leader().await.unwrap_or(0);
@@ -130,6 +135,7 @@ impl Cluster {
             .json()
             .await?;
         cluster.api_key = init["api_key"].as_str().context("init gave no api_key")?.to_string();
+        cluster.status_key = cluster.api_key.clone();
         cluster.org_id = init["org_id"].as_str().context("init gave no org_id")?.to_string();
         // An org may create 100,000 keys a day and hold 100,000 machines by default; a benchmark
         // creates and enrols millions. The operator raises them, as an operator would.
@@ -231,6 +237,7 @@ impl Cluster {
             urls,
             api_key: String::new(),
             org_id: String::new(),
+            status_key: String::new(),
             children: Mutex::new((0..commands.len()).map(|_| None).collect()),
             commands,
             http,
@@ -333,7 +340,8 @@ impl Cluster {
         for (i, url) in self.urls.iter().enumerate() {
             match self.kind {
                 Kind::Ztna => {
-                    let Ok(r) = self.http.get(format!("{url}/api/cluster")).send().await else { continue };
+                    let asked = self.http.get(format!("{url}/api/cluster")).bearer_auth(&self.status_key).send().await;
+                    let Ok(r) = asked else { continue };
                     let Ok(v) = r.json::<Value>().await else { continue };
                     if v["role"] == "leader" {
                         return Some(i);
@@ -367,7 +375,13 @@ impl Cluster {
 
     /// ztna only: this node's last applied log index.
     pub async fn applied_index(&self, node: usize) -> Option<u64> {
-        let r = self.http.get(format!("{}/api/cluster", self.urls[node])).send().await.ok()?;
+        let r = self
+            .http
+            .get(format!("{}/api/cluster", self.urls[node]))
+            .bearer_auth(&self.status_key)
+            .send()
+            .await
+            .ok()?;
         r.json::<Value>().await.ok()?["last_applied_index"].as_u64()
     }
 

@@ -35,6 +35,8 @@ pub struct Api {
     pub nodes: Vec<String>,
     pub api_key: String,
     pub org_id: String,
+    /// The operator key the cluster's initialisation made (API keys are made with it).
+    pub operator_key: String,
 }
 
 impl Api {
@@ -44,7 +46,7 @@ impl Api {
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Api { http, nodes, api_key: String::new(), org_id: String::new() })
+        Ok(Api { http, nodes, api_key: String::new(), org_id: String::new(), operator_key: String::new() })
     }
 
     fn url(&self, node: u64, path: &str) -> String {
@@ -53,11 +55,21 @@ impl Api {
 
     /// POSTs `body` to `path` on `node` and classifies the answer.
     pub async fn post(&self, node: u64, path: &str, body: &Value, mutation: bool) -> Outcome {
+        self.post_as(node, path, body, &self.api_key, mutation).await
+    }
+
+    /// [`Api::post`] with `bearer` as the credential (none when empty).
+    pub async fn post_as(&self, node: u64, path: &str, body: &Value, bearer: &str, mutation: bool) -> Outcome {
         let mut request = self.http.post(self.url(node, path)).json(body);
-        if !self.api_key.is_empty() {
-            request = request.bearer_auth(&self.api_key);
+        if !bearer.is_empty() {
+            request = request.bearer_auth(bearer);
         }
         classify(request.send().await, mutation).await
+    }
+
+    /// `GET path` on `node` with `bearer`, classified as a read.
+    pub async fn get_as(&self, node: u64, path: &str, bearer: &str) -> Outcome {
+        classify(self.http.get(self.url(node, path)).bearer_auth(bearer).send().await, false).await
     }
 
     /// `GET path` on `node`; `None` unless it answers 2xx with JSON.

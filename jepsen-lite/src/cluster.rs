@@ -39,8 +39,10 @@ pub struct Cluster {
     /// The bootstrap token's SHA-256 (in every node's settings) and the token (for init).
     token_sha256: String,
     pub bootstrap_token: String,
-    /// `snapshot_every_commands` of every node (`set_snapshot_every`).
+    /// `snapshot_every_commands` and the log kept behind a snapshot, of every node
+    /// (`set_snapshots`).
     snapshot_every: u64,
+    log_kept: u64,
     /// Each node's data directory on lazyfs, when the run uses it (`mount_lazyfs`).
     lazy: std::sync::Mutex<Vec<crate::lazyfs::LazyMount>>,
 }
@@ -120,6 +122,7 @@ impl Cluster {
             token_sha256,
             bootstrap_token,
             snapshot_every: 3000,
+            log_kept: 1000,
             lazy: std::sync::Mutex::new(Vec::new()),
         };
         for &id in &ids {
@@ -128,9 +131,11 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Every node builds a snapshot every `commands` commands (before the nodes first start).
-    pub fn set_snapshot_every(&mut self, commands: u64) -> anyhow::Result<()> {
+    /// Every node builds a snapshot every `commands` commands and keeps `log_kept` entries
+    /// behind it (before the nodes first start).
+    pub fn set_snapshots(&mut self, commands: u64, log_kept: u64) -> anyhow::Result<()> {
         self.snapshot_every = commands;
+        self.log_kept = log_kept;
         for &id in &self.ids {
             self.write_config(id)?;
         }
@@ -164,9 +169,13 @@ impl Cluster {
         let timeout = crate::workload::agents::INACTIVITY_TIMEOUT_MS;
         text.push_str(&format!("ephemeral_inactivity_timeout_ms = {timeout}\n"));
         text.push_str(&format!("snapshot_every_commands = {}\n", self.snapshot_every));
+        text.push_str(&format!("test_only_log_kept_after_snapshot = {}\n", self.log_kept));
         // Every client is one address: a run that lost its state (every call refused) must still
         // get definite 401s for its final reads, not 429s.
         text.push_str("auth_failures_per_minute = 1000000\n");
+        // …and holds up to 640 requests in flight (the agents come through proxies too).
+        text.push_str("max_connections_per_address = 100000\n");
+        text.push_str("max_connections = 4096\n");
         text.push_str(&format!("test_only_clock_offset_ms = {offset}\n"));
         text.push_str(&format!("bootstrap_token_sha256 = \"{}\"\n", self.token_sha256));
         text.push_str(&self.timing);
@@ -328,9 +337,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Every node's view, from the nodes that answer.
+    /// Every node's view, from the nodes that answer (`GET /api/cluster`, with the operator
+    /// key, or the bootstrap token before the cluster is initialised).
     pub async fn views(&self) -> Vec<View> {
-        let asks = self.ids.iter().map(|&id| async move { (id, self.api.get(id, "/api/cluster").await) });
+        let key = if self.api.operator_key.is_empty() { &self.bootstrap_token } else { &self.api.operator_key };
+        let asks = self.ids.iter().map(|&id| async move {
+            let answer = self.api.get_as(id, "/api/cluster", key).await;
+            (id, (answer.kind == crate::history::OpType::Ok).then_some(answer.body))
+        });
         futures::future::join_all(asks)
             .await
             .into_iter()
@@ -402,9 +416,20 @@ impl Cluster {
 
     /// The power cut's effect on the disks (every node must be dead): unsynced bytes dropped,
     /// if the data directories are on lazyfs.
-    pub fn power_cut(&self) -> Option<u64> {
+    /// `chance` picks how much of each disk's unsynced metadata survives (see
+    /// `LazyMount::power_cut`).
+    pub fn power_cut(&self, chance: u64) -> Option<u64> {
         let mounts = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
-        (!mounts.is_empty()).then(|| mounts.iter().map(|m| m.power_cut()).sum())
+        (!mounts.is_empty())
+            .then(|| mounts.iter().enumerate().map(|(i, m)| m.power_cut(chance.rotate_left(i as u32 * 8))).sum())
+    }
+
+    /// A power cut of node `id`'s host alone (the node must be dead): the unsynced bytes it
+    /// dropped, if its data directory is on lazyfs.
+    pub fn power_cut_node(&self, id: u64, chance: u64) -> Option<u64> {
+        let mounts = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        let at = self.ids.iter().position(|&n| n == id)?;
+        mounts.get(at).map(|m| m.power_cut(chance))
     }
 
     /// Unmounts lazyfs (after the nodes stopped).

@@ -21,6 +21,12 @@ pub mod f {
     pub const REVOKE: &str = "revoke";
     pub const READ: &str = "read";
     pub const LIST: &str = "list";
+    /// An API key created with the operator key (`handoff`).
+    pub const CREATE_API_KEY: &str = "create-api-key";
+    /// `GET /api/whoami` with a freshly created API key.
+    pub const WHOAMI: &str = "whoami";
+    /// A machine's heartbeat with the node key its enrolment just returned.
+    pub const HEARTBEAT: &str = "heartbeat";
 }
 
 /// Jepsen's operation types.

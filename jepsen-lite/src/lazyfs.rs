@@ -1,24 +1,33 @@
 //! lazyfs: a filesystem that loses what was not synced, for the `power` nemesis (after Jepsen's
 //! LazyFS). Each node's data directory is a FUSE mount over a backing directory; at a power cut
-//! every byte written but not yet fsynced is discarded.
+//! every byte written but not yet fsynced is discarded, and every directory change not yet
+//! made durable is undone.
 //!
 //! What it models, exactly:
 //! - **File data** reaches the backing file only on `fsync`/`fdatasync` of that file; until
 //!   then writes and truncations are kept in memory (in order) and served to readers. Closing a
 //!   file syncs nothing (POSIX does not promise it). `sync_file_range` is not offered by FUSE; a
 //!   program falls back to `fdatasync`.
-//! - **Metadata** (create, mkdir, rename, unlink, chmod) is applied to the backing directory at
-//!   once, as if every directory operation were synced — kinder than a real disk, where an
-//!   unsynced rename can be lost too. A file created and written but never synced survives a
-//!   cut with its synced contents: empty.
-//! - **A power cut** (`LazyMount::power_cut`, after every node was killed) drops every pending
-//!   write and truncation; the next reader sees the backing files. Torn pages (part of an
-//!   unsynced write reaching the disk) are not modelled.
+//! - **Directory changes** (create, mkdir, link, rename, unlink, rmdir) are applied to the
+//!   backing directory at once, and journalled until the directory that holds the changed name
+//!   (for a rename, the new name's) is fsynced. At a power cut a random prefix of the journal
+//!   survives (as a journalling filesystem commits metadata in order) and the rest is undone,
+//!   newest first: a file created and synced whose directory never was may be gone; a rename
+//!   not yet synced may be rolled back, or kept with its file's unsynced data lost (the empty
+//!   file after a crash); an unlinked file may come back.
+//! - **Unlinked files stay readable** while open, as on a real filesystem: an unlinked file is
+//!   moved aside (to a trash directory beside the backing one), not deleted, and reads and writes
+//!   through a handle opened before keep working. It is deleted once it is closed and its unlink
+//!   is durable.
+//! - **A power cut** (`LazyMount::power_cut`, after the node using it was killed) drops every
+//!   pending write and truncation and undoes every journalled directory change; the next reader
+//!   sees the backing files. Torn pages (part of an unsynced write reaching the disk) are not
+//!   modelled.
 //! - File contents are never cached by the kernel (`FOPEN_DIRECT_IO`, zero attribute and entry
 //!   timeouts), so nothing lost here survives in the page cache. Locks are the kernel's own.
 //!
 //! Needs `/dev/fuse` and root (the mount is a plain `mount(2)`). This module must not know what
-//! the files are; it only keeps or drops bytes.
+//! the files are; it only keeps or drops bytes and names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -45,13 +54,43 @@ enum Pending {
     Truncate(u64),
 }
 
+/// One directory change not yet durable, with what undoes it.
+#[derive(Debug, Clone)]
+enum DirChange {
+    /// A name made (create, mkdir, link): undone by removing it.
+    Made { rel: PathBuf },
+    /// A name removed (unlink, rmdir); an unlinked file waits in the trash.
+    Removed { rel: PathBuf, trash: Option<PathBuf> },
+    /// `from` renamed to `to`, replacing the file now in the trash, if any.
+    Renamed { from: PathBuf, to: PathBuf, replaced: Option<PathBuf> },
+}
+
+impl DirChange {
+    /// The directory whose fsync makes this change durable.
+    fn dir(&self) -> PathBuf {
+        let name = match self {
+            DirChange::Made { rel } | DirChange::Removed { rel, .. } => rel,
+            DirChange::Renamed { to, .. } => to,
+        };
+        name.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
 /// What the filesystem holds: the backing directory, inode numbers, unsynced changes.
 struct State {
     backing: PathBuf,
+    /// Unlinked files wait here (beside `backing`) while open or until their unlink is durable.
+    trash: PathBuf,
+    next_trash: u64,
+    /// Paths relative to `backing`, or absolute ones in the trash for unlinked files.
     paths: HashMap<u64, PathBuf>,
     inos: HashMap<PathBuf, u64>,
     next_ino: u64,
     pending: HashMap<u64, Vec<Pending>>,
+    /// Directory changes not yet made durable, oldest first.
+    journal: Vec<DirChange>,
+    /// Open handles per inode.
+    open: HashMap<u64, u32>,
     next_fh: u64,
     /// Bytes dropped by power cuts so far.
     lost_bytes: u64,
@@ -197,7 +236,50 @@ impl State {
         if data_only { file.sync_data() } else { file.sync_all() }.map_err(|e| errno(&e))
     }
 
-    fn power_cut(&mut self) -> u64 {
+    /// Moves the file at `rel` to the trash (its inode, if known, follows it there); answers
+    /// where it went.
+    fn move_to_trash(&mut self, rel: &Path) -> Result<PathBuf, i32> {
+        std::fs::create_dir_all(&self.trash).map_err(|e| errno(&e))?;
+        self.next_trash += 1;
+        let trash = self.trash.join(self.next_trash.to_string());
+        std::fs::rename(self.full(rel), &trash).map_err(|e| errno(&e))?;
+        if let Some(ino) = self.inos.remove(rel) {
+            self.paths.insert(ino, trash.clone());
+        }
+        Ok(trash)
+    }
+
+    /// Deletes the trash files nothing needs any more: not open, their removal durable.
+    fn empty_trash(&mut self) {
+        let needed: std::collections::HashSet<PathBuf> = self
+            .journal
+            .iter()
+            .filter_map(|c| match c {
+                DirChange::Removed { trash, .. } => trash.clone(),
+                DirChange::Renamed { replaced, .. } => replaced.clone(),
+                DirChange::Made { .. } => None,
+            })
+            .chain(self.open.keys().filter_map(|ino| self.paths.get(ino).filter(|p| p.is_absolute()).cloned()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.trash) else { return };
+        for entry in entries.flatten() {
+            if !needed.contains(&entry.path()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// The directory `dir` was fsynced: the changes of names in it are durable.
+    fn sync_dir(&mut self, dir: &Path) {
+        self.journal.retain(|c| c.dir() != dir);
+        self.empty_trash();
+    }
+
+    /// The power cut: pending writes dropped, and the journalled directory changes after the
+    /// first `kept` undone (metadata reaches the disk in order, as a journalling filesystem
+    /// commits it: a crash keeps some prefix of it, so a rename may survive though the file's
+    /// data did not).
+    fn power_cut(&mut self, chance: u64) -> u64 {
         let lost: u64 = self
             .pending
             .values()
@@ -209,6 +291,35 @@ impl State {
             .sum();
         self.pending.clear();
         self.lost_bytes += lost;
+        // Undo the directory changes not made durable past the prefix that reached the disk,
+        // newest first (best effort: a change that cannot be undone, say over a name a later
+        // durable change took, is left).
+        let mut journal = std::mem::take(&mut self.journal);
+        let kept = (chance % (journal.len() as u64 + 1)) as usize;
+        for change in journal.split_off(kept).into_iter().rev() {
+            let undone = match &change {
+                DirChange::Made { rel } => {
+                    let full = self.full(rel);
+                    if full.is_dir() {
+                        std::fs::remove_dir_all(&full)
+                    } else {
+                        std::fs::remove_file(&full)
+                    }
+                }
+                DirChange::Removed { rel, trash: Some(trash) } => std::fs::rename(trash, self.full(rel)),
+                DirChange::Removed { rel, trash: None } => std::fs::create_dir(self.full(rel)),
+                DirChange::Renamed { from, to, replaced } => std::fs::rename(self.full(to), self.full(from))
+                    .and_then(|()| replaced.as_ref().map_or(Ok(()), |r| std::fs::rename(r, self.full(to)))),
+            };
+            if let Err(e) = undone {
+                eprintln!("jepsen-lite: lazyfs: cannot undo {change:?} at a power cut: {e}");
+            }
+        }
+        // The processes using the mount are dead: names are looked up afresh.
+        self.paths.retain(|ino, _| *ino == ROOT);
+        self.inos.retain(|_, ino| *ino == ROOT);
+        self.open.clear();
+        self.empty_trash();
         lost
     }
 }
@@ -223,12 +334,19 @@ impl LazyFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Unlink or rmdir: `remove` on the backing path, then the path is forgotten.
-    fn remove(&mut self, parent: u64, name: &OsStr, remove: fn(&Path) -> io::Result<()>, reply: ReplyEmpty) {
+    /// Unlink (a file goes to the trash: an open handle still reads it, and a power cut before
+    /// its directory is synced brings it back) or rmdir; journalled either way.
+    fn remove(&mut self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let mut state = self.state();
         let result = state.child(parent, name).and_then(|rel| {
-            remove(&state.full(&rel)).map_err(|e| errno(&e))?;
-            state.forget_path(&rel);
+            let trash = if dir {
+                std::fs::remove_dir(state.full(&rel)).map_err(|e| errno(&e))?;
+                state.forget_path(&rel);
+                None
+            } else {
+                Some(state.move_to_trash(&rel)?)
+            };
+            state.journal.push(DirChange::Removed { rel, trash });
             Ok(())
         });
         match result {
@@ -301,6 +419,7 @@ impl Filesystem for LazyFs {
             let full = state.full(&rel);
             std::fs::create_dir(&full).map_err(|e| errno(&e))?;
             let _ = std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode & !umask & 0o7777));
+            state.journal.push(DirChange::Made { rel: rel.clone() });
             let ino = state.ino_for(&rel);
             state.attr(ino)
         });
@@ -311,11 +430,32 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, |path| std::fs::remove_file(path), reply);
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, |path| std::fs::remove_dir(path), reply);
+        self.remove(parent, name, true, reply);
+    }
+
+    /// A hard link (how a file is made visible only once whole, without replacing anything).
+    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        let mut state = self.state();
+        let result = (|| {
+            let from = state.rel(ino)?;
+            let to = state.child(newparent, newname)?;
+            if state.pending.contains_key(&ino) {
+                // Two names would share one set of pending changes; nothing here needs it.
+                return Err(libc::EBUSY);
+            }
+            std::fs::hard_link(state.full(&from), state.full(&to)).map_err(|e| errno(&e))?;
+            state.journal.push(DirChange::Made { rel: to.clone() });
+            let new_ino = state.ino_for(&to);
+            state.attr(new_ino)
+        })();
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, 0),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn rename(
@@ -338,13 +478,13 @@ impl Filesystem for LazyFs {
             if flags & !libc::RENAME_NOREPLACE != 0 {
                 return Err(libc::EINVAL);
             }
+            // The replaced file (if any) goes to the trash: a cut before the rename is durable
+            // brings it back.
+            let replaced = if state.full(&to).is_file() { Some(state.move_to_trash(&to)?) } else { None };
             std::fs::rename(state.full(&from), state.full(&to)).map_err(|e| errno(&e))?;
-            // The replaced file (if any) is gone; the renamed one (and what is under it) moves,
-            // keeping its inode numbers and pending changes.
-            if let Some(old) = state.inos.remove(&to) {
-                state.paths.remove(&old);
-                state.pending.remove(&old);
-            }
+            state.journal.push(DirChange::Renamed { from: from.clone(), to: to.clone(), replaced });
+            // The renamed one (and what is under it) moves, keeping its inode numbers and
+            // pending changes.
             let moved: Vec<(PathBuf, u64)> =
                 state.inos.iter().filter(|(p, _)| p.starts_with(&from)).map(|(p, i)| (p.clone(), *i)).collect();
             for (path, ino) in moved {
@@ -371,8 +511,33 @@ impl Filesystem for LazyFs {
         if flags & libc::O_TRUNC != 0 {
             state.pending.entry(ino).or_default().push(Pending::Truncate(0));
         }
+        *state.open.entry(ino).or_default() += 1;
         state.next_fh += 1;
         reply.opened(state.next_fh, FOPEN_DIRECT_IO);
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut state = self.state();
+        if let Some(count) = state.open.get_mut(&ino) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.open.remove(&ino);
+                if state.paths.get(&ino).is_some_and(|p| p.is_absolute()) {
+                    // The last handle of an unlinked file: what it held is gone unless synced.
+                    state.empty_trash();
+                }
+            }
+        }
+        reply.ok();
     }
 
     fn create(
@@ -400,11 +565,13 @@ impl Filesystem for LazyFs {
                     .mode(mode & !umask & 0o7777)
                     .open(&full)
                     .map_err(|e| errno(&e))?;
+                state.journal.push(DirChange::Made { rel: rel.clone() });
             }
             let ino = state.ino_for(&rel);
             if existed && flags & libc::O_TRUNC != 0 {
                 state.pending.entry(ino).or_default().push(Pending::Truncate(0));
             }
+            *state.open.entry(ino).or_default() += 1;
             state.next_fh += 1;
             Ok((state.attr(ino)?, state.next_fh))
         })();
@@ -504,9 +671,15 @@ impl Filesystem for LazyFs {
         }
     }
 
-    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        // Directory operations are durable at once (see the module header).
-        reply.ok();
+    fn fsyncdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let mut state = self.state();
+        match state.rel(ino) {
+            Ok(dir) => {
+                state.sync_dir(&dir);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
@@ -570,12 +743,20 @@ impl LazyMount {
         std::fs::create_dir_all(mountpoint)?;
         std::fs::create_dir_all(backing)?;
         let backing = backing.canonicalize()?;
+        let mut trash_name = backing.file_name().unwrap_or_default().to_os_string();
+        trash_name.push(".trash");
+        let trash = backing.with_file_name(trash_name);
+        let _ = std::fs::remove_dir_all(&trash);
         let mut state = State {
             backing,
+            trash,
+            next_trash: 0,
             paths: HashMap::new(),
             inos: HashMap::new(),
             next_ino: ROOT + 1,
             pending: HashMap::new(),
+            journal: Vec::new(),
+            open: HashMap::new(),
             next_fh: 0,
             lost_bytes: 0,
         };
@@ -587,9 +768,10 @@ impl LazyMount {
         Ok(LazyMount { state, mountpoint: mountpoint.to_path_buf(), _session: session })
     }
 
-    /// The power cut: every unsynced byte is dropped. Answers how many.
-    pub fn power_cut(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).power_cut()
+    /// The power cut: every unsynced byte is dropped, and of the directory changes not made
+    /// durable a prefix chosen by `chance` survives (0: none). Answers the bytes dropped.
+    pub fn power_cut(&self, chance: u64) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).power_cut(chance)
     }
 
     /// Bytes dropped by power cuts so far.
@@ -613,15 +795,21 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// Fsyncs directory `dir`.
+    fn sync_dir(dir: &Path) {
+        File::open(dir).unwrap().sync_all().unwrap();
+    }
+
     #[test]
-    fn unsynced_bytes_are_lost_at_a_power_cut_and_synced_ones_kept() {
+    fn unsynced_bytes_and_unsynced_directory_changes_are_lost_at_a_power_cut() {
         if !available() {
             eprintln!("skipped: lazyfs needs /dev/fuse and root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let mount = LazyMount::mount(&dir.path().join("m"), &dir.path().join("b")).unwrap();
-        let path = mount.mountpoint().join("wal");
+        let root = mount.mountpoint().to_path_buf();
+        let path = root.join("wal");
         let mut file = OpenOptions::new().create_new(true).write(true).open(&path).unwrap();
         file.write_all(b"synced;").unwrap();
         file.sync_all().unwrap();
@@ -630,25 +818,57 @@ mod tests {
         let mut text = String::new();
         File::open(&path).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "synced;not synced", "readers see unsynced writes before the cut");
-        std::fs::rename(&path, mount.mountpoint().join("wal2")).unwrap();
-        assert_eq!(mount.power_cut(), 10);
-        let text = std::fs::read_to_string(mount.mountpoint().join("wal2")).unwrap();
-        assert_eq!(text, "synced;", "only what was synced survives, under its new name");
+        sync_dir(&root);
+        // A rename not followed by a sync of its directory is rolled back at the cut.
+        std::fs::rename(&path, root.join("wal2")).unwrap();
+        assert_eq!(mount.power_cut(0), 10);
+        assert!(!root.join("wal2").exists(), "the unsynced rename is undone");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "synced;", "only what was synced survives");
+        // A synced rename stays.
+        std::fs::rename(&path, root.join("wal2")).unwrap();
+        sync_dir(&root);
+        mount.power_cut(0);
+        assert_eq!(std::fs::read_to_string(root.join("wal2")).unwrap(), "synced;");
         // A truncation is a change like a write: lost unless synced.
-        let file = OpenOptions::new().write(true).open(mount.mountpoint().join("wal2")).unwrap();
+        let file = OpenOptions::new().write(true).open(root.join("wal2")).unwrap();
         file.set_len(2).unwrap();
-        assert_eq!(std::fs::read(mount.mountpoint().join("wal2")).unwrap(), b"sy");
-        mount.power_cut();
-        assert_eq!(std::fs::read(mount.mountpoint().join("wal2")).unwrap(), b"synced;");
-        // Directories and listing.
-        std::fs::create_dir(mount.mountpoint().join("d")).unwrap();
-        std::fs::write(mount.mountpoint().join("d/x"), b"1").unwrap();
-        let names: Vec<String> = std::fs::read_dir(mount.mountpoint())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(names.contains(&"d".to_string()) && names.contains(&"wal2".to_string()), "{names:?}");
-        mount.power_cut();
-        assert_eq!(std::fs::read(mount.mountpoint().join("d/x")).unwrap(), b"", "created, never synced: empty");
+        assert_eq!(std::fs::read(root.join("wal2")).unwrap(), b"sy");
+        drop(file);
+        mount.power_cut(0);
+        assert_eq!(std::fs::read(root.join("wal2")).unwrap(), b"synced;");
+        // A file created, written and synced, whose directory was not: gone after the cut.
+        let mut file = File::create(root.join("new")).unwrap();
+        file.write_all(b"x").unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        std::fs::create_dir(root.join("d")).unwrap();
+        mount.power_cut(0);
+        assert!(!root.join("new").exists() && !root.join("d").exists(), "unsynced creations are undone");
+        // An unlinked file stays readable through a handle opened before; an unsynced unlink
+        // is undone at the cut.
+        let mut open = File::open(root.join("wal2")).unwrap();
+        std::fs::remove_file(root.join("wal2")).unwrap();
+        assert!(!root.join("wal2").exists());
+        let mut text = String::new();
+        open.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "synced;", "an open, unlinked file reads as before");
+        drop(open);
+        mount.power_cut(0);
+        assert_eq!(std::fs::read(root.join("wal2")).unwrap(), b"synced;", "the unsynced unlink is undone");
+        // A file made whole under a temporary name, then linked into place (and the directory
+        // synced): there after the cut.
+        let mut file = OpenOptions::new().create_new(true).write(true).open(root.join("key.tmp")).unwrap();
+        file.write_all(b"secret").unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        std::fs::hard_link(root.join("key.tmp"), root.join("key")).unwrap();
+        std::fs::remove_file(root.join("key.tmp")).unwrap();
+        sync_dir(&root);
+        mount.power_cut(0);
+        assert_eq!(std::fs::read(root.join("key")).unwrap(), b"secret");
+        assert!(!root.join("key.tmp").exists());
+        let names: Vec<String> =
+            std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.contains(&"key".to_string()) && names.contains(&"wal2".to_string()), "{names:?}");
     }
 }

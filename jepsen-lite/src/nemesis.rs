@@ -1,8 +1,9 @@
 //! The nemesis: faults on a seeded schedule, in two overlapping lanes.
 //!
 //! The process lane kills (the leader, a random node, or the leader 5–50 ms into a one-shot
-//! burst), kills every node at once (a power loss), pauses with SIGSTOP beyond the election
-//! timeout, jumps one node's clock, and restarts every node in turn. The network lane
+//! burst), cuts the power of every node at once or of one node (sometimes twice, the second
+//! time while it catches up), pauses with SIGSTOP beyond the election timeout, jumps, steps (by
+//! minutes) or drifts one node's clock, and restarts every node in turn. The network lane
 //! partitions (isolating the leader, isolating a follower, a bridge, a one-way ring) and adds
 //! latency, loss and reordering. Each fault is recorded as a `start` event once it took effect
 //! (the processes are dead, the rules are in place) and an `end` event once it was lifted, with
@@ -26,8 +27,13 @@ use crate::workload::Ctx;
 /// Nemesis names accepted by `--nemesis`.
 pub const ALL: &[&str] = &["kill", "power", "partition", "pause", "clock", "netem", "restart"];
 
-/// The largest clock jump the clock nemesis makes; the expiry checker's skew bound follows it.
+/// The largest small clock jump the clock nemesis makes. The expiry checker's skew bound
+/// follows it: the cluster's time is the majority's, so a step of minutes on one node (below)
+/// moves it no further than that.
 pub const MAX_CLOCK_JUMP_MS: i64 = 3000;
+/// A step of one node's clock past the proof window (5 minutes).
+pub const MIN_CLOCK_STEP_MS: i64 = 6 * 60_000;
+pub const MAX_CLOCK_STEP_MS: i64 = 12 * 60_000;
 
 /// Runs both lanes until the run stops. Faults still in place at the end are healed by the
 /// caller's final phase.
@@ -132,20 +138,50 @@ async fn kill(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every node killed at once, as when a site loses power. On lazyfs every byte not fsynced is
-/// dropped too; without it the page cache survives (see `lazyfs`).
+/// A power cut: of every node at once (a site losing power), or of one node's host, and then
+/// sometimes of that host again a few seconds after it came back (a crash while it catches up,
+/// say right after it installed a snapshot). On lazyfs every byte not fsynced is dropped and
+/// every directory change not synced is undone; without it the page cache survives (see
+/// `lazyfs`).
 async fn power_loss(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     let cluster = &ctx.cluster;
-    futures::future::join_all(cluster.ids.iter().map(|&id| cluster.kill(id))).await;
-    let detail = match cluster.power_cut() {
-        Some(lost) => format!("kill -9 every node at once; lazyfs dropped {lost} unsynced bytes"),
-        None => "kill -9 every node at once (no lazyfs: the page cache survives)".to_string(),
+    if rng.gen_bool(0.5) {
+        futures::future::join_all(cluster.ids.iter().map(|&id| cluster.kill(id))).await;
+        let detail = match cluster.power_cut(rng.gen()) {
+            Some(lost) => format!("kill -9 every node at once; lazyfs dropped {lost} unsynced bytes"),
+            None => "kill -9 every node at once (no lazyfs: the page cache survives)".to_string(),
+        };
+        event(&ctx.history, "power", "start", &detail);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
+        cluster.start_all().await?;
+        event(&ctx.history, "power", "end", "every node restarted with its data");
+        return Ok(());
+    }
+    let id = if rng.gen_bool(0.5) {
+        leader_or_any(cluster, rng).await
+    } else {
+        cluster.ids[rng.gen_range(0..cluster.ids.len())]
     };
-    event(&ctx.history, "power", "start", &detail);
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
-    cluster.start_all().await?;
-    event(&ctx.history, "power", "end", "every node restarted with its data");
-    Ok(())
+    let again = rng.gen_bool(0.5);
+    let mut cuts = 0;
+    loop {
+        cluster.kill(id).await;
+        cuts += 1;
+        let detail = match cluster.power_cut_node(id, rng.gen()) {
+            Some(lost) => format!("power cut of n{id}'s host; lazyfs dropped {lost} unsynced bytes"),
+            None => format!("power cut of n{id}'s host as kill -9 (no lazyfs: the page cache survives)"),
+        };
+        event(&ctx.history, "power", "start", &detail);
+        // Down long enough, at times, to need a snapshot when it comes back.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..4000))).await;
+        cluster.start(id).await?;
+        event(&ctx.history, "power", "end", &format!("n{id} restarted with its data"));
+        // It restarts, hears the leader, perhaps installs a snapshot and appends: then it is cut
+        // (unless the run is over by then).
+        if !again || cuts == 2 || !ctx.sleep(Duration::from_millis(rng.gen_range(500..3000))).await {
+            return Ok(());
+        }
+    }
 }
 
 async fn pause(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
@@ -162,6 +198,9 @@ async fn pause(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One node's clock goes wrong: a small jump (0.5–3 s), a step of minutes (beyond the 5-minute
+/// window of an enrolment's proof, which no node's own clock may refuse), or a slow drift. Only
+/// one node at a time: the cluster's time is the majority's.
 async fn clock(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     let cluster = &ctx.cluster;
     let id = if rng.gen_bool(0.6) {
@@ -169,10 +208,33 @@ async fn clock(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<()> {
     } else {
         cluster.ids[rng.gen_range(0..cluster.ids.len())]
     };
-    let jump = rng.gen_range(500..=MAX_CLOCK_JUMP_MS) * if rng.gen_bool(0.5) { 1 } else { -1 };
-    cluster.set_clock_offset(id, jump).await?;
-    event(&ctx.history, "clock", "start", &format!("n{id} clock jumps {jump:+} ms"));
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..8000))).await;
+    let sign = if rng.gen_bool(0.5) { 1 } else { -1 };
+    match rng.gen_range(0..3) {
+        0 => {
+            let jump = rng.gen_range(500..=MAX_CLOCK_JUMP_MS) * sign;
+            cluster.set_clock_offset(id, jump).await?;
+            event(&ctx.history, "clock", "start", &format!("n{id} clock jumps {jump:+} ms"));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..8000))).await;
+        }
+        1 => {
+            let step = rng.gen_range(MIN_CLOCK_STEP_MS..=MAX_CLOCK_STEP_MS) * sign;
+            cluster.set_clock_offset(id, step).await?;
+            event(&ctx.history, "clock", "start", &format!("n{id} clock steps {:+} min", step / 60_000));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(4000..10_000))).await;
+        }
+        _ => {
+            // 2–10% fast or slow, re-read every half second.
+            let percent = rng.gen_range(2..=10) * sign;
+            let run = Duration::from_millis(rng.gen_range(6000..12_000));
+            event(&ctx.history, "clock", "start", &format!("n{id} clock drifts {percent:+}%"));
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < run {
+                let offset = started.elapsed().as_millis() as i64 * percent / 100;
+                cluster.set_clock_offset(id, offset).await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
     cluster.set_clock_offset(id, 0).await?;
     event(&ctx.history, "clock", "end", &format!("n{id} clock reset"));
     Ok(())

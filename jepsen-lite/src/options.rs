@@ -44,7 +44,8 @@ pub struct RunOptions {
     /// Comma-separated nemeses: kill, power, partition, pause, clock, netem, restart; `all` or `none`.
     #[arg(long, default_value = "all")]
     pub nemesis: String,
-    /// Comma-separated workloads: one-shot, max-uses, revoke, expiry, create-list, reenrol; or `all`.
+    /// Comma-separated workloads: one-shot, max-uses, revoke, expiry, create-list, reenrol, agents,
+    /// handoff; or `all`.
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// The `ztna` binary to run (default: next to this executable).
@@ -70,6 +71,10 @@ pub struct RunOptions {
     /// Each node builds a snapshot (and may purge its log) every this many commands.
     #[arg(long, default_value_t = 3000)]
     pub snapshot_every: u64,
+    /// Log entries each node keeps behind a snapshot (fewer: a follower that fell behind
+    /// installs a snapshot sooner).
+    #[arg(long, default_value_t = 1000)]
+    pub log_kept: u64,
 }
 
 #[derive(Debug, Clone, Args)]

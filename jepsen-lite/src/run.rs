@@ -55,7 +55,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     let mode = hosts.mode();
     let env: Vec<(String, String)> = options.faults.iter().map(|f| (f.clone(), "1".to_string())).collect();
     let mut cluster = Cluster::new(hosts, &dir, &ztna, env).await?;
-    cluster.set_snapshot_every(options.snapshot_every)?;
+    cluster.set_snapshots(options.snapshot_every, options.log_kept)?;
     // The power nemesis loses unsynced data when the data directories are on lazyfs.
     let lazy = nemeses.iter().any(|n| n == "power") && !options.no_lazyfs && crate::lazyfs::available();
     let mounted =
@@ -120,6 +120,7 @@ async fn start(cluster: &mut Cluster) -> anyhow::Result<()> {
     }
     cluster.api.org_id = init.body["org_id"].as_str().unwrap_or_default().to_string();
     cluster.api.api_key = init.body["api_key"].as_str().unwrap_or_default().to_string();
+    cluster.api.operator_key = init.body["operator_key"].as_str().unwrap_or_default().to_string();
     Ok(())
 }
 
@@ -141,6 +142,7 @@ async fn drive(
         "workload": workloads,
         "faults": options.faults,
         "snapshot_every": options.snapshot_every,
+        "log_kept": options.log_kept,
         "hosts": cluster.hosts.mode(),
         "dir": dir.display().to_string(),
     });
@@ -207,6 +209,41 @@ async fn final_phase(ctx: &Arc<Ctx>) {
         }
         tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
     }
+    record_digests(ctx).await;
+}
+
+/// Asks every node for the hash of its state (`GET /api/cluster/hash`) until all stand at the
+/// same applied index (the run is over: only the cluster's own sweeps still write), and
+/// records what they said as the `digests` event (judged by `checker::recovery`).
+async fn record_digests(ctx: &Arc<Ctx>) {
+    let cluster = &ctx.cluster;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let operator = cluster.api.operator_key.clone();
+    let (nodes, detail) = loop {
+        let asks = cluster.ids.iter().map(|&id| {
+            let operator = operator.clone();
+            async move { (id, cluster.api.get_as(id, "/api/cluster/hash", &operator).await) }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let nodes: Vec<Value> = answers
+            .iter()
+            .filter(|(_, a)| a.kind == OpType::Ok)
+            .map(|(id, a)| json!({ "node": id, "applied_index": a.body["applied_index"], "rows": a.body["rows"], "hash": a.body["hash"] }))
+            .collect();
+        let indexes: std::collections::BTreeSet<String> =
+            nodes.iter().map(|n| n["applied_index"].to_string()).collect();
+        if nodes.len() == cluster.ids.len() && indexes.len() == 1 {
+            break (nodes, None);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let errors: Vec<String> =
+                answers.iter().filter_map(|(id, a)| a.error.as_ref().map(|e| format!("n{id}: {e}"))).collect();
+            let detail = format!("after 30 s: applied indexes {indexes:?}; {}", errors.join(", "));
+            break (nodes, Some(detail));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    ctx.history.nemesis(checker::recovery::DIGESTS, json!({ "phase": "final", "nodes": nodes, "detail": detail }));
 }
 
 /// How long the nodes get, after the heal, to come back and catch up.

@@ -68,7 +68,14 @@ pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result
             Err(e) => Some((Err(e), None)),
         }
     });
-    let mut response = Body::from_stream(stream).into_response();
+    // A backup of a large state takes a while; it must keep moving all the same.
+    let body = crate::listener::min_rate(
+        Body::from_stream(stream),
+        super::install::DOWNLOAD_MIN_RATE,
+        super::install::DOWNLOAD_GRACE,
+        std::time::Duration::from_secs(3600),
+    );
+    let mut response = body.into_response();
     let set = |response: &mut Response, name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);

@@ -1,4 +1,10 @@
-//! `GET /api/cluster`, `GET /api/cluster/nodes`, `GET /healthz` and `GET /readyz`.
+//! `GET /api/cluster`, `GET /api/cluster/nodes`, `GET /api/cluster/hash`, `GET /healthz` and
+//! `GET /readyz`.
+//!
+//! The cluster's internals (members' addresses, terms, log indexes) are shown to the holder of
+//! an API key (any: an org's or the operator's), or of the bootstrap token before the cluster
+//! is initialised, checked against this node's own state (a node without a leader still
+//! answers); `/healthz` and `/readyz` are the unauthenticated health view.
 
 use std::sync::Arc;
 
@@ -16,10 +22,27 @@ use crate::node::{ClusterInfo, Node};
     get,
     path = "/api/cluster", operation_id = "cluster_info",
     tag = "cluster",
-    responses((status = 200, description = "This node's view of the cluster", body = ClusterInfo)),
+    responses((status = 200, description = "This node's view of the cluster", body = ClusterInfo), super::openapi::Errors),
+    security(("api_key" = []), ("operator_key" = [])),
 )]
-pub async fn info(State(node): State<Arc<Node>>) -> Json<ClusterInfo> {
-    Json(node.cluster_info())
+pub async fn info(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    may_see_internals(&node, &headers)?;
+    Ok(Json(node.cluster_info()))
+}
+
+/// An API key this node knows as valid, or the bootstrap token (see the module header).
+fn may_see_internals(node: &Node, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match super::throttle::presented(headers) {
+        Some((_, crate::secret::CredentialKind::BootstrapToken, _)) => super::org::check_bootstrap_token(node, headers),
+        Some((_, kind @ crate::secret::CredentialKind::ApiKey, text)) if node.credential_valid_here(kind, &text) => Ok(()),
+        Some(_) => Err(crate::sm::model::OpError::Unauthorized.into()),
+        None => Err(ApiError::unauthorized(
+            "the cluster's internals need an API key: Authorization: Bearer <API key> (GET /readyz and /healthz need none)",
+        )),
+    }
 }
 
 /// Every member's own view of the cluster, unreachable members included (the console's page).
@@ -27,10 +50,46 @@ pub async fn info(State(node): State<Arc<Node>>) -> Json<ClusterInfo> {
     get,
     path = "/api/cluster/nodes", operation_id = "cluster_nodes",
     tag = "cluster",
-    responses((status = 200, description = "Every member as it answered, or why it did not", body = crate::cluster_view::ClusterView)),
+    responses((status = 200, description = "Every member as it answered, or why it did not", body = crate::cluster_view::ClusterView), super::openapi::Errors),
+    security(("api_key" = []), ("operator_key" = [])),
 )]
-pub async fn nodes(State(node): State<Arc<Node>>) -> Json<crate::cluster_view::ClusterView> {
-    Json(node.cluster_view().await)
+pub async fn nodes(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<crate::cluster_view::ClusterView>, ApiError> {
+    may_see_internals(&node, &headers)?;
+    Ok(Json(node.cluster_view().await))
+}
+
+/// This node's replicated state, summed up: replicas that applied the same log hold the same
+/// rows, so two nodes that answer the same `applied_index` must answer the same `hash`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StateHash {
+    pub node_id: u64,
+    /// The log index the state is as of.
+    pub applied_index: Option<u64>,
+    pub rows: u64,
+    /// SHA-256 over every row (length-prefixed keys and values, in key order), hex.
+    pub hash: String,
+}
+
+/// This node's own state, hashed (as etcd's `endpoint hashkv`): for comparing replicas. The
+/// operator key is checked through the leader; the hash is of this node's state, not forwarded.
+#[utoipa::path(
+    get,
+    path = "/api/cluster/hash", operation_id = "cluster_hash",
+    tag = "cluster",
+    responses((status = 200, description = "This node's applied index and the hash of its state", body = StateHash), super::openapi::Errors),
+    security(("operator_key" = [])),
+)]
+pub async fn hash(State(node): State<Arc<Node>>, headers: axum::http::HeaderMap) -> Result<Json<StateHash>, ApiError> {
+    let actor = super::api_key_actor(&headers)?;
+    match node.read(&actor, &crate::sm::query::Query::WhoAmI).await?? {
+        crate::sm::query::Answer::ApiKey(record) if record.scope == crate::sm::model::ApiKeyScope::Operator => {}
+        _ => return Err(crate::sm::model::OpError::Forbidden("this needs the operator key".into()).into()),
+    }
+    let (applied_index, rows, hash) = node.state_hash().await.map_err(ApiError::internal)?;
+    Ok(Json(StateHash { node_id: node.id(), applied_index, rows, hash }))
 }
 
 /// `{"status": "ok"}`: the process is up.

@@ -66,15 +66,44 @@ pub struct Enrolled {
 )]
 pub async fn handle(
     State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Enrolled>, ApiError> {
     let request: EnrolRequest = super::fields::parse(&body(raw)?)?;
+    // The auth key is the credential: a held address enrols only with a key this node knows
+    // (see `throttle`), and a key refused too often has its refusals answered 429.
+    let throttle = node.throttle();
+    let address = connect.map(|c| throttle.client_address(c.0 .0.ip(), &headers));
+    if let Some(wait) = address.and_then(|a| throttle.address_over(a)) {
+        if !node.auth_key_known_here(&request.auth_key) {
+            crate::metrics::global().throttled();
+            return Err(ApiError::too_many_failures(wait, "this address"));
+        }
+    }
+    let credential = parse_credential(CredentialKind::AuthKey, &request.auth_key)
+        .map(|c| format!("{}{}", CredentialKind::AuthKey.prefix(), c.id));
+    match enrol(&node, request).await {
+        Err(e) if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN => {
+            match credential.and_then(|id| throttle.credential_failed(id)) {
+                Some(wait) => {
+                    crate::metrics::global().throttled();
+                    Err(ApiError::too_many_failures(wait, "this credential"))
+                }
+                None => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn enrol(node: &Arc<Node>, request: EnrolRequest) -> Result<Json<Enrolled>, ApiError> {
     let EnrolRequest { auth_key, hostname, node_public_key, request_id, proof, proof_issued_at, server_key } = request;
     let (hostname, issued_at) = (hostname.into_inner(), proof_issued_at);
     let client_request_id = request_id.map(RequestId::into_inner);
     let request_id = client_request_id.clone().unwrap_or_else(new_request_id);
     let node_public_key = node_public_key.into_inner().to_ascii_lowercase();
-    if node.rules() >= 3 && !ztna_proof::is_canonical_public_key(&node_public_key) {
+    if node.rules() >= 3 && !ztna_proof::is_canonical_encoding(&node_public_key) {
         // One machine, one spelling: X25519 aliases would dodge the decisions kept per key.
         return Err(ApiError::bad_field("node_public_key", "must be a canonical X25519 public key (below 2^255 - 19)"));
     }
@@ -107,20 +136,14 @@ pub async fn handle(
             let code = if e == crate::proof::ProofError::OtherNode { "wrong_server_key" } else { "proof_invalid" };
             ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
         })?;
-        // By the cluster's clock as this node sees it (the median with its peers), not its own
-        // wall clock alone; the state machine checks again by the time stamped on the entry.
-        let skew = node.clock().estimate().abs_diff(issued_at);
-        if skew > crate::proof::MAX_AGE_MS {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "proof_invalid",
-                format!(
-                    "proof_issued_at is {} s from this node's clock (at most {} s): check the machine's clock",
-                    skew / 1000,
-                    crate::proof::MAX_AGE_MS / 1000
-                ),
-            ));
+        // A proof is good for one use: a copy of it (captured, or sent twice) is refused here,
+        // whatever became of the first.
+        if !node.proof_first_use(proof) {
+            return Err(OpError::ProofReplayed.into());
         }
+        // Freshness is judged by cluster time only, on the leader (before proposing) and by the
+        // state machine (by the entry's time): this node's own clock, however wrong, refuses
+        // no valid proof.
         Some(issued_at)
     } else {
         None
@@ -130,11 +153,24 @@ pub async fn handle(
         node.local_auth_key(&auth_key_id).map_or(Ok(()), |key| key.check_uses_left())?;
     }
 
-    let (outcome, node_key) = write_with_fresh_ids(&node, request_id, Actor::Anonymous, || {
+    // From rules 4 the command names this node as the one that checked the proof: a member
+    // forwarding it to the leader must be that node.
+    let checked = node.rules() >= 4;
+    let (outcome, node_key) = write_with_fresh_ids(node, request_id, Actor::Anonymous, || {
         let machine_id = format!("{MACHINE_ID_PREFIX}{}", random_base62(ID_LEN));
         let node_key = new_credential(CredentialKind::NodeKey, random_base62(ID_LEN));
         let new_key = NewCredential { id: node_key.id.clone(), hash: node_key.hash };
         let op = match proved_at {
+            Some(proved_at) if checked => Op::EnrolChecked {
+                auth_key_id: auth_key_id.clone(),
+                auth_key_hash: presented.hash,
+                hostname: hostname.clone(),
+                node_public_key: node_public_key.clone(),
+                machine_id,
+                node_key: new_key,
+                proved_at,
+                checked_by: node.id(),
+            },
             Some(proved_at) => Op::EnrolProven {
                 auth_key_id: auth_key_id.clone(),
                 auth_key_hash: presented.hash,

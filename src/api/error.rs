@@ -23,11 +23,26 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    /// Seconds for `Retry-After` (a 503 says 1 without it).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError { status, code, message: message.into(), field: None, retry_after: None }
+    }
+
+    /// 429 `too_many_failures`: too many failed authentications from `what` (an address, a
+    /// credential), for `wait` more.
+    pub fn too_many_failures(wait: std::time::Duration, what: &str) -> Self {
+        let seconds = wait.as_secs().max(1);
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed authentications from {what}; try again in {seconds} s"),
+        );
+        error.retry_after = Some(seconds);
+        error
     }
 
     /// 400 for a malformed field.
@@ -108,6 +123,11 @@ impl From<OpError> for ApiError {
             OpError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
             OpError::MachineQuarantined(_) => (StatusCode::FORBIDDEN, "machine_quarantined"),
             OpError::AnswerForgotten => (StatusCode::CONFLICT, "answer_forgotten"),
+            OpError::TooManyRekeys(_, wait_s) => {
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_rekeys", message);
+                error.retry_after = Some(wait_s.max(1));
+                return error;
+            }
             OpError::IdCollision => return ApiError::internal("id collision persisted after retries"),
             OpError::Storage(_) => return ApiError::internal(message),
         };
@@ -141,12 +161,13 @@ impl ApiError {
     }
 
     /// The response carrying `body` (this error in some API's shape) with this error's status,
-    /// its code for the metrics layer and, for a 503, `Retry-After`.
+    /// its code for the metrics layer and `Retry-After` (a 503's, a throttle's).
     pub(crate) fn respond(self, body: serde_json::Value) -> Response {
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(value) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

@@ -1,4 +1,5 @@
-//! Creates whose answer did not reach the client — the node answered 503, the outcome unknown —
+//! Creates (and the cluster's initialisation) whose answer did not reach the client — the node
+//! answered 503, the outcome unknown —
 //! held in this node's memory so that the client's retry under the same request id sends the
 //! *identical* command again (same ids, same secret hash). The state machine answers an
 //! identical command with its first outcome, so the retry is answered with the record and the
@@ -28,7 +29,33 @@ struct Held {
     actor: Actor,
     request_id: String,
     op: Op,
-    secret: Secret,
+    secrets: Vec<Secret>,
+}
+
+/// What a create made that only its answer carries: one secret (a key), or two (the cluster's
+/// initialisation: the operator key and the first org's admin key).
+pub trait Secrets: Sized {
+    fn into_held(self) -> Vec<Secret>;
+    fn from_held(held: Vec<Secret>) -> Option<Self>;
+}
+
+impl Secrets for Secret {
+    fn into_held(self) -> Vec<Secret> {
+        vec![self]
+    }
+    fn from_held(mut held: Vec<Secret>) -> Option<Self> {
+        (held.len() == 1).then(|| held.pop()).flatten()
+    }
+}
+
+impl Secrets for (Secret, Secret) {
+    fn into_held(self) -> Vec<Secret> {
+        vec![self.0, self.1]
+    }
+    fn from_held(held: Vec<Secret>) -> Option<Self> {
+        let [a, b]: [Secret; 2] = held.try_into().ok()?;
+        Some((a, b))
+    }
 }
 
 #[derive(Default)]
@@ -36,26 +63,29 @@ pub struct HeldCreates(Mutex<Vec<Held>>);
 
 impl HeldCreates {
     /// Holds a create whose outcome the client did not learn.
-    pub fn hold(&self, actor: Actor, request_id: String, op: Op, secret: Secret) {
+    pub fn hold(&self, actor: Actor, request_id: String, op: Op, secrets: impl Secrets) {
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         held.retain(|h| h.at.elapsed() < HOLD_FOR && !(h.actor == actor && h.request_id == request_id));
         if held.len() >= MAX_HELD {
             held.remove(0);
         }
-        held.push(Held { at: Instant::now(), actor, request_id, op, secret });
+        held.push(Held { at: Instant::now(), actor, request_id, op, secrets: secrets.into_held() });
     }
 
-    /// The held command and secret for this caller's `request_id`, if `fresh` (the same request
+    /// The held command and secrets for this caller's `request_id`, if `fresh` (the same request
     /// made anew, with new ids) asks for the same thing; taken out either way.
-    pub fn take(&self, actor: &Actor, request_id: &str, fresh: &Op) -> Option<(Op, Secret)> {
+    pub fn take<S: Secrets>(&self, actor: &Actor, request_id: &str, fresh: &Op) -> Option<(Op, S)> {
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let at = held.iter().position(|h| h.actor == *actor && h.request_id == request_id)?;
         let found = held.remove(at);
-        (found.at.elapsed() < HOLD_FOR && same_request(&found.op, fresh)).then_some((found.op, found.secret))
+        if found.at.elapsed() >= HOLD_FOR || !same_request(&found.op, fresh) {
+            return None;
+        }
+        Some((found.op, S::from_held(found.secrets)?))
     }
 }
 
-/// Whether `fresh` is `held` with other generated ids (and secret hash).
+/// Whether `fresh` is `held` with other generated ids (and secret hashes).
 fn same_request(held: &Op, fresh: &Op) -> bool {
     let mut fresh = fresh.clone();
     match (&mut fresh, held) {
@@ -63,6 +93,14 @@ fn same_request(held: &Op, fresh: &Op) -> bool {
         | (Op::CreateAuthKeyWith { key, .. }, Op::CreateAuthKeyWith { key: held_key, .. })
         | (Op::CreateApiKey { key, .. }, Op::CreateApiKey { key: held_key, .. })
         | (Op::CreateApiKeyWith { key, .. }, Op::CreateApiKeyWith { key: held_key, .. }) => *key = held_key.clone(),
+        (
+            Op::InitCluster { org_id, operator_key, admin_key, .. },
+            Op::InitCluster { org_id: held_org, operator_key: held_operator, admin_key: held_admin, .. },
+        ) => {
+            *org_id = held_org.clone();
+            *operator_key = held_operator.clone();
+            *admin_key = held_admin.clone();
+        }
         _ => return false,
     }
     fresh == *held
@@ -92,12 +130,12 @@ mod tests {
         let text = secret.text.clone();
         held.hold(caller("api_a"), "r1".into(), op.clone(), secret);
         // Another caller, or another request id, gets nothing.
-        assert!(held.take(&caller("api_b"), "r1", &create("fleet").0).is_none());
-        assert!(held.take(&caller("api_a"), "r2", &create("fleet").0).is_none());
-        let (again, again_secret) = held.take(&caller("api_a"), "r1", &create("fleet").0).expect("held");
+        assert!(held.take::<Secret>(&caller("api_b"), "r1", &create("fleet").0).is_none());
+        assert!(held.take::<Secret>(&caller("api_a"), "r2", &create("fleet").0).is_none());
+        let (again, again_secret): (Op, Secret) = held.take(&caller("api_a"), "r1", &create("fleet").0).expect("held");
         assert_eq!((again, again_secret.text), (op, text));
         // Handed back once.
-        assert!(held.take(&caller("api_a"), "r1", &create("fleet").0).is_none());
+        assert!(held.take::<Secret>(&caller("api_a"), "r1", &create("fleet").0).is_none());
     }
 
     #[test]
@@ -105,6 +143,6 @@ mod tests {
         let held = HeldCreates::default();
         let (op, secret) = create("fleet");
         held.hold(caller("api_a"), "r1".into(), op, secret);
-        assert!(held.take(&caller("api_a"), "r1", &create("another").0).is_none());
+        assert!(held.take::<Secret>(&caller("api_a"), "r1", &create("another").0).is_none());
     }
 }

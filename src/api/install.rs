@@ -24,6 +24,13 @@ use crate::node::Node;
 
 const SCRIPT: &str = include_str!("install.sh");
 
+/// A download must average this many bytes a second once it has run [`DOWNLOAD_GRACE`], and end
+/// within [`DOWNLOAD_DEADLINE`]: a slow reader cannot hold a connection (and the node's data)
+/// for hours, a byte at a time.
+pub(crate) const DOWNLOAD_MIN_RATE: u64 = 64 * 1024;
+pub(crate) const DOWNLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const DOWNLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The binary to hand out, and its SHA-256, made once per process: the running executable
 /// without its debug sections (which are most of a release build's size, RocksDB's C++ debug
 /// info above all), or the executable as it is where `strip` is unavailable.
@@ -70,14 +77,8 @@ pub fn render(node: &Node) -> Result<String, ApiError> {
     for url in std::iter::once(&source).chain(&cluster) {
         crate::config::check_public_url(url).map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    let (ca_pem, ca_sha256) = match config.api_ca_cert() {
-        Some(path) => {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| ApiError::internal(format!("cannot read the cluster CA {}: {e}", path.display())))?;
-            let pem = pem.trim().to_string();
-            if !pem.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=- \n".contains(&b)) {
-                return Err(ApiError::internal(format!("{} is not a PEM certificate", path.display())));
-            }
+    let (ca_pem, ca_sha256) = match api_ca(node)? {
+        Some(pem) => {
             let digest = hex::encode(Sha256::digest(pem.as_bytes()));
             (pem, digest)
         }
@@ -88,6 +89,40 @@ pub fn render(node: &Node) -> Result<String, ApiError> {
         .replace("@CLUSTER@", &shell_quote(&cluster.join(",")))
         .replace("@CA_PEM@", &shell_quote(&ca_pem))
         .replace("@CA_SHA256@", &shell_quote(&ca_sha256)))
+}
+
+/// The CA that signed this node's API certificate (PEM, checked to hold nothing else), when
+/// the API speaks HTTPS.
+fn api_ca(node: &Node) -> Result<Option<String>, ApiError> {
+    let Some(path) = node.config().api_ca_cert() else { return Ok(None) };
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| ApiError::internal(format!("cannot read the cluster CA {}: {e}", path.display())))?;
+    let pem = pem.trim().to_string();
+    if !pem.starts_with("-----BEGIN CERTIFICATE-----")
+        || !pem.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=- \n".contains(&b))
+    {
+        return Err(ApiError::internal(format!("{} is not a PEM certificate", path.display())));
+    }
+    Ok(Some(pem))
+}
+
+/// `GET /ca.crt`: the cluster CA a machine must trust to reach this node over HTTPS (public,
+/// like the certificate itself). The console puts it in its install command, so a machine
+/// pins it rather than being told to skip verification.
+#[utoipa::path(
+    get,
+    path = "/ca.crt", operation_id = "cluster_ca",
+    tag = "installation",
+    responses(
+        (status = 200, description = "The cluster CA certificate (PEM)", body = String, content_type = "application/x-pem-file"),
+        super::openapi::Errors,
+    ),
+)]
+pub async fn ca(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    match api_ca(&node)? {
+        Some(pem) => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], format!("{pem}\n")).into_response()),
+        None => Err(ApiError::not_found("this node's API speaks plain HTTP: it has no CA to trust")),
+    }
 }
 
 /// `GET /install.sh`: the installer for machines of this cluster.
@@ -118,14 +153,15 @@ pub async fn script(State(node): State<Arc<Node>>) -> Result<Response, ApiError>
 pub async fn binary(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (bytes, _) = load(&node).await?;
     // Slices of the shared bytes, one at a time: a download holds a reference and at most one
-    // chunk in the connection's buffer, never a copy of the binary (a client that stops
-    // reading is dropped by the listener's idle timeout).
+    // chunk in the connection's buffer, never a copy of the binary. A client that stops reading
+    // is dropped by the listener's idle timeout, one that reads a trickle by the minimum rate.
     const CHUNK: usize = 64 * 1024;
     let bytes = bytes.clone();
     let chunks = (0..bytes.len())
         .step_by(CHUNK)
         .map(move |at| Ok::<_, std::convert::Infallible>(bytes.slice(at..(at + CHUNK).min(bytes.len()))));
     let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+    let body = crate::listener::min_rate(body, DOWNLOAD_MIN_RATE, DOWNLOAD_GRACE, DOWNLOAD_DEADLINE);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

@@ -18,7 +18,7 @@ use super::{api_key_actor, body, views, write_create};
 use crate::node::Node;
 use crate::secret::{new_credential, parse_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
-use crate::sm::query::{Answer, KeyFilter, Query, DEFAULT_PAGE, MAX_PAGE};
+use crate::sm::query::{Answer, KeyFilter, Query, DEFAULT_PAGE, MAX_HISTORY_PAGE, MAX_PAGE};
 
 actions! {
     /// The body of `POST /api/key-management`, by its `action`.
@@ -96,12 +96,18 @@ pub enum KeyType {
     OneShot,
 }
 
-/// `get_auth_key`: one key and every machine it enrolled.
+/// `get_auth_key`: one key and a page of the machines it enrolled (oldest first).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetAuthKey {
     pub org_id: OrgId,
     pub key_id: AuthKeyId,
+    /// Enrolments in the answer, 0 to 1000. Default 100.
+    #[schema(minimum = 0, maximum = 1000)]
+    pub enrolments_limit: Option<u64>,
+    /// `next_enrolments_cursor` of the previous answer.
+    #[schema(pattern = "^[0-9]{1,20}$")]
+    pub enrolments_cursor: Option<String>,
 }
 
 /// `revoke_auth_key`: no machine enrols with it again (machines it enrolled stay). Give exactly
@@ -134,12 +140,14 @@ pub struct AuthKeyList {
     pub next_cursor: Option<String>,
 }
 
-/// A key and its enrolments.
+/// A key and a page of its enrolments.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuthKeyDetail {
     #[serde(flatten)]
     pub record: AuthKeyView,
     pub enrolments: Vec<EnrolmentView>,
+    /// Give it as `enrolments_cursor` for the next page of enrolments; `null` on the last.
+    pub next_enrolments_cursor: Option<String>,
 }
 
 /// `POST /api/key-management`: create, list, get or revoke an org's auth keys.
@@ -270,11 +278,29 @@ async fn list(node: &Node, actor: Actor, r: ListAuthKeys) -> Result<AuthKeyList,
 const MAX_SEARCH: usize = 256;
 
 async fn get(node: &Node, actor: Actor, r: GetAuthKey) -> Result<AuthKeyDetail, ApiError> {
-    let query = Query::GetAuthKey { org_id: r.org_id.into_inner(), key_id: r.key_id.into_inner() };
+    let limit = r.enrolments_limit.unwrap_or(DEFAULT_PAGE as u64);
+    if limit > MAX_HISTORY_PAGE as u64 {
+        return Err(ApiError::bad_field(
+            "enrolments_limit",
+            format!("must be from 0 to {MAX_HISTORY_PAGE}, got {limit}"),
+        ));
+    }
+    let after_seq = match r.enrolments_cursor {
+        None => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::bad_field(
+                "enrolments_cursor",
+                "must be a next_enrolments_cursor value from an earlier get_auth_key answer",
+            )
+        })?),
+    };
+    let (org_id, key_id) = (r.org_id.into_inner(), r.key_id.into_inner());
+    let query = Query::GetAuthKeyPage { org_id, key_id, limit: limit as usize, after_seq };
     match node.read(&actor, &query).await?? {
-        Answer::AuthKey { record, enrolments, as_of } => Ok(AuthKeyDetail {
+        Answer::AuthKeyPage { record, enrolments, next_after_seq, as_of } => Ok(AuthKeyDetail {
             record: views::auth_key(&record, as_of),
             enrolments: enrolments.iter().map(views::enrolment).collect(),
+            next_enrolments_cursor: next_after_seq.map(|s| s.to_string()),
         }),
         other => Err(ApiError::internal(format!("get_auth_key answered {other:?}"))),
     }

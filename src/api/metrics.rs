@@ -32,6 +32,7 @@ pub(crate) const ROUTES: &[&str] = &[
     "/api/cluster",
     "/api/cluster/membership",
     "/api/cluster/backup",
+    "/api/cluster/hash",
     "/install.sh",
     "/download/ztna-linux-x86_64",
     "/download/ztna-linux-x86_64.sha256",

@@ -56,6 +56,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/cluster/init", post(org::init))
         .route("/api/cluster", get(cluster::info))
         .route("/api/cluster/nodes", get(cluster::nodes))
+        .route("/api/cluster/hash", get(cluster::hash))
         .route("/api/whoami", get(org::whoami))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/cluster/membership", post(membership::handle))
@@ -67,6 +68,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/console/app.js", get(console::script))
         .route("/console/app.css", get(console::style))
         .route("/install.sh", get(install::script))
+        .route("/ca.crt", get(install::ca))
         .route("/download/ztna-linux-x86_64", get(install::binary))
         .route("/download/ztna-linux-x86_64.sha256", get(install::checksum))
         .route("/healthz", get(cluster::healthz))
@@ -165,12 +167,12 @@ pub fn new_request_id() -> String {
 /// Writes a create whose answer carries a secret, like [`write_with_fresh_ids`]; when its
 /// outcome stays unknown (503), the command and secret are held (see [`held`]) and a retry with
 /// the same request id sends that identical command again and gets the same secret back.
-pub(crate) async fn write_create(
+pub(crate) async fn write_create<S: held::Secrets>(
     node: &Node,
     request_id: String,
     actor: Actor,
-    mut make: impl FnMut() -> (Op, crate::secret::Secret),
-) -> Result<(Outcome, crate::secret::Secret), ApiError> {
+    mut make: impl FnMut() -> (Op, S),
+) -> Result<(Outcome, S), ApiError> {
     let held = node.held_creates();
     let (fresh, fresh_secret) = make();
     let first = held.take(&actor, &request_id, &fresh).unwrap_or((fresh, fresh_secret));

@@ -16,7 +16,7 @@ use super::fields::{
     actions, parse_or_empty, request_id_or_new, ApiKeyId, Description, Empty, Name, OrgId, RequestId, RequestOnly, Tags,
 };
 use super::views::{answers, ApiKeyView, OrgView};
-use super::{api_key_actor, body, new_request_id, views, write_create, write_with_fresh_ids};
+use super::{api_key_actor, body, views, write_create, write_with_fresh_ids};
 use crate::node::Node;
 use crate::secret::{new_credential, random_base62, CredentialKind, Secret, ID_LEN};
 use crate::sm::model::*;
@@ -209,7 +209,7 @@ fn needs_rules(node: &Node) -> Result<(), ApiError> {
 }
 
 /// The bootstrap token in `Authorization: Bearer …`, against the configured SHA-256.
-fn check_bootstrap_token(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_bootstrap_token(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = node.config().settings().bootstrap_token_sha256.as_deref() else {
         return Err(ApiError::unauthorized(
             "this node has no bootstrap token configured (bootstrap_token_sha256, or ztna server \
@@ -404,15 +404,24 @@ pub async fn init(
     check_bootstrap_token(&node, &headers)?;
     let request: InitRequest = parse_or_empty(&body(raw)?)?;
     let org_name = request.org_name.map_or_else(|| "default".to_string(), Name::into_inner);
-    let (outcome, (operator, admin)) = write_with_fresh_ids(&node, new_request_id(), Actor::Anonymous, || {
+    let request_id = request_id_or_new(request.request_id);
+    // Held like a create's secret: an init answered 503 that committed gives its keys to the
+    // retry under the same request id at the same node.
+    let (outcome, (operator, admin)) = write_create(&node, request_id, Actor::Anonymous, || {
         let (operator, operator_key) = new_api_key();
         let (admin, admin_key) = new_api_key();
         let op = Op::InitCluster { org_id: new_org_id(), org_name: org_name.clone(), operator_key, admin_key };
         (op, (operator, admin))
     })
     .await?;
-    match outcome? {
-        OpOk::Initialized { org, operator_key_id, admin_key_id } => Ok(Json(InitAnswer {
+    let made_here = |id: &str| id == format!("{API_KEY_ID_PREFIX}{}", operator.id);
+    match outcome {
+        // The same request id, applied already with keys this node did not make (another node
+        // made them, or this one forgot them in a restart).
+        Err(OpError::RequestIdReused(_)) => Err(init_keys_elsewhere()),
+        Ok(OpOk::Initialized { operator_key_id, .. }) if !made_here(&operator_key_id) => Err(init_keys_elsewhere()),
+        Err(e) => Err(e.into()),
+        Ok(OpOk::Initialized { org, operator_key_id, admin_key_id }) => Ok(Json(InitAnswer {
             org_id: org.org_id.clone(),
             org: views::org(&org),
             api_key: admin.text,
@@ -424,12 +433,27 @@ pub async fn init(
     }
 }
 
+/// 409 for an init retried where its keys are not held.
+fn init_keys_elsewhere() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "already_initialized",
+        "this request_id initialised the cluster already, and its keys were made by another node (or by this \
+         one before it restarted): retry at the node that first answered 503, which holds them for 15 minutes. \
+         If no node holds them, the cluster holds nothing but that first org yet: stop every node, empty their \
+         data directories and initialise it again",
+    )
+}
+
 /// The body of `POST /api/cluster/init`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
     /// The first org's name; default "default".
     pub org_name: Option<Name>,
+    /// Makes a retry after a lost answer (503, timeout) safe: at the same node it answers the
+    /// keys the first try made.
+    pub request_id: Option<RequestId>,
 }
 
 /// The answer of `POST /api/cluster/init`: the secrets are in it only.

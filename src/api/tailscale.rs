@@ -359,8 +359,9 @@ pub async fn get(
     let actor = caller(&headers)?;
     let key_id = key_id(&key)?;
     let org_id = org_of(&node, &actor, &tailnet).await?;
-    match node.read(&actor, &Query::GetAuthKey { org_id, key_id }).await?? {
-        Answer::AuthKey { record, as_of, .. } => Ok(Json(key_view(&record, as_of))),
+    // The key alone: its history is never read for this view.
+    match node.read(&actor, &Query::GetAuthKeyPage { org_id, key_id, limit: 0, after_seq: None }).await?? {
+        Answer::AuthKeyPage { record, as_of, .. } => Ok(Json(key_view(&record, as_of))),
         other => Err(ApiError::internal(format!("get_auth_key answered {other:?}")).into()),
     }
 }

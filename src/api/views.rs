@@ -97,6 +97,8 @@ pub struct EnrolmentView {
     #[schema(format = DateTime)]
     pub deregistered_at: Option<String>,
     pub deregistered_reason: Option<DeregisterReason>,
+    /// The node that checked the machine's proof of possession (recorded from rules 4).
+    pub checked_by: Option<u64>,
 }
 
 pub fn enrolment(e: &Enrolment) -> EnrolmentView {
@@ -108,6 +110,7 @@ pub fn enrolment(e: &Enrolment) -> EnrolmentView {
         kind: if e.rekey { EnrolmentKind::Rekey } else { EnrolmentKind::Enrolment },
         deregistered_at: opt_time(e.deregistered.map(|d| d.at)),
         deregistered_reason: e.deregistered.map(|d| d.reason),
+        checked_by: e.checked_by,
     }
 }
 

@@ -6,7 +6,8 @@ use super::format::table;
 use super::*;
 
 pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), CliError> {
-    let client = client(conn, None)?;
+    // Status shows the cluster's internals: any API key may see them (QZ_API_KEY).
+    let client = client(conn, conn.api_key.clone())?;
     match command {
         ClusterCommand::Up { .. }
         | ClusterCommand::Restore { .. }
@@ -44,7 +45,8 @@ pub(super) async fn cluster(command: ClusterCommand, conn: &Conn) -> Result<(), 
                 )),
             };
             let initialiser = super::client(conn, Some(token))?;
-            let answer = initialiser.post("/api/cluster/init", &json!({ "org_name": org_name })).await?;
+            let body = json!({ "org_name": org_name, "request_id": super::request_id() });
+            let answer = initialiser.post_sticky("/api/cluster/init", &body).await?;
             let org_id = answer["org_id"].as_str().unwrap_or_default();
             let api_key = answer["api_key"].as_str().unwrap_or_default();
             let operator_key = answer["operator_key"].as_str().unwrap_or_default();
@@ -261,7 +263,12 @@ pub(super) async fn org_admin(command: OrgCommand, conn: &Conn, operator_key: St
             "action": "revoke_api_key", "api_key_id": api_key_id, "request_id": request_id(),
         }),
     };
-    let answer = client.post("/api/org-admin", &body).await?;
+    let creates = matches!(body["action"].as_str(), Some("create_api_key" | "rotate_operator_key"));
+    let answer = if creates {
+        client.post_sticky("/api/org-admin", &body).await?
+    } else {
+        client.post("/api/org-admin", &body).await?
+    };
     if conn.output == Output::Json {
         print_json(&answer);
         return Ok(());

@@ -17,7 +17,7 @@ pub(super) async fn auth_key(command: AuthKeyCommand, conn: &Conn) -> Result<(),
             if let Some(max) = max_uses {
                 body["max_uses"] = json!(max);
             }
-            let key = client.post("/api/key-management", &body).await?;
+            let key = client.post_sticky("/api/key-management", &body).await?;
             if conn.output == Output::Json {
                 print_json(&key);
                 return Ok(());

@@ -109,7 +109,8 @@ pub async fn up(options: UpOptions) -> Result<(), CliError> {
         let token = token.ok_or_else(|| CliError::Io(format!("cannot read {}", token_file.display())))?;
         let initialiser =
             Client::new(&servers, Some(token))?.with_waits(Duration::from_secs(3), Duration::from_secs(20));
-        let answer = initialiser.post("/api/cluster/init", &json!({ "org_name": "default" })).await?;
+        let body = json!({ "org_name": "default", "request_id": super::request_id() });
+        let answer = initialiser.post_sticky("/api/cluster/init", &body).await?;
         let mut text = format!(
             "ZTNA_SERVER={servers}\nQZ_API_KEY={}\nZTNA_ORG={}\n",
             answer["api_key"].as_str().unwrap_or_default(),

@@ -618,15 +618,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`); openraft's repeated
+/// warnings are let through once a minute per call site (see `log_every::QuietRepeats`).
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let quiet = crate::log_every::QuietRepeats::new(crate::log_every::OPENRAFT_PERIOD);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    };
+    tracing_subscriber::registry().with(layer.with_filter(quiet).with_filter(filter)).init();
 }
 
 async fn server(args: ServerArgs) -> Result<(), CliError> {

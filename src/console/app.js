@@ -216,7 +216,7 @@ const api = {
   keys: (action, fields = {}) => request('POST', '/api/key-management', { action, org_id: session.orgId(), ...fields }),
   machines: (action, fields = {}) => request('POST', '/api/machine-admin', { action, org_id: session.orgId(), ...fields }),
   orgs: (action, fields = {}) => request('POST', '/api/org-admin', { action, ...fields }),
-  cluster: () => request('GET', '/api/cluster/nodes', null, { auth: false }),
+  cluster: () => request('GET', '/api/cluster/nodes', null),
 };
 
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
@@ -699,10 +699,32 @@ function openSecretDialog(prefix, dialogId, key) {
   $(`${prefix}-copy`).focus();
 }
 
+/** The cluster CA (PEM) when the console is served over HTTPS: install commands pin it. */
+let clusterCa = null;
+
+async function loadClusterCa() {
+  if (location.protocol !== 'https:') return;
+  try {
+    const r = await fetch('/ca.crt', { cache: 'no-store' });
+    const text = r.ok ? (await r.text()).trim() : '';
+    if (/^-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+\/=\n]+\n-----END CERTIFICATE-----$/.test(text)) clusterCa = text;
+  } catch (_) { /* the commands below then name the CA file the admin must supply */ }
+}
+
 function showKeySecret(key) {
   const origin = location.origin;
-  $('ks-install').textContent = `curl -fsSL ${origin}/install.sh | ZTNA_AUTH_KEY=${key} sh`;
-  $('ks-up').textContent = `ZTNA_AUTH_KEY=${key} ztna up --server ${origin}`;
+  if (location.protocol === 'https:') {
+    // The machine trusts only the cluster CA: written from this page (which reached the node
+    // over a verified connection), never skipped with -k.
+    const ca = clusterCa
+      ? `cat >ztna-ca.crt <<'ZTNA_CA'\n${clusterCa}\nZTNA_CA\n`
+      : '# ztna-ca.crt: the cluster CA (tls/ca.crt on a node)\n';
+    $('ks-install').textContent = `${ca}curl -fsSL --cacert ztna-ca.crt ${origin}/install.sh | ZTNA_AUTH_KEY=${key} sh`;
+    $('ks-up').textContent = `ZTNA_CA_CERT=ztna-ca.crt ZTNA_AUTH_KEY=${key} ztna up --server ${origin}`;
+  } else {
+    $('ks-install').textContent = `curl -fsSL ${origin}/install.sh | ZTNA_AUTH_KEY=${key} sh`;
+    $('ks-up').textContent = `ZTNA_AUTH_KEY=${key} ztna up --server ${origin}`;
+  }
   openSecretDialog('ks', 'key-secret', key);
 }
 
@@ -787,7 +809,7 @@ function setupConfirmDialog() {
 // Key detail page
 // ---------------------------------------------------------------------------------------------
 
-const detail = { generation: 0, key: null };
+const detail = { generation: 0, key: null, machines: null, cursor: null };
 
 async function showKeyDetail(keyId) {
   const gen = ++detail.generation;
@@ -809,12 +831,37 @@ async function showKeyDetail(keyId) {
   }
   if (gen !== detail.generation) return;
   detail.key = key;
+  detail.machines = machines;
   renderKeyFields(key);
   $('kd-revoke').hidden = key.state === 'revoked';
   const rows = (key.enrolments || []).map((e) => enrolmentRow(e, machines));
   $('enrolments').tBodies[0].replaceChildren(...rows);
   $('enrolments-empty').hidden = rows.length > 0;
+  showMoreEnrolments(key.next_enrolments_cursor);
   $('kd-body').hidden = false;
+}
+
+// A key's history comes a page at a time: the next page is appended on request.
+function showMoreEnrolments(cursor) {
+  detail.cursor = cursor || null;
+  $('enrolments-more').hidden = !detail.cursor;
+}
+
+async function loadMoreEnrolments() {
+  const key = detail.key;
+  if (!key || !detail.cursor) return;
+  const gen = detail.generation;
+  $('enrolments-more').disabled = true;
+  try {
+    const page = await api.keys('get_auth_key', { key_id: key.key_id, enrolments_cursor: detail.cursor });
+    if (gen !== detail.generation) return;
+    $('enrolments').tBodies[0].append(...(page.enrolments || []).map((e) => enrolmentRow(e, detail.machines)));
+    showMoreEnrolments(page.next_enrolments_cursor);
+  } catch (e) {
+    if (gen === detail.generation && !e.signedOut) showError($('kd-error'), e.message);
+  } finally {
+    $('enrolments-more').disabled = false;
+  }
 }
 
 function renderKeyFields(k) {
@@ -863,6 +910,7 @@ function setupKeyDetail() {
     const k = detail.key;
     if (k) confirmRevokeKey(k, () => showKeyDetail(k.key_id));
   });
+  $('enrolments-more').addEventListener('click', loadMoreEnrolments);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1183,6 +1231,7 @@ function init() {
   setupMachinesPage();
   setupOrgsPage();
   window.addEventListener('hashchange', () => route(true));
+  loadClusterCa();
   restoreSession();
 }
 

@@ -48,6 +48,44 @@ pub enum ForwardError {
     Transport(String),
 }
 
+/// A peer to call: its node id and the address to dial (its `raft_addr`, or a test-only
+/// override). With TLS the call is made to the node's identity name
+/// (`node-<id>.ztna-peer.invalid`, resolved to `addr`), so the answering certificate must name
+/// that node: an API certificate, or another node's, cannot answer for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} at {}", self.id, self.addr)
+    }
+}
+
+/// Resolves the peers' identity names to the addresses they are dialled at.
+#[derive(Default)]
+struct PeerNames(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl reqwest::dns::Resolve for PeerNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(name.as_str()).cloned();
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let host = host.ok_or_else(|| format!("{name} is no peer this node dials"))?;
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// `host:port` (`[v6]:port` too) as host and port.
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok()?))
+}
+
 /// A forwarded read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardedQuery {
@@ -69,6 +107,10 @@ pub struct PeerClient {
     peer_queries: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// The node id this node calls as (`PEER_HEADER`); its certificate must name it.
     me: Option<NodeId>,
+    /// Which peers take part in Raft, said in the log only when it changes.
+    health: Arc<crate::log_every::PeerHealth>,
+    /// Where each peer's identity name is dialled (with TLS).
+    names: Arc<PeerNames>,
 }
 
 /// The request header naming the calling node; the receiving node checks that the caller's
@@ -89,10 +131,13 @@ impl PeerClient {
     /// cluster CA).
     pub fn new(tls: Option<rustls::ClientConfig>) -> Self {
         crate::tls::ensure_provider();
+        let names = Arc::new(PeerNames::default());
         let builder = reqwest::Client::builder()
+            .dns_resolver(names.clone())
             // Closed by this side before the peer's idle timeout (60 s) closes it under a call.
             .pool_idle_timeout(Duration::from_secs(45))
-            .pool_max_idle_per_host(256)
+            // Below what a node lets one member hold (`max_connections_per_address`).
+            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500));
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -101,7 +146,16 @@ impl PeerClient {
             None => builder,
         };
         let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        PeerClient { http, scheme, clock: None, peer_rules: Arc::default(), peer_queries: Arc::default(), me: None }
+        PeerClient {
+            http,
+            scheme,
+            clock: None,
+            peer_rules: Arc::default(),
+            peer_queries: Arc::default(),
+            me: None,
+            health: Arc::default(),
+            names,
+        }
     }
 
     /// The set of queries the peer at `addr` last said its build reads (see `Query::since`);
@@ -127,16 +181,31 @@ impl PeerClient {
         self
     }
 
+    /// The URL of `path` on `peer`: with TLS at its identity name (pinned: only a certificate
+    /// naming that node answers), else at its address.
+    fn url(&self, peer: &Peer, path: &str) -> String {
+        if self.scheme == "http" {
+            return format!("http://{}{path}", peer.addr);
+        }
+        let name = crate::tls::peer_name(peer.id);
+        let Some((host, port)) = split_host_port(&peer.addr) else {
+            return format!("https://{}{path}", peer.addr);
+        };
+        self.names.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), host);
+        format!("https://{name}:{port}{path}")
+    }
+
     /// Posts an encoded body and decodes the answer.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        addr: &str,
+        peer: &Peer,
         path: &str,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        let addr = peer.addr.as_str();
         let bytes = codec::encode(body).map_err(|e| CallError::Encode(e.to_string()))?;
-        let mut request = self.http.post(format!("{}://{addr}{path}", self.scheme)).timeout(timeout).body(bytes);
+        let mut request = self.http.post(self.url(peer, path)).timeout(timeout).body(bytes);
         if let Some(me) = self.me {
             request = request.header(PEER_HEADER, me);
         }
@@ -167,28 +236,28 @@ impl PeerClient {
         codec::decode(&bytes).map_err(|e| CallError::Sent(format!("bad answer from {addr}: {e}")))
     }
 
-    /// Forwards a batch of commands to the leader at `addr`; one outcome per command.
+    /// Forwards a batch of commands to the leader `peer`; one outcome per command.
     pub async fn propose(
         &self,
-        addr: &str,
+        peer: &Peer,
         commands: &[Command],
         timeout: Duration,
     ) -> Result<Vec<Result<Outcome, ForwardError>>, ForwardError> {
-        match self.call::<_, Vec<Result<Outcome, ForwardError>>>(addr, PATH_PROPOSE, &commands, timeout).await {
+        match self.call::<_, Vec<Result<Outcome, ForwardError>>>(peer, PATH_PROPOSE, &commands, timeout).await {
             Ok(answers) => Ok(answers),
             Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
             Err(CallError::Sent(e)) | Err(CallError::Answered(e)) => Err(ForwardError::Transport(e)),
         }
     }
 
-    /// Forwards a read to the leader at `addr`.
+    /// Forwards a read to the leader `peer`.
     pub async fn query(
         &self,
-        addr: &str,
+        peer: &Peer,
         query: &ForwardedQuery,
         timeout: Duration,
     ) -> Result<Result<Answer, OpError>, ForwardError> {
-        match self.call::<_, Result<Result<Answer, OpError>, ForwardError>>(addr, PATH_QUERY, query, timeout).await {
+        match self.call::<_, Result<Result<Answer, OpError>, ForwardError>>(peer, PATH_QUERY, query, timeout).await {
             Ok(answer) => answer,
             Err(CallError::Unreachable(e)) | Err(CallError::Encode(e)) => Err(ForwardError::Unavailable(e)),
             Err(CallError::Sent(e)) | Err(CallError::Answered(e)) => Err(ForwardError::Transport(e)),
@@ -197,32 +266,32 @@ impl PeerClient {
 }
 
 impl PeerClient {
-    /// The view of the cluster of the node at `addr`.
-    pub async fn cluster_info(&self, addr: &str, timeout: Duration) -> Result<crate::node::ClusterInfo, String> {
-        self.call(addr, PATH_CLUSTER_INFO, &(), timeout).await.map_err(|e| e.to_string())
+    /// The view of the cluster of node `peer`.
+    pub async fn cluster_info(&self, peer: &Peer, timeout: Duration) -> Result<crate::node::ClusterInfo, String> {
+        self.call(peer, PATH_CLUSTER_INFO, &(), timeout).await.map_err(|e| e.to_string())
     }
 
-    /// Asks the node at `addr` what it knows of a node id.
+    /// Asks node `peer` what it knows of a node id.
     pub async fn whois(
         &self,
-        addr: &str,
+        peer: &Peer,
         request: &crate::membership::WhoisRequest,
         timeout: Duration,
     ) -> Result<crate::membership::WhoisAnswer, String> {
-        self.call(addr, crate::membership::PATH_WHOIS, request, timeout).await.map_err(|e| e.to_string())
+        self.call(peer, crate::membership::PATH_WHOIS, request, timeout).await.map_err(|e| e.to_string())
     }
 
-    /// Forwards a membership change to the leader at `addr`.
+    /// Forwards a membership change to the leader `peer`.
     pub async fn change_membership(
         &self,
-        addr: &str,
+        peer: &Peer,
         actor: &Actor,
         change: &crate::membership::Change,
         timeout: Duration,
     ) -> Result<Vec<crate::node::MemberInfo>, crate::membership::MembershipError> {
         use crate::membership::MembershipError;
         let request = (actor, change);
-        match self.call(addr, crate::membership::PATH_MEMBERSHIP, &request, timeout).await {
+        match self.call(peer, crate::membership::PATH_MEMBERSHIP, &request, timeout).await {
             Ok(answer) => answer,
             Err(CallError::Unreachable(_)) => Err(MembershipError::NotLeader(None)),
             Err(e) => Err(MembershipError::Unavailable(format!("the leader did not answer: {e}"))),
@@ -298,8 +367,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         PeerNetwork {
             client: self.client.clone(),
-            target,
-            addr: self.settings.dial_addr(target, &node.raft_addr),
+            peer: Peer { id: target, addr: self.settings.dial_addr(target, &node.raft_addr) },
             longest_backoff: longest_peer_backoff(&self.settings),
             refused: Arc::new(AtomicBool::new(false)),
         }
@@ -309,8 +377,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// The Raft RPC client for one peer.
 pub struct PeerNetwork {
     client: PeerClient,
-    target: NodeId,
-    addr: String,
+    peer: Peer,
     longest_backoff: Duration,
     /// Whether the last failed call was answered with a refusal rather than not at all.
     refused: Arc<AtomicBool>,
@@ -326,21 +393,25 @@ impl PeerNetwork {
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>> {
-        match self.client.call::<_, RpcAnswer<Resp>>(&self.addr, path, req, option.hard_ttl()).await {
-            Ok(Ok(resp)) => Ok(resp),
+        let health = &self.client.health;
+        match self.client.call::<_, RpcAnswer<Resp>>(&self.peer, path, req, option.hard_ttl()).await {
+            Ok(Ok(resp)) => {
+                health.answered(&self.peer.addr);
+                Ok(resp)
+            }
             // The peer answered but cannot take part (its Raft stopped, it is not a member, it
             // refused our certificate), or the call failed on the way: both back off (openraft
             // retries a `Network` error at once, thousands of times a second, each logged).
             // Raft's calls are idempotent, so a retry after a lost answer is safe.
             Ok(Err(remote)) => {
                 self.refused.store(true, Ordering::Relaxed);
-                Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
-                    "node {} refused {path}: {remote}",
-                    self.target
-                )))))
+                let why = Message(format!("node {} refused {path}: {remote}", self.peer.id));
+                health.failed(&self.peer.addr, &why);
+                Err(RPCError::Unreachable(Unreachable::new(&why)))
             }
             Err(e) => {
                 self.refused.store(matches!(e, CallError::Answered(_)), Ordering::Relaxed);
+                health.failed(&self.peer.addr, &format_args!("node {}: {e}", self.peer.id));
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
         }

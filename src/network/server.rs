@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,7 +27,8 @@ use super::{
 };
 use crate::codec;
 use crate::node::Node;
-use crate::sm::model::Command;
+use crate::raft_types::NodeId;
+use crate::sm::model::{Command, OpError};
 
 /// The internal router. Bodies are limited only by what a snapshot chunk needs.
 pub fn router(node: Arc<Node>) -> Router {
@@ -72,7 +74,25 @@ async fn authenticate_peer(
     if request.uri().path() != crate::membership::PATH_WHOIS && !node.peer_allowed(id) {
         return refused(StatusCode::FORBIDDEN, format!("node {id} is not a member of this cluster (removed?)"));
     }
+    let mut request = request;
+    request.extensions_mut().insert(Caller(Some(id)));
     next.run(request).await
+}
+
+/// The node a call comes from, as its certificate proves (`None`: the plaintext opt-out, where
+/// nothing is proven).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<NodeId>);
+
+/// Refuses a Raft message that speaks for another node than the caller: an append, a snapshot
+/// chunk or a vote request carries the vote of the node that sends it (the leader, or the
+/// candidate), which must be the caller's own.
+fn speaks_for_caller(caller: Option<Caller>, vote: &openraft::Vote<NodeId>) -> Result<(), String> {
+    let Some(Caller(Some(caller))) = caller else { return Ok(()) };
+    match vote.leader_id().voted_for() {
+        Some(sender) if sender == caller => Ok(()),
+        sender => Err(format!("node {caller} sent a message in the name of {sender:?}")),
+    }
 }
 
 /// Every answer carries this node's wall clock, from which the leader estimates the majority's
@@ -104,21 +124,35 @@ fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, (StatusCode, String)> 
     codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+/// The refusal of a message that does not come from the node it names.
+fn impersonation(why: String) -> Response {
+    crate::metrics::global().peer_refused();
+    static REFUSED: crate::log_every::LogEvery = crate::log_every::LogEvery::new(crate::log_every::PERIOD);
+    REFUSED.warn(format_args!("internal call refused: {why}"));
+    (StatusCode::FORBIDDEN, why).into_response()
+}
+
+async fn append(State(node): State<Arc<Node>>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     if let Some(why) = node.raft_stopped() {
         return reply(&Err::<(), String>(why));
     }
-    match decode(&body) {
-        Ok(rpc) => reply(&node.raft().append_entries(rpc).await.map_err(|e| e.to_string())),
+    match decode::<openraft::raft::AppendEntriesRequest<crate::raft_types::TypeConfig>>(&body) {
+        Ok(rpc) => match speaks_for_caller(caller.map(|c| c.0), &rpc.vote) {
+            Ok(()) => reply(&node.raft().append_entries(rpc).await.map_err(|e| e.to_string())),
+            Err(why) => impersonation(why),
+        },
         Err(bad) => bad.into_response(),
     }
 }
 
-async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn vote(State(node): State<Arc<Node>>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     if let Some(why) = node.raft_stopped() {
         return reply(&Err::<(), String>(why));
     }
     match decode::<openraft::raft::VoteRequest<crate::raft_types::NodeId>>(&body) {
+        Ok(rpc) if speaks_for_caller(caller.as_ref().map(|c| c.0), &rpc.vote).is_err() => {
+            impersonation(format!("a vote request in the name of {:?}", rpc.vote.leader_id().voted_for()))
+        }
         Ok(rpc) if !crate::membership::vote_allowed(&node, rpc.vote.leader_id().voted_for()) => {
             let refused: Result<(), String> = Err(format!(
                 "node {} refuses to vote for {:?}: not a member of its configuration (removed?)",
@@ -151,25 +185,69 @@ async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
-async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn snapshot(State(node): State<Arc<Node>>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     if let Some(why) = node.raft_stopped() {
         return reply(&Err::<(), String>(why));
     }
     let _holding_elections = node.snapshot_chunk();
-    match decode(&body) {
-        Ok(rpc) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),
+    match decode::<openraft::raft::InstallSnapshotRequest<crate::raft_types::TypeConfig>>(&body) {
+        Ok(rpc) => match speaks_for_caller(caller.map(|c| c.0), &rpc.vote) {
+            Ok(()) => reply(&node.raft().install_snapshot(rpc).await.map_err(|e| e.to_string())),
+            Err(why) => impersonation(why),
+        },
         Err(bad) => bad.into_response(),
     }
 }
 
-/// A follower's batch of forwarded writes: proposed together, answered in order.
-async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+/// A follower's batch of forwarded writes: proposed together, answered in order. Only what a
+/// member may send on a client's behalf is proposed (see [`forwardable`]).
+async fn propose(State(node): State<Arc<Node>>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
+    let caller = caller.and_then(|c| c.0 .0);
+    let rules = node.rules();
     match decode::<Vec<Command>>(&body) {
         Ok(commands) => {
-            let answers = futures::future::join_all(commands.into_iter().map(|c| node.propose_as_leader(c))).await;
+            let answers = futures::future::join_all(commands.into_iter().map(|command| {
+                let node = node.clone();
+                async move {
+                    match forwardable(&command, caller, rules) {
+                        Ok(()) => node.propose_as_leader(command).await,
+                        Err(refused) => Ok(Err(refused)),
+                    }
+                }
+            }))
+            .await;
+            crate::faults::delay_point("propose:answer").await;
             reply(&answers)
         }
         Err(bad) => bad.into_response(),
+    }
+}
+
+/// Whether a member may forward `command`: anything a client's credential speaks for (an API
+/// key, a node key, an enrolment's auth key and proof, checked by the node that received it,
+/// which the checked form names: it must be the caller), the cluster's initialisation (its
+/// bootstrap token checked there), and a node's registration of itself. The cluster's own ops
+/// (sweeps, last-seen times, rules adoption) are the leader's to propose, never a member's.
+fn forwardable(command: &Command, caller: Option<NodeId>, rules: u32) -> Result<(), OpError> {
+    use crate::sm::model::{Actor, Op};
+    let refused = |what: &str| Err(OpError::Forbidden(format!("a member does not forward {what}")));
+    match (&command.actor, &command.op) {
+        (Actor::ApiKey { .. } | Actor::NodeKey { .. }, _) => Ok(()),
+        (Actor::Anonymous, Op::EnrolChecked { checked_by, .. }) => match caller {
+            Some(caller) if caller != *checked_by => refused("an enrolment another node checked"),
+            _ => Ok(()),
+        },
+        // From rules 4 an enrolment names the node that checked its proof.
+        (Actor::Anonymous, Op::EnrolProven { .. } | Op::Enrol { .. }) if rules >= 4 => {
+            refused("an enrolment that does not name the node that checked its proof")
+        }
+        (Actor::Anonymous, Op::EnrolProven { .. } | Op::Enrol { .. } | Op::InitCluster { .. }) => Ok(()),
+        (Actor::Anonymous, Op::RegisterNode { node_id, .. }) => match caller {
+            Some(caller) if caller != *node_id => refused("another node's registration"),
+            _ => Ok(()),
+        },
+        (Actor::Anonymous, _) if crate::faults::forward_sweep() => Ok(()),
+        (Actor::Anonymous, _) => refused("the cluster's own ops (sweeps, last-seen times, rules)"),
     }
 }
 

@@ -1,12 +1,17 @@
 //! The rules about enrolled machines: node-key authentication, admin actions (quarantine,
-//! delete, tags, node-key revocation), a machine's own actions, and the leader's deregistration
-//! of inactive ephemeral machines.
+//! delete, tags, node-key revocation, approval) and the decisions they leave behind, a machine's
+//! own actions, and the leader's deregistration of inactive ephemeral machines.
+//!
+//! Admin decisions are remembered against (org, node public key), so they survive the
+//! machine's removal; from rules 4 an org keeps at most as many as its machine limit allows, so
+//! a holder of a machines-scoped key cannot grow them without bound, and a deletion also keeps
+//! the machine's granted tags, so that a tag-scoped key allows back only what it could delete.
 //!
 //! Like the rest of `sm`, this is pure: the leader decides *which* ephemeral machines were
 //! inactive (see `liveness`), and this module only applies that replicated decision.
 
 use super::model::*;
-use super::{KeyStore, Row};
+use super::{decision_key, rows, KeyStore, Row};
 use crate::secret::hashes_equal;
 
 impl KeyStore {
@@ -29,22 +34,24 @@ impl KeyStore {
         Ok(machine)
     }
 
-    pub(crate) fn machine_admin(
-        &mut self,
-        now: Millis,
+    /// Whether `actor` may take `action` on `machine_id` of `org_id` now; changes nothing.
+    pub(super) fn admit_machine_admin(
+        &self,
         actor: &Actor,
         org_id: &str,
         machine_id: &str,
         action: &MachineAction,
-    ) -> Outcome {
-        let grants = self.authorize_org_for(actor, org_id, Permission::Machines)?.clone();
+    ) -> Result<(), OpError> {
+        let grants = self.authorize_org_for(actor, org_id, Permission::Machines)?;
         if let MachineAction::SetTags(tags) = action {
             // A tag-scoped API key sets only tags it may put on keys.
-            super::check_tags_granted(&grants, tags)?;
+            super::access::check_tags_granted(grants, tags)?;
         }
-        if let (Some(scope), Some(machine)) = (&grants.tags, self.machines.get(machine_id)) {
-            // …and acts only on machines whose every granted tag is within its scope.
-            if machine.org_id == org_id {
+        let machine = self.machines.get(machine_id).filter(|m| m.org_id == org_id);
+        if self.meta.rules < 4 {
+            // Rules 3: a machine whose granted tags were all within the scope (an untagged one
+            // too); a missing machine is 404 below.
+            if let (Some(scope), Some(machine)) = (&grants.tags, machine) {
                 let outside: Vec<&str> =
                     machine.granted_tags.iter().filter(|t| !scope.contains(t)).map(String::as_str).collect();
                 if !outside.is_empty() {
@@ -56,6 +63,27 @@ impl KeyStore {
                 }
             }
         }
+        let machine = machine.ok_or_else(|| OpError::NotFound(format!("no machine {machine_id:?} in this org")))?;
+        if self.meta.rules >= 4 {
+            self.check_reaches(grants, &machine.granted_tags, &format!("machine {machine_id}"))?;
+            let leaves_a_decision =
+                !matches!(action, MachineAction::SetTags(_) | MachineAction::Approve | MachineAction::Unquarantine);
+            if leaves_a_decision {
+                self.check_decision_room(org_id, &machine.node_public_key)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn machine_admin(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        org_id: &str,
+        machine_id: &str,
+        action: &MachineAction,
+    ) -> Outcome {
+        self.admit_machine_admin(actor, org_id, machine_id, action)?;
         let admin = match actor {
             Actor::ApiKey { api_key_id, .. } => api_key_id.clone(),
             _ => "?".to_string(),
@@ -63,7 +91,7 @@ impl KeyStore {
         let rules = self.meta.rules;
         let not_found = || OpError::NotFound(format!("no machine {machine_id:?} in this org"));
         let machine = self.machines.get_mut(machine_id).filter(|m| m.org_id == org_id).ok_or_else(not_found)?;
-        let row = super::decision_key(org_id, &machine.node_public_key);
+        let row = decision_key(org_id, &machine.node_public_key);
         let mut decision = self.decisions.get(&row).cloned().unwrap_or_default();
         match action {
             MachineAction::Quarantine => {
@@ -98,6 +126,10 @@ impl KeyStore {
                 }
             }
             MachineAction::Delete | MachineAction::Reject => {
+                if rules >= 4 {
+                    // What it was granted, for a tag-scoped key's `allow_reenrol`.
+                    self.rows.put(rows::decision_tags_row(&row), &machine.granted_tags);
+                }
                 if rules >= 3 {
                     decision.deleted = Some(Actioned { by: admin, at: now });
                     self.put_decision(row, decision);
@@ -114,39 +146,106 @@ impl KeyStore {
         Ok(OpOk::Machine(machine))
     }
 
+    /// Refuses a decision about a node public key the org has none about yet, once the org keeps
+    /// as many decisions as its machine limit (rules 4).
+    fn check_decision_room(&self, org_id: &str, node_public_key: &str) -> Result<(), OpError> {
+        if self.decisions.contains_key(&decision_key(org_id, node_public_key)) {
+            return Ok(());
+        }
+        let limit = self.org_limits(org_id).machines;
+        if self.decisions_per_org.get(org_id).copied().unwrap_or(0) >= limit {
+            return Err(OpError::QuotaExceeded(format!(
+                "org {org_id} remembers {limit} decisions about machines (its machine limit): let deleted machines \
+                 enrol again (allow-reenrol), or the operator can raise the limit with `ztna org-admin set-limits`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `actor` may let the machine with `node_public_key` enrol again: from rules 4, a
+    /// tag-scoped key only a machine that was deleted with tags within its scope.
+    pub(super) fn admit_allow_reenrol(
+        &self,
+        actor: &Actor,
+        org_id: &str,
+        node_public_key: &str,
+    ) -> Result<(), OpError> {
+        let grants = self.authorize_org_for(actor, org_id, Permission::Machines)?;
+        if self.meta.rules >= 4 && grants.tags.is_some() {
+            let row = rows::decision_tags_row(&decision_key(org_id, node_public_key));
+            let tags: Vec<String> = self.rows.get(&row).unwrap_or_default();
+            self.check_reaches(grants, &tags, "that machine")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn allow_reenrol(&mut self, org_id: &str, node_public_key: &str) -> Outcome {
+        let row = decision_key(org_id, node_public_key);
+        let mut decision = self.decisions.get(&row).cloned().unwrap_or_default();
+        decision.deleted = None;
+        decision.node_key_revoked_for = None;
+        if self.meta.rules >= 4 {
+            self.rows.delete(rows::decision_tags_row(&row));
+        }
+        self.put_decision(row, decision);
+        Ok(OpOk::Count(0))
+    }
+
+    /// Replaces the decision stored under `row` (an empty one is deleted).
+    pub(crate) fn put_decision(&mut self, row: String, decision: Decision) {
+        let org = row.split('\u{0}').next().unwrap_or_default().to_string();
+        let existed = self.decisions.contains_key(&row);
+        if decision == Decision::default() {
+            if self.decisions.remove(&row).is_some() {
+                if let Some(count) = self.decisions_per_org.get_mut(&org) {
+                    *count = count.saturating_sub(1);
+                }
+            }
+        } else {
+            self.decisions.insert(row.clone(), decision);
+            if !existed {
+                *self.decisions_per_org.entry(org).or_default() += 1;
+            }
+        }
+        self.dirty.insert(Row::Decision(row));
+    }
+
+    /// Whether a machine may take `action` on itself now; changes nothing.
+    pub(super) fn admit_machine_self(&self, actor: &Actor, action: &SelfAction) -> Result<(), OpError> {
+        let machine = self.authenticate_machine(actor)?;
+        let SelfAction::SetTags(tags) = action else { return Ok(()) };
+        if self.meta.rules < 3 {
+            return Ok(());
+        }
+        // A machine may narrow its tags within what it was granted, nothing more, and not while
+        // an admin holds it.
+        match machine.state {
+            MachineState::Quarantined => {
+                return Err(OpError::MachineQuarantined(
+                    "this machine is quarantined: its tags can only be changed by an admin".into(),
+                ))
+            }
+            MachineState::Pending => return Err(OpError::PendingApproval),
+            MachineState::Active => {}
+        }
+        let extra: Vec<&str> = tags.iter().filter(|t| !machine.granted_tags.contains(t)).map(String::as_str).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(OpError::TagNotGranted(format!(
+            "{} {} not granted to this machine (granted: {}); an admin can set wider tags",
+            extra.join(", "),
+            if extra.len() == 1 { "was" } else { "were" },
+            if machine.granted_tags.is_empty() { "none".to_string() } else { machine.granted_tags.join(", ") }
+        )))
+    }
+
     pub(crate) fn machine_self(&mut self, now: Millis, actor: &Actor, action: &SelfAction) -> Outcome {
+        self.admit_machine_self(actor, action)?;
         let machine_id = self.authenticate_machine(actor)?.machine_id.clone();
-        let rules = self.meta.rules;
         match action {
             SelfAction::SetTags(tags) => {
                 let machine = self.machines.get_mut(&machine_id).ok_or(OpError::UnknownNodeKey)?;
-                if rules >= 3 {
-                    // A machine may narrow its tags within what it was granted, nothing more, and
-                    // not while an admin holds it.
-                    match machine.state {
-                        MachineState::Quarantined => {
-                            return Err(OpError::MachineQuarantined(
-                                "this machine is quarantined: its tags can only be changed by an admin".into(),
-                            ))
-                        }
-                        MachineState::Pending => return Err(OpError::PendingApproval),
-                        MachineState::Active => {}
-                    }
-                    let extra: Vec<&str> =
-                        tags.iter().filter(|t| !machine.granted_tags.contains(t)).map(String::as_str).collect();
-                    if !extra.is_empty() {
-                        return Err(OpError::TagNotGranted(format!(
-                            "{} {} not granted to this machine (granted: {}); an admin can set wider tags",
-                            extra.join(", "),
-                            if extra.len() == 1 { "was" } else { "were" },
-                            if machine.granted_tags.is_empty() {
-                                "none".to_string()
-                            } else {
-                                machine.granted_tags.join(", ")
-                            }
-                        )));
-                    }
-                }
                 machine.tags = tags.clone();
                 let machine = machine.clone();
                 self.dirty.insert(Row::Machine(machine_id));
@@ -169,6 +268,33 @@ impl KeyStore {
             }
         }
         Ok(OpOk::Count(removed))
+    }
+
+    /// Deletes the swept machines that still exist, are ephemeral, and have not changed since the
+    /// sweep judged them (the same node key, no later last-seen time).
+    pub(crate) fn deregister_silent(&mut self, now: Millis, machines: &[SweptMachine]) -> Outcome {
+        let mut removed = 0;
+        for swept in machines {
+            let unchanged = self.machines.get(&swept.machine_id).is_some_and(|m| {
+                m.ephemeral
+                    && ((m.node_key_id == swept.node_key_id && m.last_seen <= swept.last_seen)
+                        || crate::faults::sweep_unchecked())
+            });
+            if unchanged {
+                self.remove_machine(&swept.machine_id, now, DeregisterReason::Inactive);
+                removed += 1;
+            }
+        }
+        Ok(OpOk::Count(removed))
+    }
+
+    /// What a sweep judging `machine_id` silent records of it (see [`SweptMachine`]).
+    pub fn swept_machine(&self, machine_id: &str) -> Option<SweptMachine> {
+        self.machines.get(machine_id).map(|m| SweptMachine {
+            machine_id: m.machine_id.clone(),
+            node_key_id: m.node_key_id.clone(),
+            last_seen: m.last_seen,
+        })
     }
 
     /// Records coarse last-seen times; a time never moves backwards.
@@ -200,10 +326,14 @@ impl KeyStore {
                 self.machine_by_key_and_node.remove(&node);
             }
         }
-        let row = super::rows::enrolment_row(&machine.auth_key_id, machine.enrolment_seq);
+        let row = rows::enrolment_row(&machine.auth_key_id, machine.enrolment_seq);
         if let Some(mut enrolment) = self.rows.get::<Enrolment>(&row) {
             enrolment.deregistered = Some(Deregistration { at: now, reason });
             self.rows.put(row, &enrolment);
+        }
+        if self.meta.rules >= 4 {
+            // Its re-key count goes with it; the re-keys kept stay in the key's history.
+            self.rows.delete(rows::rekey_log_row(machine_id));
         }
         self.dirty.insert(Row::Machine(machine_id.to_string()));
     }

@@ -314,6 +314,33 @@ pub struct Enrolment {
     /// This row records a re-key (the same machine enrolling again with a new node key), not
     /// a new machine: it spent no use.
     pub rekey: bool,
+    /// The node that checked its proof of possession (rules 4, `EnrolChecked`).
+    pub checked_by: Option<u64>,
+}
+
+/// [`Enrolment`] as builds before proofs were attributed stored it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnrolmentV2 {
+    machine_id: String,
+    node_key_fingerprint: String,
+    at: Millis,
+    log_index: u64,
+    deregistered: Option<Deregistration>,
+    rekey: bool,
+}
+
+impl From<EnrolmentV2> for Enrolment {
+    fn from(o: EnrolmentV2) -> Self {
+        Enrolment {
+            machine_id: o.machine_id,
+            node_key_fingerprint: o.node_key_fingerprint,
+            at: o.at,
+            log_index: o.log_index,
+            deregistered: o.deregistered,
+            rekey: o.rekey,
+            checked_by: None,
+        }
+    }
 }
 
 /// [`Enrolment`] as builds before re-keys were recorded stored it.
@@ -335,6 +362,7 @@ impl From<EnrolmentV1> for Enrolment {
             log_index: o.log_index,
             deregistered: o.deregistered,
             rekey: false,
+            checked_by: None,
         }
     }
 }
@@ -767,6 +795,36 @@ pub enum Op {
         org_id: String,
         node_public_key: String,
     },
+    /// Rules 4's sweep, proposed by the leader of `term`: ephemeral machines it saw no heartbeat
+    /// from for the timeout, each with what it judged. Applied only from an entry of that same
+    /// term, and only to a machine that has not changed since (see [`SweptMachine`]).
+    SweepSilent {
+        term: u64,
+        machines: Vec<SweptMachine>,
+    },
+    /// Rules 4's enrolment: `EnrolProven`, and the node that checked the proof (it made this
+    /// command; a member forwarding it must be that node, see `network::server`). The node is
+    /// recorded in the key's history.
+    EnrolChecked {
+        auth_key_id: String,
+        auth_key_hash: SecretHash,
+        hostname: String,
+        node_public_key: String,
+        machine_id: String,
+        node_key: NewCredential,
+        proved_at: Millis,
+        checked_by: u64,
+    },
+}
+
+/// One machine as a sweep judged it silent: its node key then and its persisted last-seen time
+/// then. A re-key (a new node key: it enrolled again, which is a sign of life) or a later
+/// last-seen time means it was alive after all, and the sweep leaves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweptMachine {
+    pub machine_id: String,
+    pub node_key_id: String,
+    pub last_seen: Option<Millis>,
 }
 
 /// A command as proposed: the op, who asked, and a request id that makes retries apply once.
@@ -883,6 +941,10 @@ pub enum OpError {
     MachineQuarantined(String),
     #[error("this request was applied before an upgrade and its answer was not kept in a form this build reads; read the state to see its effect")]
     AnswerForgotten,
+    /// A machine, or an auth key's machines, re-keyed too often (rules 4); the seconds until
+    /// it may again.
+    #[error("{0}")]
+    TooManyRekeys(String, u64),
 }
 
 /// The outcome of one command.

@@ -14,10 +14,12 @@ use super::{rows, KeyStore};
 pub const MAX_PAGE: usize = 1000;
 /// Records per page when the client does not say.
 pub const DEFAULT_PAGE: usize = 100;
-/// The set of queries this build reads: 1, the first; 2 adds `ListAuthKeysWhere` and `WhoAmI`.
-/// Told to peers (`network::QUERIES_HEADER`) so that a newer query is never forwarded to a
-/// leader whose build cannot decode it.
-pub const QUERIES: u32 = 2;
+/// The set of queries this build reads: 1, the first; 2 adds `ListAuthKeysWhere` and `WhoAmI`;
+/// 3 adds `GetAuthKeyPage`. Told to peers (`network::QUERIES_HEADER`) so that a newer query is
+/// never forwarded to a leader whose build cannot decode it.
+pub const QUERIES: u32 = 3;
+/// Most enrolments one page of a key's history holds.
+pub const MAX_HISTORY_PAGE: usize = 1000;
 
 /// Most keys a filtered listing looks at for one page: a page that finds fewer matches still
 /// answers a cursor to go on from, so no request scans a whole large org.
@@ -82,6 +84,14 @@ pub enum Query {
     },
     /// The calling API key's own record (the console's sign-in).
     WhoAmI,
+    /// One key with a page of its history: at most `limit` enrolments (0: none) after
+    /// `after_seq`, so no read holds the state for a whole history.
+    GetAuthKeyPage {
+        org_id: String,
+        key_id: String,
+        limit: usize,
+        after_seq: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,12 +113,20 @@ pub enum Answer {
     Machines(Vec<Machine>),
     Machine(Machine),
     ApiKey(ApiKeyRecord),
+    /// A key with a page of its history, and where the next page starts.
+    AuthKeyPage {
+        record: AuthKeyRecord,
+        enrolments: Vec<Enrolment>,
+        next_after_seq: Option<u64>,
+        as_of: Millis,
+    },
 }
 
 impl Query {
     /// The first set of queries (see [`QUERIES`]) with this one.
     pub fn since(&self) -> u32 {
         match self {
+            Query::GetAuthKeyPage { .. } => 3,
             Query::ListAuthKeysWhere { .. } | Query::WhoAmI => 2,
             _ => 1,
         }
@@ -126,32 +144,65 @@ impl KeyStore {
         }
     }
 
+    /// Whether `actor` may ask `query`: its credential, scope and grants (the refusals a read
+    /// can get before it looks at anything). The leader checks this before a read's barrier, so
+    /// a refused read costs no log entry.
+    pub fn admit_query(&self, actor: &Actor, query: &Query) -> Result<(), OpError> {
+        match query {
+            Query::ListAuthKeys { org_id, .. }
+            | Query::ListAuthKeysWhere { org_id, .. }
+            | Query::GetAuthKey { org_id, .. }
+            | Query::GetAuthKeyPage { org_id, .. } => {
+                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead).map(|_| ())
+            }
+            Query::ListMachines { org_id } => {
+                self.authorize_org_for(actor, org_id, Permission::MachinesRead).map(|_| ())
+            }
+            Query::ListApiKeys { .. } | Query::ListOrgs => self.authorize_operator(actor),
+            Query::WhoAmI => self.authenticate(actor).map(|_| ()),
+            Query::MachineStatus => self.authenticate_machine(actor).map(|_| ()),
+        }
+    }
+
     fn answer(&self, actor: &Actor, query: &Query) -> Result<Answer, OpError> {
+        self.admit_query(actor, query)?;
+        // What a tag-scoped key may see: keys and machines it reaches (rules 4).
+        let grants = match query {
+            Query::ListAuthKeys { org_id, .. }
+            | Query::ListAuthKeysWhere { org_id, .. }
+            | Query::GetAuthKey { org_id, .. }
+            | Query::GetAuthKeyPage { org_id, .. } => {
+                Some(self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?.clone())
+            }
+            Query::ListMachines { org_id } => {
+                Some(self.authorize_org_for(actor, org_id, Permission::MachinesRead)?.clone())
+            }
+            _ => None,
+        };
+        let grants = grants.unwrap_or_else(Grants::all);
         match query {
             Query::ListAuthKeys { org_id, limit, after_seq } => {
-                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
-                Ok(self.list_auth_keys(org_id, *limit, *after_seq, &KeyFilter::default()))
+                Ok(self.list_auth_keys(org_id, *limit, *after_seq, &KeyFilter::default(), &grants))
             }
             Query::ListAuthKeysWhere { org_id, limit, after_seq, filter } => {
-                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
-                Ok(self.list_auth_keys(org_id, *limit, *after_seq, filter))
+                Ok(self.list_auth_keys(org_id, *limit, *after_seq, filter, &grants))
             }
             Query::WhoAmI => {
-                self.authenticate(actor)?;
                 let Actor::ApiKey { api_key_id, .. } = actor else { return Err(OpError::Unauthorized) };
                 self.api_keys.get(api_key_id).cloned().map(Answer::ApiKey).ok_or(OpError::Unauthorized)
             }
             Query::GetAuthKey { org_id, key_id } => {
-                self.authorize_org_for(actor, org_id, Permission::AuthKeysRead)?;
-                let record = self
-                    .auth_key_record(key_id)
-                    .filter(|k| &k.org_id == org_id)
-                    .ok_or_else(|| OpError::NotFound(format!("no auth key {key_id:?} in this org")))?;
+                let record = self.visible_key(org_id, key_id, &grants)?;
                 let enrolments = self.enrolments_of(key_id);
                 Ok(Answer::AuthKey { record, enrolments, as_of: self.clock() })
             }
+            Query::GetAuthKeyPage { org_id, key_id, limit, after_seq } => {
+                let record = self.visible_key(org_id, key_id, &grants)?;
+                let (enrolments, next_after_seq) =
+                    self.enrolment_page(key_id, (*limit).min(MAX_HISTORY_PAGE), *after_seq);
+                Ok(Answer::AuthKeyPage { record, enrolments, next_after_seq, as_of: self.clock() })
+            }
             Query::ListApiKeys { org_id } => {
-                self.authorize_operator(actor)?;
                 let keys = self
                     .api_keys
                     .values()
@@ -163,16 +214,23 @@ impl KeyStore {
                     .collect();
                 Ok(Answer::ApiKeys(keys))
             }
-            Query::ListOrgs => {
-                self.authorize_operator(actor)?;
-                Ok(Answer::Orgs(self.orgs.values().cloned().collect()))
-            }
-            Query::ListMachines { org_id } => {
-                self.authorize_org_for(actor, org_id, Permission::MachinesRead)?;
-                Ok(Answer::Machines(self.machines.values().filter(|m| &m.org_id == org_id).cloned().collect()))
-            }
+            Query::ListOrgs => Ok(Answer::Orgs(self.orgs.values().cloned().collect())),
+            Query::ListMachines { org_id } => Ok(Answer::Machines(
+                self.machines
+                    .values()
+                    .filter(|m| &m.org_id == org_id && (self.meta.rules < 4 || self.reaches(&grants, &m.granted_tags)))
+                    .cloned()
+                    .collect(),
+            )),
             Query::MachineStatus => Ok(Answer::Machine(self.authenticate_machine(actor)?.clone())),
         }
+    }
+
+    /// Key `key_id` of `org_id`, if it exists there and `grants` reach it (rules 4).
+    fn visible_key(&self, org_id: &str, key_id: &str, grants: &Grants) -> Result<AuthKeyRecord, OpError> {
+        self.auth_key_record(key_id)
+            .filter(|k| k.org_id == org_id && (self.meta.rules < 4 || self.reaches(grants, &k.tags)))
+            .ok_or_else(|| OpError::NotFound(format!("no auth key {key_id:?} in this org")))
     }
 }
 
@@ -180,7 +238,14 @@ impl KeyStore {
     /// A page of `org_id`'s keys that `filter` matches, in creation order after `after_seq`.
     /// The page ends after `limit` matches (with a cursor when more keys follow) or after
     /// [`MAX_SCAN`] keys looked at (with a cursor at the last one looked at).
-    fn list_auth_keys(&self, org_id: &str, limit: usize, after_seq: Option<u64>, filter: &KeyFilter) -> Answer {
+    fn list_auth_keys(
+        &self,
+        org_id: &str,
+        limit: usize,
+        after_seq: Option<u64>,
+        filter: &KeyFilter,
+        grants: &Grants,
+    ) -> Answer {
         let limit = limit.clamp(1, MAX_PAGE);
         let now = self.clock();
         let prefix = rows::org_key_prefix(org_id);
@@ -195,7 +260,8 @@ impl KeyStore {
             scanned += 1;
             if let Some(key) = self.auth_key_record(&key_id) {
                 last_seq = Some(key.seq);
-                if filter.matches(&key, now) {
+                let reached = self.meta.rules < 4 || self.reaches(grants, &key.tags);
+                if reached && filter.matches(&key, now) {
                     keys.push(key);
                 }
             }
@@ -208,6 +274,34 @@ impl KeyStore {
     /// An auth key's record, without authorisation: for tools that read a stopped node's store.
     pub fn auth_key(&self, key_id: &str) -> Option<AuthKeyRecord> {
         self.auth_key_record(key_id)
+    }
+
+    /// At most `limit` of an auth key's enrolments in commit order after `after_seq`, and the
+    /// seq to go on from when more follow.
+    fn enrolment_page(&self, key_id: &str, limit: usize, after_seq: Option<u64>) -> (Vec<Enrolment>, Option<u64>) {
+        let prefix = rows::enrolment_prefix(key_id);
+        let start = rows::enrolment_row(key_id, after_seq.map_or(0, |s| s.saturating_add(1)));
+        let mut page = Vec::new();
+        let (mut last, mut more) = (None, false);
+        if limit == 0 {
+            return (page, None);
+        }
+        self.rows.scan(&start, |key, value| {
+            if !key.starts_with(&prefix) {
+                return false;
+            }
+            if page.len() == limit {
+                more = true;
+                return false;
+            }
+            let seq = key.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            if let (Some(seq), Ok(enrolment)) = (seq, <Enrolment as super::backing::Stored>::decode_stored(value)) {
+                page.push(enrolment);
+                last = Some(seq);
+            }
+            true
+        });
+        (page, if more { last } else { None })
     }
 
     /// An auth key's enrolments in commit order.

@@ -23,7 +23,14 @@ use crate::sm::model::*;
 crate::stored_with_older!(Meta, super::MetaV1);
 crate::stored_with_older!(ApiKeyRecord, ApiKeyRecordV1);
 crate::stored_with_older!(AuthKeyRecord, AuthKeyRecordV1);
-crate::stored_with_older!(Enrolment, EnrolmentV1);
+/// An enrolment row: this build's form, or either older one.
+impl super::backing::Stored for Enrolment {
+    fn decode_stored(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode::<Enrolment>(bytes)
+            .or_else(|_| codec::decode::<EnrolmentV2>(bytes).map(Enrolment::from))
+            .or_else(|_| codec::decode::<EnrolmentV1>(bytes).map(Enrolment::from))
+    }
+}
 crate::stored_with_older!(Machine, MachineV1);
 
 macro_rules! stored_as_is {
@@ -35,7 +42,15 @@ macro_rules! stored_as_is {
         })*
     };
 }
-stored_as_is!(Org, OrgQuota, Decision, super::nodes::NodeRecord);
+stored_as_is!(
+    Org,
+    OrgQuota,
+    Decision,
+    super::nodes::NodeRecord,
+    super::keys::RekeyLog,
+    super::keys::RekeyWindow,
+    Vec<String>
+);
 
 /// A remembered request whose outcome an older build wrote (a record in it has since gained
 /// fields): its time and digest are kept, so it still expires and still tells a retry from a
@@ -77,6 +92,12 @@ const TAG_ORG_KEY: u8 = b'K';
 const TAG_ENROLMENT: u8 = b'e';
 const TAG_REQUEST: u8 = b'r';
 const TAG_REQUEST_EXPIRY: u8 = b'R';
+/// A machine's re-keys (rules 4).
+const TAG_REKEY_LOG: u8 = b'x';
+/// An auth key's machines' re-keys in the current window (rules 4).
+const TAG_REKEY_WINDOW: u8 = b'y';
+/// The granted tags of a machine an admin deleted, beside its decision (rules 4).
+const TAG_DECISION_TAGS: u8 = b'g';
 
 /// The row layout this build writes. 1: every table in memory, no index rows. 2: auth keys,
 /// enrolments and requests only in rows, with index rows for listings and request expiry.
@@ -126,6 +147,19 @@ pub(crate) fn enrolment_row(key_id: &str, seq: u64) -> Vec<u8> {
 
 pub(crate) fn enrolment_prefix(key_id: &str) -> Vec<u8> {
     child_prefix(TAG_ENROLMENT, key_id)
+}
+
+pub(crate) fn rekey_log_row(machine_id: &str) -> Vec<u8> {
+    tagged(TAG_REKEY_LOG, machine_id)
+}
+
+pub(crate) fn rekey_window_row(auth_key_id: &str) -> Vec<u8> {
+    tagged(TAG_REKEY_WINDOW, auth_key_id)
+}
+
+/// Beside decision `decision_key` (`org 0x00 node public key`).
+pub(crate) fn decision_tags_row(decision_key: &str) -> Vec<u8> {
+    tagged(TAG_DECISION_TAGS, decision_key)
 }
 
 /// Every row of the node-id registry (a restore leaves them behind: the new cluster's nodes
@@ -213,6 +247,7 @@ impl KeyStore {
             machine_by_node_key: Default::default(),
             org_quotas: Default::default(),
             machines_per_org: Default::default(),
+            decisions_per_org: Default::default(),
             decisions: Default::default(),
             rows: Rows::new(source),
             expiry_seek: request_expiry_prefix(),
@@ -226,6 +261,10 @@ impl KeyStore {
         store.org_quotas = store.load_table(TAG_ORG_QUOTA)?;
         store.machines = store.load_table(TAG_MACHINE)?;
         store.nodes = store.load_table(TAG_NODE)?;
+        for key in store.decisions.keys() {
+            let org = key.split('\u{0}').next().unwrap_or_default().to_string();
+            *store.decisions_per_org.entry(org).or_default() += 1;
+        }
         for m in store.machines.values() {
             *store.machines_per_org.entry(m.org_id.clone()).or_default() += 1;
             let node = (m.auth_key_id.clone(), m.node_public_key.clone());

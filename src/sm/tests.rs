@@ -653,6 +653,29 @@ fn only_ephemeral_machines_are_deregistered_for_inactivity_and_machines_act_on_t
 }
 
 #[test]
+fn a_sweep_leaves_a_machine_that_re_keyed_or_was_seen_since_it_was_judged() {
+    let mut f = Fixture::new();
+    let spec = AuthKeySpec::new(true, true, 3600, vec![], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+    f.run(T0, f.admin.clone(), Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_eph"), spec }).unwrap();
+    for node in ["e1", "e2", "e3"] {
+        f.enrol(T0 + 1, "ak_eph", node).unwrap();
+    }
+    let judged: Vec<SweptMachine> =
+        ["m_e1", "m_e2", "m_e3"].iter().map(|id| f.store.swept_machine(id).unwrap()).collect();
+    // Between the decision and its commit: e1 enrols again (a re-key: a new node key), and the
+    // leader persists a later last-seen time of e2.
+    assert!(matches!(f.enrol_attempt(T0 + 2, "ak_eph", "e1", "-again"), Ok(OpOk::Enrolled(e)) if e.repeated));
+    f.run(T0 + 3, Actor::Anonymous, Op::RecordLastSeen { seen: vec![("m_e2".into(), T0 + 3)] }).unwrap();
+    // Another term's sweep changes nothing; this term's deletes only the machine unchanged.
+    let stale = Op::SweepSilent { term: TERM + 1, machines: judged.clone() };
+    assert_eq!(f.run(T0 + 4, Actor::Anonymous, stale), Ok(OpOk::Count(0)));
+    let sweep = Op::SweepSilent { term: TERM, machines: judged };
+    assert_eq!(f.run(T0 + 5, Actor::Anonymous, sweep), Ok(OpOk::Count(1)));
+    assert!(f.store.machines.contains_key("m_e1") && f.store.machines.contains_key("m_e2"));
+    assert!(!f.store.machines.contains_key("m_e3"));
+}
+
+#[test]
 fn machine_indexes_rebuilt_on_load_match_the_live_ones() {
     let mut f = Fixture::new();
     f.create(T0, "ak_r", true, None);
@@ -990,4 +1013,220 @@ fn a_tag_scoped_api_key_mints_only_within_its_tags_and_sets_machine_tags_only_wi
     }
     assert_eq!(f.store.machines["m_n2"].state, MachineState::Pending);
     assert!(f.store.machines["m_n2"].tags.is_empty(), "no tags' rights while pending");
+}
+
+/// A fixture with a second API key scoped to `tag:ci` (every permission), and keys and
+/// machines tagged `tag:ci`, `tag:prod` and untagged: what each key may do to each.
+struct Scoped {
+    f: Fixture,
+    ci: Actor,
+}
+
+impl Scoped {
+    fn new() -> Self {
+        let mut f = Fixture::new();
+        let grants = Grants { permissions: None, tags: Some(vec!["tag:ci".into()]) };
+        let op = Op::CreateApiKeyWith {
+            org_id: "org_a".into(),
+            key: cred("api_ci"),
+            description: "ci".into(),
+            expires_in_secs: None,
+            grants,
+        };
+        f.run(T0, f.operator.clone(), op).unwrap();
+        for (id, tags) in [("ak_ci", vec!["tag:ci"]), ("ak_prod", vec!["tag:prod"]), ("ak_none", vec![])] {
+            let tags: Vec<String> = tags.into_iter().map(String::from).collect();
+            let spec = AuthKeySpec::new(true, false, 3600, tags, String::new(), None, MIN_EXPIRY_SECS).unwrap();
+            let op = Op::CreateAuthKeyWith { org_id: "org_a".into(), key: cred(id), spec, preauthorized: false };
+            f.run(T0, f.admin.clone(), op).unwrap();
+        }
+        Scoped { f, ci: actor("api_ci") }
+    }
+
+    /// A pending machine enrolled with `key` (fresh each time).
+    fn machine(&mut self, key: &str, node: &str) -> String {
+        self.f.enrol(T0 + 1, key, node).unwrap();
+        format!("m_{node}")
+    }
+}
+
+#[test]
+fn a_tag_scoped_key_acts_only_on_what_is_tagged_within_its_scope_untagged_included() {
+    let actions = || {
+        vec![
+            MachineAction::Approve,
+            MachineAction::Quarantine,
+            MachineAction::Unquarantine,
+            MachineAction::SetTags(vec!["tag:ci".into()]),
+            MachineAction::RevokeNodeKey,
+            MachineAction::Delete,
+            MachineAction::Reject,
+        ]
+    };
+    for (key, reachable) in [("ak_ci", true), ("ak_prod", false), ("ak_none", false)] {
+        for (n, action) in actions().into_iter().enumerate() {
+            let mut s = Scoped::new();
+            let machine = s.machine(key, &format!("{key}-{n}"));
+            let op = Op::MachineAdmin { org_id: "org_a".into(), machine_id: machine.clone(), action: action.clone() };
+            let command = Command { request_id: "x".into(), actor: s.ci.clone(), op: op.clone() };
+            let admitted = s.f.store.admit(&command, T0 + 5);
+            let outcome = s.f.run(T0 + 5, s.ci.clone(), op.clone());
+            assert_eq!(outcome.is_ok(), reachable, "tag:ci key, {action:?} on a machine of {key}: {outcome:?}");
+            assert_eq!(admitted.is_ok(), reachable, "the leader's pre-check agrees: {admitted:?}");
+            if !reachable {
+                assert!(matches!(outcome, Err(OpError::ScopeDenied(_))), "{outcome:?}");
+                assert_eq!(admitted, outcome.map(|_| ()), "the same refusal before Raft as after");
+                // The org's unscoped key may.
+                assert!(s.f.run(T0 + 6, s.f.admin.clone(), op).is_ok(), "admin, {action:?} on {key}");
+            }
+        }
+        // Revoking the key itself.
+        let mut s = Scoped::new();
+        let machine = s.machine(key, &format!("{key}-listed"));
+        let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId(key.into()) };
+        assert_eq!(s.f.run(T0 + 5, s.ci.clone(), revoke).is_ok(), reachable, "tag:ci key revoking {key}");
+        // Listings and reads show it only what it reaches.
+        let listed = |s: &Scoped| match s
+            .f
+            .store
+            .query(&s.ci, &Query::ListAuthKeys { org_id: "org_a".into(), limit: 100, after_seq: None })
+        {
+            Ok(Answer::AuthKeys { keys, .. }) => keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed(&s).contains(&key.to_string()), reachable, "{key} listed to the tag:ci key");
+        let get = Query::GetAuthKeyPage { org_id: "org_a".into(), key_id: key.into(), limit: 10, after_seq: None };
+        assert_eq!(s.f.store.query(&s.ci, &get).is_ok(), reachable, "{key} read by the tag:ci key");
+        let machines = match s.f.store.query(&s.ci, &Query::ListMachines { org_id: "org_a".into() }) {
+            Ok(Answer::Machines(m)) => m.into_iter().map(|m| m.machine_id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(machines.contains(&machine), reachable, "a machine of {key} listed to the tag:ci key");
+        // Letting a deleted machine back.
+        s.f.run(
+            T0 + 7,
+            s.f.admin.clone(),
+            Op::MachineAdmin { org_id: "org_a".into(), machine_id: machine, action: MachineAction::Delete },
+        )
+        .unwrap();
+        let allow = Op::AllowReenrol { org_id: "org_a".into(), node_public_key: format!("{key}-listed") };
+        assert_eq!(
+            s.f.run(T0 + 8, s.ci.clone(), allow).is_ok(),
+            reachable,
+            "tag:ci key letting a machine of {key} back"
+        );
+    }
+}
+
+#[test]
+fn re_keys_are_rate_limited_and_their_history_bounded_per_machine() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    f.enrol(T0 + 1, "ak_one", "n1").unwrap();
+    // The spent one-shot key re-keys its machine (no use spent), up to the window's limit.
+    let mut at = T0 + 2;
+    for n in 0..keys::REKEYS_PER_MACHINE {
+        at += 1;
+        assert!(f.enrol_attempt(at, "ak_one", "n1", &format!("-r{n}")).is_ok(), "re-key {n}");
+    }
+    let refused = f.enrol_attempt(at + 1, "ak_one", "n1", "-over");
+    assert!(matches!(refused, Err(OpError::TooManyRekeys(_, _))), "{refused:?}");
+    // A window later, again; in all, only the last few re-keys stay in the key's history.
+    for round in 0..3 {
+        at += keys::REKEY_WINDOW_MS;
+        for n in 0..keys::REKEYS_PER_MACHINE {
+            at += 1;
+            assert!(f.enrol_attempt(at, "ak_one", "n1", &format!("-w{round}-{n}")).is_ok());
+        }
+    }
+    let history = f.store.enrolments_of("ak_one");
+    let rekeys = history.iter().filter(|e| e.rekey).count();
+    assert_eq!(rekeys, keys::REKEY_TAIL, "the key's history keeps the machine's last re-keys");
+    assert_eq!(f.store.rekey_log("m_n1").total, u64::from(4 * keys::REKEYS_PER_MACHINE), "and counts them all");
+    assert_eq!(f.key("ak_one").uses, 1, "no use spent");
+}
+
+#[test]
+fn an_orgs_decisions_are_bounded_by_its_machine_limit() {
+    let mut f = Fixture::new();
+    let limits =
+        Op::SetOrgLimits { org_id: "org_a".into(), limits: Some(OrgLimits { auth_keys_per_day: 100, machines: 2 }) };
+    f.run(T0, f.operator.clone(), limits).unwrap();
+    f.create(T0, "ak_r", true, None);
+    for node in ["n1", "n2"] {
+        f.enrol(T0 + 1, "ak_r", node).unwrap();
+        admin_op(&mut f, &format!("m_{node}"), MachineAction::Delete).unwrap();
+    }
+    f.enrol(T0 + 2, "ak_r", "n3").unwrap();
+    let refused = admin_op(&mut f, "m_n3", MachineAction::Quarantine);
+    assert!(matches!(refused, Err(OpError::QuotaExceeded(_))), "a third decision: {refused:?}");
+    // Letting one back frees room.
+    let allow = Op::AllowReenrol { org_id: "org_a".into(), node_public_key: "n1".into() };
+    f.run(T0 + 3, f.admin.clone(), allow).unwrap();
+    assert!(admin_op(&mut f, "m_n3", MachineAction::Quarantine).is_ok());
+}
+
+#[test]
+fn what_the_leader_refuses_before_raft_is_what_the_state_machine_refuses() {
+    let mut f = Fixture::new();
+    f.create(T0, "ak_one", false, None);
+    f.enrol(T0 + 1, "ak_one", "n1").unwrap();
+    f.create(T0, "ak_gone", true, None);
+    f.run(
+        T0 + 2,
+        f.admin.clone(),
+        Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_gone".into()) },
+    )
+    .unwrap();
+    let enrol = |key: &str, node: &str, at: Millis| Op::EnrolProven {
+        auth_key_id: key.into(),
+        auth_key_hash: hash(key),
+        hostname: "h".into(),
+        node_public_key: node.into(),
+        machine_id: format!("m_{node}x"),
+        node_key: cred(&format!("{node}x")),
+        proved_at: at,
+    };
+    let later = T0 + 2 * 3_600_000;
+    let cases: Vec<(Actor, Op, Millis)> = vec![
+        (Actor::Anonymous, enrol("ak_one", "n2", T0 + 5), T0 + 5), // spent
+        (Actor::Anonymous, enrol("ak_gone", "n2", T0 + 5), T0 + 5), // revoked
+        (Actor::Anonymous, enrol("ak_missing", "n2", T0 + 5), T0 + 5), // unknown
+        (Actor::Anonymous, enrol("ak_one", "n2", T0 - 600_000), T0 + 5), // stale proof
+        (
+            f.admin.clone(),
+            Op::MachineAdmin { org_id: "org_b".into(), machine_id: "m_n1".into(), action: MachineAction::Delete },
+            T0 + 5,
+        ),
+        (
+            f.admin.clone(),
+            Op::MachineAdmin { org_id: "org_a".into(), machine_id: "m_nope".into(), action: MachineAction::Delete },
+            T0 + 5,
+        ),
+        (f.admin.clone(), Op::CreateOrg { org_id: "org_z".into(), name: "z".into() }, T0 + 5),
+        (
+            actor("api_nobody"),
+            Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_one".into()) },
+            T0 + 5,
+        ),
+        // Last: cluster time only moves forward.
+        (Actor::Anonymous, enrol("ak_one", "n1", later), later), // re-key, but expired
+    ];
+    for (n, (who, op, at)) in cases.into_iter().enumerate() {
+        let command = Command { request_id: format!("p{n}"), actor: who, op };
+        let admitted = f.store.admit(&command, at);
+        assert!(admitted.is_err(), "case {n} is refused before Raft");
+        let applied = f.run_cmd(at, command);
+        assert_eq!(admitted, applied.map(|_| ()), "case {n}: the same refusal");
+    }
+}
+
+#[test]
+fn an_api_key_is_stamped_used_only_by_a_write_that_succeeded() {
+    let mut f = Fixture::new();
+    let revoke = Op::RevokeAuthKey { org_id: "org_a".into(), selector: KeySelector::KeyId("ak_nope".into()) };
+    assert!(f.run(T0 + 5, f.admin.clone(), revoke).is_err());
+    assert_eq!(f.store.api_keys["api_admin"].last_used_at, None, "a refused write leaves no trace");
+    f.create(T0 + 6, "ak_a", true, None);
+    assert_eq!(f.store.api_keys["api_admin"].last_used_at, Some(T0 + 6));
 }

@@ -35,21 +35,59 @@ pub struct LogStore {
     /// `AppliedGate`); `None` purges at once (the storage suite).
     deferred: Option<Arc<Deferred>>,
     applied: Option<super::AppliedGate>,
-    /// One purge at a time (openraft's, and a deferred one).
-    purging: Arc<std::sync::Mutex<()>>,
+    /// One purge at a time (openraft's, a deferred one, and a snapshot install's).
+    purging: Purging,
+}
+
+/// Moves of the log's purge point, one at a time: openraft's purges here, and a snapshot
+/// install's, which purges the log up to the snapshot in the same synced batch that makes its
+/// rows the state (`state_machine`). Shared by the log store and the state machine.
+#[derive(Clone, Default)]
+pub(crate) struct Purging {
+    lock: Arc<std::sync::Mutex<()>>,
+    /// A snapshot install finished since the log syncer last looked (for a crash point).
+    installed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Purging {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A snapshot install has finished.
+    pub(crate) fn installed(&self) {
+        self.installed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Adds to `batch` the deletion of the log up to `log_id` and the new purge point, unless the
+/// log is purged that far already (the purge point never moves back). Call it holding
+/// [`Purging::lock`], and write the batch synced before letting go.
+pub(crate) fn add_purge(db: &DB, batch: &mut WriteBatch, log_id: LogId) -> Result<(), StorageError> {
+    let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
+    if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
+        let purged: LogId = codec::decode(&bytes).map_err(|e| read_err(&e))?;
+        if purged.index >= log_id.index {
+            return Ok(());
+        }
+    }
+    let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+    batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
+    batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+    Ok(())
 }
 
 impl LogStore {
     /// `applied`: how far the state machine has durably applied; purges never go past it.
-    pub(crate) fn new(db: Arc<DB>, applied: Option<super::AppliedGate>) -> Self {
+    pub(crate) fn new(db: Arc<DB>, applied: Option<super::AppliedGate>, purging: Purging) -> Self {
         let (syncer, waiting) = mpsc::channel();
         let sync_db = db.clone();
+        let installed = purging.installed.clone();
         std::thread::Builder::new()
             .name("ztna-log-sync".into())
-            .spawn(move || run_syncer(&sync_db, &waiting))
+            .spawn(move || run_syncer(&sync_db, &waiting, &installed))
             .map(drop)
             .unwrap_or_else(|e| tracing::error!("cannot start the log syncer thread: {e}"));
-        let purging = Arc::new(std::sync::Mutex::new(()));
         let deferred = applied.as_ref().map(|gate| {
             let deferred = Arc::new(Deferred::default());
             tokio::spawn(purge_when_applied(db.clone(), purging.clone(), gate.clone(), deferred.clone()));
@@ -72,21 +110,15 @@ impl LogStore {
 
 /// Deletes the log up to `log_id` and records it as purged, with a synced write: since the
 /// column families share one WAL, this also makes the state machine's earlier writes durable.
-fn purge_now(db: &DB, purging: &std::sync::Mutex<()>, log_id: LogId) -> Result<(), StorageError> {
-    let _one_at_a_time = purging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+fn purge_now(db: &DB, purging: &Purging, log_id: LogId) -> Result<(), StorageError> {
+    let _one_at_a_time = purging.lock();
     crate::faults::crash_point("purge");
     // A deferred purge can come after a later one: the purge point never moves back.
-    let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
-    if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
-        let purged: LogId = codec::decode(&bytes).map_err(|e| read_err(&e))?;
-        if purged.index >= log_id.index {
-            return Ok(());
-        }
-    }
     let mut batch = WriteBatch::default();
-    let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-    batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
-    batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+    add_purge(db, &mut batch, log_id)?;
+    if batch.is_empty() {
+        return Ok(());
+    }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
@@ -96,12 +128,7 @@ fn purge_now(db: &DB, purging: &std::sync::Mutex<()>, log_id: LogId) -> Result<(
 /// has applied up to them. openraft has already forgotten those entries; it reads the purge
 /// point back only when it starts, and until the purge is done that point is the older one, which
 /// the entries still on disk agree with.
-async fn purge_when_applied(
-    db: Arc<DB>,
-    purging: Arc<std::sync::Mutex<()>>,
-    applied: super::AppliedGate,
-    deferred: Arc<Deferred>,
-) {
+async fn purge_when_applied(db: Arc<DB>, purging: Purging, applied: super::AppliedGate, deferred: Arc<Deferred>) {
     loop {
         let target = loop {
             if let Some(target) = deferred.take() {
@@ -111,6 +138,10 @@ async fn purge_when_applied(
         };
         if let Err(why) = applied.wait_for(target.index).await {
             return tracing::warn!("not purging the log up to {target}: {why}");
+        }
+        if crate::faults::install_defers_purge() {
+            // The fault: the purge a snapshot install needs comes late, on its own.
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
         if let Err(e) = purge_now(&db, &purging, target) {
             return tracing::error!("purging the log up to {target} failed: {e}");
@@ -138,7 +169,7 @@ impl Deferred {
 }
 
 /// Waits for append callbacks, fsyncs the WAL once per group, then acknowledges the group.
-fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>, installed: &std::sync::atomic::AtomicBool) {
     if crate::faults::ack_before_fsync() {
         return run_lazy_syncer(db, waiting);
     }
@@ -150,6 +181,10 @@ fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
         crate::metrics::global().fsync(started.elapsed());
         if let Err(e) = &result {
             tracing::error!("fsync of the Raft log failed: {e}");
+        }
+        if installed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            // The first entries after a snapshot install are durable now.
+            crate::faults::crash_point("append:after-install");
         }
         for callback in group {
             callback.log_io_completed(result.clone().map_err(std::io::Error::other));

@@ -52,7 +52,7 @@ pub enum OpenError {
 pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = open_db(data_dir)?;
     let sm = StateMachineStore::open(db.clone(), data_dir).await?;
-    let log = LogStore::new(db, Some(sm.applied_gate()));
+    let log = LogStore::new(db, Some(sm.applied_gate()), sm.purging());
     Ok((log, sm))
 }
 
@@ -117,9 +117,11 @@ impl AppliedGate {
 }
 
 pub(crate) fn open_db(data_dir: &Path) -> Result<Arc<DB>, OpenError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|source| OpenError::Dir { path: data_dir.display().to_string(), source })?;
     let path = data_dir.join("db");
+    // Made durable here: RocksDB syncs what it writes inside its directory, not the directory's
+    // own name in ours.
+    crate::private_file::create_dir_all_synced(&path)
+        .map_err(|source| OpenError::Dir { path: path.display().to_string(), source })?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);

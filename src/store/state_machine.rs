@@ -99,6 +99,8 @@ pub struct StateMachineStore {
     snapshot_due: Arc<Notify>,
     /// Tells the log store how far the state machine has applied (see `store::AppliedGate`).
     applied_gate: super::AppliedGate,
+    /// Shared with the log store: an install purges the log in its last batch.
+    purging: super::log::Purging,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -118,7 +120,7 @@ impl StateMachineStore {
     pub(crate) async fn open(db: Arc<DB>, data_dir: &Path) -> Result<Self, OpenError> {
         let corrupt = |message: String| OpenError::Corrupt { path: data_dir.display().to_string(), message };
         let snapshot_dir = data_dir.join("snapshot");
-        std::fs::create_dir_all(&snapshot_dir)
+        crate::private_file::create_dir_all_synced(&snapshot_dir)
             .map_err(|source| OpenError::Dir { path: snapshot_dir.display().to_string(), source })?;
         // A crash cut an install short: the rows are partly the snapshot's (the marker is
         // there), or none of them are written yet though the received snapshot is already
@@ -140,9 +142,10 @@ impl StateMachineStore {
                 SnapshotReader::open(&current).ok().map(|r| r.meta).filter(|meta| meta.last_log_id > applied)
             }
         };
+        let purging = super::log::Purging::default();
         if let Some(meta) = interrupted {
             tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
-            write_snapshot_rows(&db, &current, &meta).map_err(corrupt)?;
+            write_snapshot_rows(&db, &current, &meta, &purging).map_err(corrupt)?;
         }
         let store = open_store(&db).map_err(|e| corrupt(e.to_string()))?;
         let (last_applied, membership) = match db.get_cf(cf(&db, CF_SM_META), KEY_APPLIED) {
@@ -162,7 +165,13 @@ impl StateMachineStore {
             snapshot_every: 0,
             snapshot_due: Arc::new(Notify::new()),
             applied_gate,
+            purging,
         })
+    }
+
+    /// The purge lock the log store must share (see `log::Purging`).
+    pub(crate) fn purging(&self) -> super::log::Purging {
+        self.purging.clone()
     }
 
     /// How far this state machine has applied, for the log store's purges.
@@ -293,7 +302,7 @@ impl StateMachineStore {
     /// Replaces every row and the applied id with those of `snapshot/current` (whose meta is
     /// `meta`) and opens the store over them.
     fn install_current(&self, meta: &SnapshotMeta) -> Result<KeyStore, String> {
-        write_snapshot_rows(&self.db, &self.current_path(), meta)?;
+        write_snapshot_rows(&self.db, &self.current_path(), meta, &self.purging)?;
         crate::faults::crash_point("install:applied");
         open_store(&self.db)
     }
@@ -301,8 +310,11 @@ impl StateMachineStore {
 
 /// Writes the rows and applied id of the snapshot file at `path` (whose meta is `meta`) over the
 /// state machine's, in batches of bounded size. A marker written first and removed by the last,
-/// synced batch makes a crash in between finish the install at the next start.
-fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta) -> Result<(), String> {
+/// synced batch makes a crash in between finish the install at the next start. That last batch
+/// also purges the log up to the snapshot: the install and the purge are one step, so no crash
+/// can leave the old log, a hole, and the entries appended after the install (from which
+/// openraft could not start), nor old uncommitted entries below the snapshot.
+fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta, purging: &super::log::Purging) -> Result<(), String> {
     let mut reader = SnapshotReader::open(path).map_err(|e| e.to_string())?;
     if reader.meta.snapshot_id != meta.snapshot_id {
         return Err(format!("{} holds {}, not {}", path.display(), reader.meta.snapshot_id, meta.snapshot_id));
@@ -329,7 +341,13 @@ fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta) -> Result<(), 
     let applied = codec::encode(&(meta.last_log_id, &meta.last_membership)).map_err(|e| e.to_string())?;
     batch.put_cf(meta_cf, KEY_APPLIED, applied);
     batch.delete_cf(meta_cf, KEY_INSTALLING);
-    db.write_opt(batch, &synced).map_err(|e| e.to_string())
+    let _one_purge_at_a_time = purging.lock();
+    if let (Some(last), false) = (meta.last_log_id, crate::faults::install_defers_purge()) {
+        super::log::add_purge(db, &mut batch, last).map_err(|e| e.to_string())?;
+    }
+    db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+    purging.installed();
+    Ok(())
 }
 
 impl StateMachineStore {
@@ -398,13 +416,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         for entry in entries {
             state.last_applied = Some(entry.log_id);
+            // Every entry counts towards the next snapshot, empty ones (read barriers, a new
+            // leader's first entry) too: otherwise a log of them would never be purged.
+            let weight = match &entry.payload {
+                EntryPayload::Normal(request) => request.commands.len().max(1) as u64,
+                EntryPayload::Blank | EntryPayload::Membership(_) => 1,
+            };
+            let applied = self.since_snapshot.fetch_add(weight, Ordering::Relaxed);
+            if self.snapshot_every > 0 && applied + weight >= self.snapshot_every {
+                self.snapshot_due.notify_one();
+            }
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(request) => {
-                    let applied = self.since_snapshot.fetch_add(request.commands.len() as u64, Ordering::Relaxed);
-                    if self.snapshot_every > 0 && applied + request.commands.len() as u64 >= self.snapshot_every {
-                        self.snapshot_due.notify_one();
-                    }
                     let at =
                         EntryStamp { index: entry.log_id.index, term: entry.log_id.leader_id.term, time: request.time };
                     Response { outcomes: state.store.apply_entry(at, &request.commands) }

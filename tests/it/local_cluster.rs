@@ -78,7 +78,8 @@ async fn cluster_up_keeps_serving_when_its_leader_is_killed_and_brings_it_back()
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap_or_default().contains("/console/app.js"));
 
-    let info = get(&http, &format!("http://{}/api/cluster", apis[0])).await.expect("cluster info");
+    let asked = http.get(format!("http://{}/api/cluster", apis[0])).bearer_auth(&api_key).send().await;
+    let info: Value = asked.expect("cluster info").json().await.expect("cluster info");
     let leader = info["leader"].as_u64().expect("a leader");
     let pid = server_pid(&data.join(format!("node{leader}"))).expect("the leader's process");
     let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");

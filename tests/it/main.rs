@@ -1,9 +1,11 @@
 //! Integration tests against real `ztna server` processes on loopback. One binary, so the
 //! crate compiles once; `support` starts and stops the clusters.
 
+mod abuse;
 mod browser;
 mod console;
 mod crash;
+mod edges;
 mod errors;
 mod failover;
 mod local_cluster;

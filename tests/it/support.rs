@@ -91,6 +91,13 @@ impl Cluster {
         for id in 1..=3 {
             self.spawn(id);
         }
+        self.init().await;
+        self
+    }
+
+    /// Waits for a leader among the running nodes and initialises the cluster (the first org,
+    /// its API key and the operator key), then waits until they apply this build's rules.
+    pub async fn init(&mut self) {
         self.wait_ready().await;
         let token = self.bootstrap_token.clone();
         let init = self.post(1, "/api/cluster/init", &json!({"org_name": "test"}), Some(&token)).await;
@@ -98,8 +105,7 @@ impl Cluster {
         self.org_id = init.1["org_id"].as_str().unwrap().to_string();
         self.api_key = init.1["api_key"].as_str().unwrap().to_string();
         self.operator_key = init.1["operator_key"].as_str().unwrap().to_string();
-        self.wait_rules_adopted(&[1, 2, 3]).await;
-        self
+        self.wait_rules_adopted(&self.running()).await;
     }
 
     /// Waits until nodes `ids` apply entries by their build's newest rules (a new cluster
@@ -384,9 +390,19 @@ impl Cluster {
         key
     }
 
+    /// The key with its whole history (every page of `enrolments`).
     pub async fn get_key(&self, id: u64, key_id: &str) -> Value {
-        let (status, key) = self.keys(id, json!({"action": "get_auth_key", "key_id": key_id})).await;
+        let mut body = json!({"action": "get_auth_key", "key_id": key_id, "enrolments_limit": 1000});
+        let (status, mut key) = self.keys(id, body.clone()).await;
         assert_eq!(status, 200, "get_auth_key: {key}");
+        while let Some(cursor) = key["next_enrolments_cursor"].as_str().map(String::from) {
+            body["enrolments_cursor"] = json!(cursor);
+            let (status, page) = self.keys(id, body.clone()).await;
+            assert_eq!(status, 200, "get_auth_key: {page}");
+            let more = page["enrolments"].as_array().cloned().unwrap_or_default();
+            key["enrolments"].as_array_mut().expect("enrolments").extend(more);
+            key["next_enrolments_cursor"] = page["next_enrolments_cursor"].clone();
+        }
         key
     }
 
@@ -398,9 +414,13 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s view of the cluster (`GET /api/cluster`, with the operator key, or the
+    /// bootstrap token before the cluster is initialised).
     pub async fn cluster_info(&self, id: u64) -> Option<Value> {
-        let r =
-            self.http.get(format!("{}/api/cluster", self.url(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let key = if self.operator_key.is_empty() { &self.bootstrap_token } else { &self.operator_key };
+        let request = self.http.get(format!("{}/api/cluster", self.url(id))).bearer_auth(key);
+        let r = request.timeout(Duration::from_secs(2)).send().await.ok()?;
+        r.status().is_success().then_some(())?;
         r.json().await.ok()
     }
 

@@ -40,6 +40,13 @@ async fn with_tls_only_nodes_with_a_cluster_certificate_reach_the_internal_liste
     assert_eq!(cluster.enrol(follower, key["key"].as_str().unwrap(), 1).await.0, 200);
     assert_eq!(cluster.enrol(leader, key["key"].as_str().unwrap(), 2).await.0, 403);
 
+    // The CA a machine must pin is served for the console's install command (the console
+    // writes it to a file and passes --cacert, never -k).
+    let served = cluster.http.get(format!("{}/ca.crt", cluster.url(follower))).send().await.expect("ca.crt");
+    assert_eq!(served.status(), 200);
+    let served = served.text().await.expect("text");
+    assert_eq!(served.trim(), std::fs::read_to_string(tls.join("ca.crt")).expect("CA").trim());
+
     // The CLI trusts the cluster CA given by ZTNA_CA_CERT; without it, it refuses the server.
     let (ok, stdout, stderr) = cluster.run_cli(&["auth-keys", "list"]);
     assert!(ok, "{stdout}{stderr}");

@@ -6,7 +6,10 @@
 //! operation returned. `info` operations never return; they may take effect at any point after
 //! their invocation, or never. An enrolment refused by the state machine (`key_used`,
 //! `key_exhausted`, `key_revoked`, `key_expired`) is an operation that returned that refusal;
-//! other failures changed nothing and are left out. The key may expire at any point whose real
+//! `invalid_auth_key` says the key does not exist, which no order explains for a key whose
+//! creation was acknowledged. Failures that say nothing about the key (a refused connection, a
+//! proof refused: [`SAYS_NOTHING_OF_THE_KEY`]) are left out; any other refusal makes the
+//! verdict `unknown`. The key may expire at any point whose real
 //! time is within the clock-skew bound of its `expires_at`. A search over its time limit makes
 //! the verdict `unknown`, never `valid`.
 //!
@@ -51,7 +54,26 @@ pub enum Refusal {
     },
     Revoked,
     Expired,
+    /// `invalid_auth_key`: the key does not exist. Never true of a key whose creation was
+    /// acknowledged: no order explains it.
+    NoSuchKey,
 }
+
+/// The codes of an enrolment's definite failure that say nothing about its key (the request
+/// never reached the rules, or failed on its proof or its machine), so the model leaves them
+/// out. Any other code (but the refusals the model knows) makes the verdict `unknown`: a
+/// refusal the checker cannot judge is never taken as consistent.
+pub const SAYS_NOTHING_OF_THE_KEY: &[&str] = &[
+    "connection_refused",
+    "no_enrol_key",
+    "wrong_server_key",
+    "proof_required",
+    "proof_invalid",
+    "proof_replayed",
+    "too_many_failures",
+    "machine_deleted",
+    "node_key_revoked",
+];
 
 /// One operation for the search.
 #[derive(Debug, Clone)]
@@ -125,6 +147,7 @@ impl Rules {
             Call::Refused(Refusal::Used { machine }) => {
                 (!s.revoked && !s.expired && used_up && !s.has(*machine)).then_some(s)
             }
+            Call::Refused(Refusal::NoSuchKey) => None,
             Call::Revoke => Some(KeyModel { revoked: true, ..s }),
             Call::Read { uses, revoked, expired } => {
                 let same_expiry = expired.is_none_or(|e| e == s.expired);
@@ -146,6 +169,17 @@ pub enum Linearizable {
 pub fn check(analysis: &Analysis<'_>, results: &mut Results) {
     let deadline_per_key = analysis.config.search_limit;
     let mut unknown = 0usize;
+    let judged = ["key_used", "key_exhausted", "key_revoked", "key_expired", "invalid_auth_key"];
+    let mut unjudged: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in analysis.keys.values().flat_map(|k| k.enrolments()).filter(|p| p.kind() == OpType::Fail) {
+        let code = p.error().unwrap_or("none");
+        if !judged.contains(&code) && !SAYS_NOTHING_OF_THE_KEY.contains(&code) {
+            *unjudged.entry(code).or_default() += 1;
+        }
+    }
+    for (code, n) in unjudged {
+        results.unknown(NAME, format!("{n} enrolments refused {code:?}, a refusal the model cannot judge"));
+    }
     for (key_id, key) in &analysis.keys {
         let entries = entries(key);
         if entries.is_empty() {
@@ -196,6 +230,7 @@ fn entry(p: &Pair<'_>, machine: Option<u8>) -> Option<Entry> {
             "key_used" | "key_exhausted" => Call::Refused(Refusal::Used { machine }),
             "key_revoked" => Call::Refused(Refusal::Revoked),
             "key_expired" => Call::Refused(Refusal::Expired),
+            "invalid_auth_key" => Call::Refused(Refusal::NoSuchKey),
             _ => return None,
         },
         (f::REVOKE, OpType::Ok | OpType::Info) => Call::Revoke,

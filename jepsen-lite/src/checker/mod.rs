@@ -7,14 +7,16 @@
 //! | `expiry`       | `expiry.rs`        | an expired key enrols nothing (within the clock-skew bound)            |
 //! | `linearizable` | `linearizable.rs`  | each key behaves like one atomic record (uses, limit, revoked)         |
 //! | `listing`      | `listing.rs`       | every acknowledged creation is in every listing that starts after it   |
-//! | `recovery`     | `recovery.rs`      | every node comes back after the faults and catches up with the leader  |
+//! | `recovery`     | `recovery.rs`      | every node comes back after the faults and catches up with the leader, and every replica's state is the same at the same index |
 //! | `machines`     | `machines.rs`      | no live or persistent machine deleted; a killed ephemeral one goes in time |
+//! | `credentials`  | `credentials.rs`   | no definite refusal (401) of a credential that was made: an auth key, an API key, a node key |
 //!
 //! Each checker is a `check(&Analysis, &mut Results)` function. A checker that cannot decide
 //! (a key with no final read, a search over its time limit) says `unknown`, never `valid`.
 //! This module must not talk to the cluster.
 
 pub mod coverage;
+pub mod credentials;
 pub mod expiry;
 pub mod limits;
 pub mod linearizable;
@@ -85,6 +87,10 @@ pub enum Kind {
     PersistentMachineDeleted,
     /// An ephemeral machine whose agent was killed outlived its timeout.
     DeadMachineKept,
+    /// A definite refusal (401) of a credential whose creation was acknowledged.
+    RefusedValidCredential,
+    /// Two nodes that applied the same log index hold different states.
+    ReplicasDiffer,
 }
 
 impl Kind {
@@ -105,6 +111,8 @@ impl Kind {
             Kind::LiveMachineDeleted => "live-machine-deleted",
             Kind::PersistentMachineDeleted => "persistent-machine-deleted",
             Kind::DeadMachineKept => "dead-machine-kept",
+            Kind::RefusedValidCredential => "refused-valid-credential",
+            Kind::ReplicasDiffer => "replicas-differ",
         }
     }
 }
@@ -166,7 +174,8 @@ impl Results {
     }
 }
 
-pub const CHECKERS: &[&str] = &["limits", "revoke", "expiry", "linearizable", "listing", "recovery", "machines"];
+pub const CHECKERS: &[&str] =
+    &["limits", "revoke", "expiry", "linearizable", "listing", "recovery", "machines", "credentials"];
 
 /// Settings of the checkers.
 #[derive(Debug, Clone)]
@@ -294,6 +303,7 @@ pub fn check_all(ops: &[Op], config: Config) -> Results {
     listing::check(&analysis, &mut results);
     recovery::check(ops, &mut results);
     machines::check(ops, &mut results);
+    credentials::check(&analysis, &mut results);
     results
 }
 

@@ -15,11 +15,19 @@ const NAME: &str = "recovery";
 
 /// The harness's `nodes` event.
 pub const EVENT: &str = "nodes";
+/// The harness's record of every node's state hash (`GET /api/cluster/hash`) after the run.
+pub const DIGESTS: &str = "digests";
 
 pub fn check(ops: &[Op], results: &mut Results) {
-    // Histories written before this check, and the hand-written ones of the unit tests, have
-    // no record; a run always writes one (even when no node answers).
-    let Some(event) = ops.iter().rev().find(|o| o.process == Process::NEMESIS && o.f == EVENT) else { return };
+    // A run always writes its record (even when no node answers); a history of client
+    // operations without one cannot be judged.
+    let Some(event) = ops.iter().rev().find(|o| o.process == Process::NEMESIS && o.f == EVENT) else {
+        if ops.iter().any(|o| o.process != Process::NEMESIS) {
+            results.unknown(NAME, "the history has no record of the nodes after the run".into());
+        }
+        return;
+    };
+    check_digests(ops, results);
     let target = event.value["target_index"].as_u64();
     for node in event.value["nodes"].as_array().into_iter().flatten() {
         results.examined(NAME, 1);
@@ -37,6 +45,8 @@ pub fn check(ops: &[Op], results: &mut Results) {
         let leader = event.value["leader"].as_u64();
         let why = if node["answered"] != true {
             "it does not answer".to_string()
+        } else if node["role"] == "shutdown" {
+            "its Raft stopped".to_string()
         } else if leader.is_none() || target.is_none() {
             "no single node led the cluster".to_string()
         } else if node["leader"].as_u64() != leader {
@@ -52,5 +62,42 @@ pub fn check(ops: &[Op], results: &mut Results) {
             message.push_str(&format!("; its last error: {line}"));
         }
         results.anomaly(NAME, Kind::NodeNotBack, None, message, vec![event.index]);
+    }
+}
+
+/// Replicas that applied the same log index hold the same state: every node's hash, taken when
+/// all of them had applied the same index, must be equal.
+fn check_digests(ops: &[Op], results: &mut Results) {
+    let Some(event) = ops.iter().rev().find(|o| o.process == Process::NEMESIS && o.f == DIGESTS) else {
+        results.unknown(NAME, "the replicas' states were not compared (no digests record)".into());
+        return;
+    };
+    let nodes: Vec<&serde_json::Value> = event.value["nodes"].as_array().into_iter().flatten().collect();
+    let indexes: std::collections::BTreeSet<Option<u64>> = nodes.iter().map(|n| n["applied_index"].as_u64()).collect();
+    if nodes.len() < 2 || indexes.len() != 1 {
+        let why = event.value["detail"].as_str().unwrap_or("the nodes never stood at the same applied index");
+        results.unknown(NAME, format!("the replicas' states were not compared: {why}"));
+        return;
+    }
+    results.examined(NAME, nodes.len());
+    let hashes: std::collections::BTreeSet<&str> = nodes.iter().filter_map(|n| n["hash"].as_str()).collect();
+    if hashes.len() > 1 {
+        let each: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "n{}: {} rows, {}",
+                    n["node"],
+                    n["rows"],
+                    n["hash"].as_str().unwrap_or("?").get(..12).unwrap_or("?")
+                )
+            })
+            .collect();
+        let message = format!(
+            "the replicas differ at applied index {}: {}",
+            indexes.iter().next().copied().flatten().unwrap_or(0),
+            each.join("; ")
+        );
+        results.anomaly(NAME, Kind::ReplicasDiffer, None, message, vec![event.index]);
     }
 }

@@ -93,13 +93,41 @@ impl H {
         self.push(200, OpType::Ok, f::LIST, None, json!({ "final": true, "key_ids": keys }), None, at + 1);
     }
 
-    fn check(mut self) -> Results {
+    fn check(self) -> Results {
+        self.check_with_records(true)
+    }
+
+    /// Checks the history; with `records`, the harness's records of the nodes after the run
+    /// (every node back, every replica's state the same) are added where the test wrote none.
+    fn check_with_records(mut self, records: bool) -> Results {
+        let end = self.ops.iter().map(|o| o.time / 1_000_000).max().unwrap_or(0) + 1;
+        let has = |ops: &[Op], f: &str| ops.iter().any(|o| o.process == Process::NEMESIS && o.f == f);
+        if records && !has(&self.ops, super::recovery::EVENT) {
+            self.nemesis(super::recovery::EVENT, "final", end);
+            let back = |n: u64| json!({ "node": n, "back": true, "answered": true, "role": "follower", "leader": 1, "applied": 9 });
+            self.ops.last_mut().unwrap().value =
+                json!({ "phase": "final", "leader": 1, "target_index": 9, "nodes": [back(1), back(2), back(3)] });
+        }
+        if records && !has(&self.ops, super::recovery::DIGESTS) {
+            self.nemesis(super::recovery::DIGESTS, "final", end);
+            self.ops.last_mut().unwrap().value = digests(&["same", "same", "same"]);
+        }
         self.ops.sort_by_key(|o| o.time);
         for (i, op) in self.ops.iter_mut().enumerate() {
             op.index = i;
         }
         check_all(&self.ops, Config { skew_ms: 500, search_limit: Duration::from_secs(5) })
     }
+}
+
+/// The harness's `digests` record: node n's state hash `hashes[n - 1]`, all at index 9.
+fn digests(hashes: &[&str]) -> Value {
+    let nodes: Vec<Value> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({ "node": i + 1, "applied_index": 9, "rows": 5, "hash": h }))
+        .collect();
+    json!({ "phase": "final", "nodes": nodes, "detail": null })
 }
 
 fn checkers(results: &Results) -> Vec<&'static str> {
@@ -446,7 +474,8 @@ fn a_node_that_did_not_come_back_after_the_run_is_caught() {
     let back = json!({ "node": 2, "back": true, "answered": true, "role": "follower", "leader": 1, "applied": 40 });
     let results = run(back);
     assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.anomalies);
-    assert_eq!(results.examined["recovery"], 3);
+    // Three nodes, and the three replicas' states compared.
+    assert_eq!(results.examined["recovery"], 6);
 
     for (n2, why) in [
         (json!({ "node": 2, "back": false, "answered": false, "exit": "exit status: 1" }), "does not answer"),
@@ -520,4 +549,95 @@ fn machines_deleted_while_alive_or_kept_after_their_agent_died_are_caught() {
     // ... nor when another leader (which restarted every timer) listed it.
     let results = run_in_terms(None, &["e0", "e1", "p0", "p1"], 76, (4, 5));
     assert_eq!(results.verdict(), Verdict::Unknown, "{:?}", results.anomalies);
+}
+
+#[test]
+fn a_history_without_the_records_of_the_nodes_is_unknown_and_replicas_that_differ_are_caught() {
+    let run = |records: bool, hashes: Option<&[&str]>| {
+        let mut h = H::default();
+        h.create("ak_a", true, None, LATER);
+        h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+        h.final_list(&["ak_a"], 110);
+        if let Some(hashes) = hashes {
+            h.nemesis(super::recovery::DIGESTS, "final", 120);
+            h.ops.last_mut().unwrap().value = digests(hashes);
+        }
+        h.check_with_records(records)
+    };
+    let missing = run(false, None);
+    assert_eq!(missing.verdict(), Verdict::Unknown, "{:?}", missing.anomalies);
+    assert!(missing.unknown.iter().any(|(c, _)| c == "recovery"), "{:?}", missing.unknown);
+    assert_eq!(run(true, Some(&["a", "a", "a"])).verdict(), Verdict::Valid);
+    let differ = run(true, Some(&["a", "b", "a"]));
+    assert_eq!(differ.verdict(), Verdict::Invalid);
+    assert_eq!((differ.anomalies[0].checker, differ.anomalies[0].kind), ("recovery", Kind::ReplicasDiffer));
+}
+
+#[test]
+fn a_credential_refused_after_it_was_made_is_caught() {
+    // An auth key acknowledged, then refused `invalid_auth_key` through another node: both the
+    // credentials checker and the key's model see it.
+    let mut h = H::default();
+    h.create("ak_a", true, None, LATER);
+    h.enrol(1, "ak_a", "d1", 10, 20, OpType::Fail, Some("invalid_auth_key"));
+    h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    let found: Vec<(&str, Kind)> = results.anomalies.iter().map(|a| (a.checker, a.kind)).collect();
+    assert!(found.contains(&("credentials", Kind::RefusedValidCredential)), "{found:?}");
+    assert!(found.contains(&("linearizable", Kind::NotLinearizable)), "{found:?}");
+
+    // An API key made, then refused `unauthorized`; a node key an enrolment returned, then
+    // refused `unknown_node_key`; and the org key of the initialisation refused.
+    let mut h = H::default();
+    h.call(50, f::CREATE_API_KEY, "api_x", json!({}), 0, 5, OpType::Ok, json!({ "api_key_id": "api_x" }), None);
+    h.call(
+        51,
+        f::WHOAMI,
+        "api_x",
+        json!({ "api_key_id": "api_x" }),
+        10,
+        11,
+        OpType::Fail,
+        Value::Null,
+        Some("unauthorized"),
+    );
+    h.create("ak_b", true, None, LATER);
+    h.call(52, f::ENROL, "ak_b", json!({ "device": "d9" }), 12, 13, OpType::Ok, json!({ "machine_id": "m_9" }), None);
+    h.push(53, OpType::Invoke, f::HEARTBEAT, None, json!({ "machine_id": "m_9" }), None, 14);
+    h.push(53, OpType::Fail, f::HEARTBEAT, None, Value::Null, Some("unknown_node_key"), 15);
+    h.call(54, f::READ, "ak_b", Value::Null, 16, 17, OpType::Fail, Value::Null, Some("unauthorized"));
+    h.read(5, "ak_b", (100, 101), 1, false, &["d9"], true);
+    h.final_list(&["ak_b"], 110);
+    let results = h.check();
+    let refused = results.anomalies.iter().filter(|a| a.kind == Kind::RefusedValidCredential).count();
+    assert_eq!(refused, 3, "{:?}", results.anomalies);
+
+    // A refusal of something never acknowledged as made says nothing.
+    let mut h = H::default();
+    h.call(
+        51,
+        f::WHOAMI,
+        "api_y",
+        json!({ "api_key_id": "api_y" }),
+        10,
+        11,
+        OpType::Fail,
+        Value::Null,
+        Some("unauthorized"),
+    );
+    assert!(h.check().anomalies.iter().all(|a| a.kind != Kind::RefusedValidCredential));
+}
+
+#[test]
+fn an_enrolment_refusal_the_model_cannot_judge_makes_the_verdict_unknown() {
+    let mut h = H::default();
+    h.create("ak_a", true, None, LATER);
+    h.enrol(1, "ak_a", "d1", 10, 20, OpType::Fail, Some("something_new"));
+    h.enrol(2, "ak_a", "d2", 10, 20, OpType::Fail, Some("proof_invalid"));
+    h.read(5, "ak_a", (100, 101), 0, false, &[], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Unknown, "{:?}", results.anomalies);
+    assert!(results.unknown.iter().any(|(_, why)| why.contains("something_new")), "{:?}", results.unknown);
 }

@@ -9,7 +9,8 @@
 //! | `expiry`      | keys that expire during the run, enrolments straddling the boundary      |
 //! | `create-list` | unique creations and periodic paginated listings                        |
 //! | `reenrol`     | the same few machines enrolling again and again with one `max_uses` key  |
-//! | `agents`      | real `ztna up` agents (ephemeral, persistent) heartbeating, killed, restarted |
+//! | `agents`      | real `ztna up` agents (ephemeral, persistent) heartbeating, killed, restarted, crashed before saving, paused, cut off from a node |
+//! | `handoff`     | credentials used through other nodes the moment they are made (an auth key, an API key, a node key), bursts the nemesis kills the leader into |
 //!
 //! Every enrolment proves possession of its machine's private key, made for the node it is
 //! sent to (`ztna_proof`), as `ztna up` does.
@@ -20,6 +21,7 @@
 pub mod agents;
 mod create_list;
 mod expiry;
+mod handoff;
 mod max_uses;
 mod one_shot;
 mod reenrol;
@@ -39,7 +41,7 @@ use crate::cluster::Cluster;
 use crate::history::{f, History, OpType};
 
 /// Workload names accepted by `--workload`.
-pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol", "agents"];
+pub const ALL: &[&str] = &["one-shot", "max-uses", "revoke", "expiry", "create-list", "reenrol", "agents", "handoff"];
 
 /// Most operations in flight at once, all workloads together; a round that would exceed it is
 /// skipped (and counted: `skipped_rounds` in the report). Each operation holds its own slot and
@@ -65,7 +67,7 @@ pub struct Ctx {
     /// The checkers' clock-skew bound: the expiry workload enrols past it.
     pub skew_ms: u64,
     /// The `ztna up` agents of the `agents` workload.
-    pub fleet: agents::Fleet,
+    pub fleet: Arc<agents::Fleet>,
 }
 
 /// A machine's key pair (hex): what it enrols and proves with.
@@ -110,7 +112,7 @@ impl Ctx {
             server_keys: Mutex::new(Default::default()),
             skipped: Mutex::new(Default::default()),
             skew_ms,
-            fleet: agents::Fleet::new(run_dir),
+            fleet: Arc::new(agents::Fleet::new(run_dir)),
         })
     }
 
@@ -174,6 +176,12 @@ pub fn slots(limit: &Arc<Semaphore>, n: usize) -> Option<Vec<OwnedSemaphorePermi
     Some(held)
 }
 
+/// What a client sends.
+pub enum Request<'a> {
+    Post(&'a str, Value),
+    Get(&'a str),
+}
+
 /// One client process. Dropping it returns its id to the pool unless it was retired.
 pub struct Client {
     ctx: Arc<Ctx>,
@@ -200,16 +208,38 @@ impl Client {
 
     /// Invokes, sends, completes; a mutation that ends `info` retires this process.
     async fn call(&mut self, f: &str, key: Option<&str>, value: Value, node: u64, body: Value) -> Outcome {
-        let mutation = matches!(f, f::CREATE | f::ENROL | f::REVOKE);
-        let invoke = self.ctx.history.invoke(self.process, f, key, value, Some(node));
         let path = if f == f::ENROL { "/api/enrol" } else { "/api/key-management" };
         let mut body = body;
         if path == "/api/key-management" {
             body["org_id"] = json!(self.ctx.cluster.api.org_id);
         }
-        let outcome = self.ctx.cluster.api.post(node, path, &body, mutation).await;
+        let bearer = if f == f::ENROL { String::new() } else { self.ctx.cluster.api.api_key.clone() };
+        self.request(f, key, value, node, Request::Post(path, body), &bearer).await
+    }
+
+    /// Invokes `f`, sends `request` to `node` with `bearer`, completes with what it learnt.
+    pub async fn request(
+        &mut self,
+        f: &str,
+        key: Option<&str>,
+        value: Value,
+        node: u64,
+        request: Request<'_>,
+        bearer: &str,
+    ) -> Outcome {
+        let mutation = matches!(f, f::CREATE | f::ENROL | f::REVOKE | f::CREATE_API_KEY);
+        let invoke = self.ctx.history.invoke(self.process, f, key, value, Some(node));
+        let api = &self.ctx.cluster.api;
+        let outcome = match request {
+            Request::Post(path, body) => api.post_as(node, path, &body, bearer, mutation).await,
+            Request::Get(path) => api.get_as(node, path, bearer).await,
+        };
         let completion = completion_value(f, &outcome);
-        let learnt_key = if f == f::CREATE { outcome.body["key_id"].as_str() } else { None };
+        let learnt_key = match f {
+            f::CREATE => outcome.body["key_id"].as_str(),
+            f::CREATE_API_KEY => outcome.body["api_key_id"].as_str(),
+            _ => None,
+        };
         self.ctx.history.complete(invoke, outcome.kind, learnt_key, completion, outcome.error.clone());
         if outcome.kind == OpType::Info {
             self.process = self.ctx.history.new_process();
@@ -259,11 +289,35 @@ impl Client {
         self.call(f::REVOKE, Some(key_id), Value::Null, node, body).await
     }
 
-    /// A linearizable read of one key; `final_read` marks the reads after the run.
+    /// A linearizable read of one key; `final_read` marks the reads after the run. A key's
+    /// history comes in pages of at most 1,000 enrolments: a final read (the run is over,
+    /// nothing changes any more) follows them all, as one operation.
     pub async fn read(&mut self, node: u64, key_id: &str, final_read: bool) -> Outcome {
-        let body = json!({ "action": "get_auth_key", "key_id": key_id });
-        let value = if final_read { json!({ "final": true }) } else { Value::Null };
-        self.call(f::READ, Some(key_id), value, node, body).await
+        let body = json!({ "action": "get_auth_key", "key_id": key_id, "enrolments_limit": 1000 });
+        if !final_read {
+            return self.call(f::READ, Some(key_id), Value::Null, node, body).await;
+        }
+        let invoke = self.ctx.history.invoke(self.process, f::READ, Some(key_id), json!({ "final": true }), Some(node));
+        let api = &self.ctx.cluster.api;
+        let mut outcome = api.key_management(node, "get_auth_key", body.clone(), false).await;
+        let mut cursor = outcome.body["next_enrolments_cursor"].as_str().map(str::to_string);
+        while let (OpType::Ok, Some(at)) = (outcome.kind, cursor.take()) {
+            let mut next = body.clone();
+            next["enrolments_cursor"] = json!(at);
+            let page = api.key_management(node, "get_auth_key", next, false).await;
+            if page.kind != OpType::Ok {
+                outcome = page;
+                break;
+            }
+            let more = page.body["enrolments"].as_array().cloned().unwrap_or_default();
+            if let Some(all) = outcome.body["enrolments"].as_array_mut() {
+                all.extend(more);
+            }
+            cursor = page.body["next_enrolments_cursor"].as_str().map(str::to_string);
+        }
+        let completion = completion_value(f::READ, &outcome);
+        self.ctx.history.complete(invoke, outcome.kind, None, completion, outcome.error.clone());
+        outcome
     }
 
     /// Lists every key of the org, page by page, as one operation. `final_list` marks the
@@ -309,7 +363,10 @@ fn completion_value(f: &str, outcome: &Outcome) -> Value {
             "max_uses": b["max_uses"],
             "expires_at_ms": parse_ms(b["expires_at"].as_str()),
         }),
-        f::ENROL => json!({ "machine_id": b["machine_id"] }),
+        f::ENROL => json!({ "machine_id": b["machine_id"], "ephemeral": b["ephemeral"] }),
+        f::CREATE_API_KEY => json!({ "api_key_id": b["api_key_id"] }),
+        f::WHOAMI => json!({ "api_key_id": b["api_key_id"] }),
+        f::HEARTBEAT => json!({ "machine_id": b["machine_id"], "state": b["state"] }),
         f::REVOKE => json!({ "revoked": true }),
         f::READ => {
             // Enrolments only: a re-key (the same machine again) is in the history too but
@@ -369,6 +426,7 @@ pub async fn run(ctx: Arc<Ctx>, names: Vec<String>) {
                 "create-list" => create_list::run(ctx, salt as u64).await,
                 "reenrol" => reenrol::run(ctx, limit, salt as u64).await,
                 "agents" => agents::run(ctx, salt as u64).await,
+                "handoff" => handoff::run(ctx, limit, salt as u64).await,
                 _ => {}
             }
         });
