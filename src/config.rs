@@ -115,9 +115,10 @@ pub struct Settings {
     /// Most connections each listener keeps open at once; more are closed at once.
     pub max_connections: usize,
     /// Most connections from one client address (an IPv6 client by its /64) on the API, and
-    /// from one member on the internal listener.
+    /// from one member on the internal listener. Small beside `max_connections` (a 32nd by
+    /// default), so that filling a listener takes many addresses.
     pub max_connections_per_address: usize,
-    /// Most TLS handshakes in progress at once per listener (an eighth of them from one address).
+    /// Most TLS handshakes in progress at once per listener (a 32nd of them from one address).
     pub max_tls_handshakes: usize,
     /// A TLS handshake must finish within this long.
     pub tls_handshake_timeout_ms: u64,
@@ -204,9 +205,9 @@ impl Default for Settings {
             test_only_dial: Default::default(),
             bootstrap_token_sha256: None,
             insecure_plaintext_between_nodes_anyone_reaching_raft_addr_owns_the_cluster: false,
-            max_connections: 512,
-            max_connections_per_address: 128,
-            max_tls_handshakes: 64,
+            max_connections: 8192,
+            max_connections_per_address: 256,
+            max_tls_handshakes: 256,
             tls_handshake_timeout_ms: 3000,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,

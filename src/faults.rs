@@ -116,7 +116,7 @@ fault_switch!(
 fault_switch!(
     /// `ZTNA_FAULT_SWEEP_UNCHECKED=1`: a sweep deletes the machines it names by id whatever
     /// happened to them since the leader judged them silent (a re-enrolment, a heartbeat during
-    /// the sweep), as builds before `SweepSilent` did; and it is proposed two seconds after it
+    /// the sweep), as builds before `SweepSilent` did; and it is proposed four seconds after it
     /// was decided, as a sweep held up behind other work (or whose caller gave up) could be.
     sweep_unchecked,
     "ZTNA_FAULT_SWEEP_UNCHECKED"

@@ -4,9 +4,10 @@
 //! - at most `max_connections` served at once per listener (one more is closed at once, so a
 //!   flood of idle sockets cannot take the file descriptors RocksDB and Raft need), and on the
 //!   public listener at most `max_connections_per_address` from one client address (an IPv6
-//!   client by its /64), handshakes included;
+//!   client by its /64), handshakes included — but not from a reverse proxy listed in
+//!   `trusted_proxies`, whose connections carry many clients ([`Clients::Public`]);
 //! - a TLS handshake holds no connection slot: it takes one of `max_tls_handshakes` slots (an
-//!   eighth of them at most per address), and must finish within `tls_handshake_timeout`;
+//!   32nd of them at most per address), and must finish within `tls_handshake_timeout`;
 //! - request headers within `header_read`, and no more than `idle` without a byte read or
 //!   written (a client that stalls a body, or a download it does not read, is dropped);
 //! - on the internal listener the client certificate is checked right after the handshake
@@ -47,7 +48,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// From one client address (public listener) or one member (internal listener).
     pub max_connections_per_address: usize,
-    /// TLS handshakes in progress at once (an eighth of them per address).
+    /// TLS handshakes in progress at once (a 32nd of them per address).
     pub max_tls_handshakes: usize,
     pub handshake: Duration,
     pub header_read: Duration,
@@ -61,6 +62,18 @@ pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
 /// Checks a client certificate right after the handshake: the node id it may call as, or why
 /// it may not (the connection is then closed).
 pub type Admit = Arc<dyn Fn(&PeerCertificate) -> Result<Admitted, String> + Send + Sync>;
+
+/// Who a listener serves, and how it counts them.
+#[derive(Clone)]
+pub enum Clients {
+    /// The public listener: counted per client address, except the reverse proxies listed here
+    /// (`trusted_proxies`), whose connections carry many clients (the throttle counts those by
+    /// their forwarded address); they are bounded by `max_connections` only.
+    Public { trusted_proxies: Arc<[crate::config::Cidr]> },
+    /// The internal listener: every client certificate checked right after its handshake,
+    /// connections counted per member.
+    Members(Admit),
+}
 
 /// Who a client certificate let in on the internal listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,14 +150,14 @@ struct Shared {
 }
 
 /// Serves `router` on `listener` (TLS first with `tls`) within `limits`, until `stop`. With
-/// `admit` (the internal listener), every client certificate is checked right after its
+/// `Clients::Members` (the internal listener), every client certificate is checked right after its
 /// handshake and connections are counted per member instead of per address.
 pub fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     limits: Limits,
-    admit: Option<Admit>,
+    clients: Clients,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -153,7 +166,7 @@ pub fn serve(
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_tls_handshakes.max(1))),
             per_address: PerKey::new(limits.max_connections_per_address),
-            handshakes_per_address: PerKey::new((limits.max_tls_handshakes / 8).max(2)),
+            handshakes_per_address: PerKey::new((limits.max_tls_handshakes / 32).max(2)),
             per_member: PerKey::new(limits.max_connections_per_address),
             per_retired: PerKey::new(1),
             refusals: crate::log_every::LogEvery::new(crate::log_every::PERIOD),
@@ -172,10 +185,10 @@ pub fn serve(
                 },
                 () = stopped(&mut stop) => return,
             };
-            let (router, acceptor, admit, stop, shared) =
-                (router.clone(), acceptor.clone(), admit.clone(), stop.clone(), shared.clone());
+            let (router, acceptor, clients, stop, shared) =
+                (router.clone(), acceptor.clone(), clients.clone(), stop.clone(), shared.clone());
             tokio::spawn(async move {
-                if let Err(why) = accept(stream, peer, acceptor, admit, router, &shared, stop).await {
+                if let Err(why) = accept(stream, peer, acceptor, clients, router, &shared, stop).await {
                     crate::metrics::global().connection_refused();
                     shared.refusals.warn(format_args!("connection from {peer} closed: {why}"));
                 }
@@ -189,7 +202,7 @@ async fn accept(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    admit: Option<Admit>,
+    clients: Clients,
     router: axum::Router,
     shared: &Shared,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -198,9 +211,11 @@ async fn accept(
     let address = client_key(peer.ip());
     // The public listener counts per address, from the first byte; the internal one per member,
     // once the certificate says which.
-    let _per_address = match admit {
-        None => Some(shared.per_address.take(address).ok_or("too many connections from this address")?),
-        Some(_) => None,
+    let _per_address = match &clients {
+        Clients::Public { trusted_proxies } if !trusted_proxies.iter().any(|c| c.contains(peer.ip())) => {
+            Some(shared.per_address.take(address).ok_or("too many connections from this address")?)
+        }
+        Clients::Public { .. } | Clients::Members(_) => None,
     };
     let slot = || shared.slots.clone().try_acquire_owned().map_err(|_| "the connection limit is reached");
     let _ = stream.set_nodelay(true);
@@ -226,9 +241,9 @@ async fn accept(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
-    let _per_member = match (&admit, &cert) {
-        (None, _) => None,
-        (Some(admit), Some(cert)) => match admit(cert)? {
+    let _per_member = match (&clients, &cert) {
+        (Clients::Public { .. }, _) => None,
+        (Clients::Members(admit), Some(cert)) => match admit(cert)? {
             Admitted::Member(member) => Some(
                 shared.per_member.take(member).ok_or_else(|| format!("node {member} holds too many connections"))?,
             ),
@@ -239,7 +254,7 @@ async fn accept(
                     .ok_or_else(|| format!("node {id} was removed; it holds its one connection"))?,
             ),
         },
-        (Some(_), None) => return Err("no client certificate".into()),
+        (Clients::Members(_), None) => return Err("no client certificate".into()),
     };
     let _slot = slot()?;
     connection(IdleIo::new(stream, limits.idle), peer, cert, router, limits, stop).await;

@@ -398,7 +398,9 @@ fn answer_as_fresh(
         }),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    crate::listener::serve(copy, tls, router, config.settings().listener_limits(), None, stopped);
+    // Only `whois`, answered the same to anyone the TLS layer let in: counted per address.
+    let clients = crate::listener::Clients::Public { trusted_proxies: std::sync::Arc::new([]) };
+    crate::listener::serve(copy, tls, router, config.settings().listener_limits(), clients, stopped);
     Ok(stop)
 }
 

@@ -216,10 +216,32 @@ impl Running {
     }
 }
 
+/// Raises this process's limit of open files to its hard limit (as Go's runtime does), so each
+/// listener's `max_connections` fit beside RocksDB's files; warns when they still do not.
+fn open_files_for(max_connections: usize) {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            return;
+        }
+    };
+    let needed = 2 * max_connections as u64 + 1024;
+    if open_files < needed {
+        tracing::warn!(
+            open_files,
+            needed,
+            "the open-files limit is below what two listeners of max_connections and RocksDB need: raise it \
+             (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections"
+        );
+    }
+}
+
 impl Node {
     /// Starts a node and returns once both listeners are bound.
     pub async fn start(config: NodeConfig) -> Result<Running, StartError> {
         let settings = config.settings().clone();
+        open_files_for(settings.max_connections);
         if settings.test_only_min_expiry_secs < crate::sm::model::MIN_EXPIRY_SECS {
             tracing::warn!(
                 "TEST ONLY setting test_only_min_expiry_secs = {}: keys may expire sooner than 5 minutes",
@@ -382,9 +404,12 @@ impl Node {
             let admit: crate::listener::Admit = Arc::new(move |cert| {
                 let id = crate::tls::named_node(&cert.0).ok_or("the client certificate names no node")?;
                 let node = node.upgrade().ok_or("the node is stopping")?;
-                match node.node_record(id) {
-                    Some(record) if record.removed_at.is_some() => Ok(crate::listener::Admitted::Retired(id)),
-                    _ => Ok(crate::listener::Admitted::Member(id)),
+                // A node that may not call (removed, or out of the configuration) holds one
+                // connection, to ask whether it was removed.
+                if node.peer_allowed(id) {
+                    Ok(crate::listener::Admitted::Member(id))
+                } else {
+                    Ok(crate::listener::Admitted::Retired(id))
                 }
             });
             admit
@@ -395,10 +420,22 @@ impl Node {
                 internal_tls,
                 crate::network::server::router(node.clone()),
                 internal_limits,
-                admit,
+                // Without TLS between nodes (the opt-out) nothing names a member: counted per
+                // address like the public listener.
+                admit.map_or_else(
+                    || crate::listener::Clients::Public { trusted_proxies: Arc::new([]) },
+                    crate::listener::Clients::Members,
+                ),
                 stop.clone(),
             ),
-            crate::listener::serve(api_listener, api_tls.clone(), crate::api::router(node.clone()), limits, None, stop),
+            crate::listener::serve(
+                api_listener,
+                api_tls.clone(),
+                crate::api::router(node.clone()),
+                limits,
+                crate::listener::Clients::Public { trusted_proxies: settings.trusted_proxies.clone().into() },
+                stop,
+            ),
         ];
         node.bootstrap_if_first(peer_view).await;
         tokio::spawn(sweep_inactive_machines(Arc::downgrade(&node), stop_sweeper.clone()));
@@ -485,6 +522,13 @@ impl Node {
             CredentialKind::NodeKey => {
                 let actor = Actor::NodeKey { node_key_id: presented.id, secret_hash: presented.hash };
                 state.store.authenticate_machine(&actor).is_ok()
+            }
+            CredentialKind::BootstrapToken => {
+                self.config.settings().bootstrap_token_sha256.as_deref().is_some_and(|hex| {
+                    let mut expected = [0u8; 32];
+                    hex::decode_to_slice(hex, &mut expected).is_ok()
+                        && crate::secret::hashes_equal(&presented.hash, &expected)
+                })
             }
             _ => false,
         }
@@ -576,7 +620,18 @@ impl Node {
         };
         match self.leader() {
             Some((leader, _)) if leader == self.id => {}
-            other => return Err(not_leader(other.map(|(l, _)| l))),
+            other => {
+                // Only the operator is sent on to the leader: checked there, through the same
+                // linearizable read any operator query takes, so a wrong key is refused the
+                // same wherever it is sent, and a freshly rotated one is not refused by a
+                // follower that has not applied the rotation yet.
+                match self.read(actor, &Query::ListOrgs).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(BackupRefusal::Refused(e)),
+                    Err(e) => return Err(BackupRefusal::Unavailable(e.to_string())),
+                }
+                return Err(not_leader(other.map(|(l, _)| l)));
+            }
         }
         // After the barrier, which the backup needs anyway: it then holds every write
         // acknowledged before the call, and the operator key is checked against the same state.
@@ -780,6 +835,11 @@ impl Node {
         if let Some(refused) = self.refusal(&command).await? {
             return Ok(Err(refused));
         }
+        // A re-key is a sign of life from the moment it is proposed: a sweep decided while it
+        // commits must not judge the machine by its old timer (and see the new node key).
+        if let Some(machine_id) = read_state(&self.state).store.machine_an_enrolment_rekeys(&command.op) {
+            self.liveness().alive(&machine_id, self.mono_ms());
+        }
         let outcome = self.proposer.propose(command).await?;
         if let Ok(OpOk::EnrolledAs { enrolled, .. }) = &outcome {
             // An enrolment or a re-key is a sign of life, as a heartbeat is.
@@ -791,9 +851,9 @@ impl Node {
     /// Why `command` is refused before Raft, if it is: whatever the state machine would refuse
     /// it for, deciding from this leader's state at the time it would stamp (`KeyStore::admit`:
     /// a credential that does not authenticate, a call outside its scopes or org, a spent,
-    /// revoked or expired key, a stale proof, a re-key too many). A command whose request id
-    /// is remembered is not judged here: the state machine answers its retry from memory. A
-    /// refusal is only answered once a quorum confirmed, after it was found, that this node
+    /// revoked or expired key, a stale proof, a re-key too many, a request id reused for
+    /// another command); a copy of a command the state machine remembers goes on, to be
+    /// answered from its memory. A refusal is only answered once a quorum confirmed, after it was found, that this node
     /// still leads and it applied everything committed before ([`Node::confirm_leading`]): a
     /// new leader's applied state may lack its predecessor's last entries, and a deposed
     /// leader's the new leader's, and a definite refusal of a credential that exists would be
@@ -806,8 +866,7 @@ impl Node {
                 return None;
             }
             let now = self.clock.peek(term, state.store.clock());
-            let refused = state.store.admit(command, now).err()?;
-            (!state.store.is_remembered(command)).then_some(refused)
+            state.store.admit(command, now).err()
         };
         if refused().is_none() || crate::faults::stale_refusal() {
             return Ok(refused());
@@ -823,7 +882,8 @@ impl Node {
     pub async fn confirm_leading(&self) -> Result<(), ForwardError> {
         let asked = Instant::now();
         let _one_round_at_a_time = self.confirming.lock().await;
-        if self.confirmed_round.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|began| began >= asked) {
+        // Strictly after: a round that began in the same instant may have begun before.
+        if self.confirmed_round.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|began| began > asked) {
             return Ok(());
         }
         let began = Instant::now();
@@ -860,27 +920,13 @@ impl Node {
             }
             self.proposer.barrier().await?;
         }
+        if matches!(query, Query::MachineStatus) {
+            self.heartbeat_seen(actor).await?;
+        }
         let mut answer = read_state(&self.state).store.query(actor, query);
         match &mut answer {
             Ok(Answer::Machine(machine)) => {
-                let mut sweeps = self.sweeps_done.subscribe();
-                if self.observe_alive(&machine.machine_id) && !crate::faults::sweep_unchecked() {
-                    // Its machine is being swept: answered by the state after that sweep, so a
-                    // machine is never told it is fine just before it is deleted.
-                    let timeout = self.config.settings().request_timeout();
-                    if tokio::time::timeout(timeout, sweeps.changed()).await.is_err() {
-                        return Err(ForwardError::Unavailable(
-                            "this machine is being swept and the sweep has not committed yet; ask again".into(),
-                        ));
-                    }
-                    answer = read_state(&self.state).store.query(actor, query);
-                    if let Ok(Answer::Machine(machine)) = &answer {
-                        self.observe_alive(&machine.machine_id);
-                    }
-                }
-                if let Ok(Answer::Machine(machine)) = &mut answer {
-                    machine.last_seen = self.liveness().last_seen(&machine.machine_id).or(machine.last_seen);
-                }
+                machine.last_seen = self.liveness().last_seen(&machine.machine_id).or(machine.last_seen);
             }
             Ok(Answer::Machines(machines)) => {
                 let liveness = self.liveness();
@@ -1093,6 +1139,31 @@ impl Node {
 
     /// A heartbeat from `machine_id` on the leader. Answers whether the sweep in flight is
     /// deleting it (see [`Liveness::observe`]).
+    /// Records a heartbeat of the machine `actor` names, before its answer is read. If the sweep
+    /// in flight is deleting it, waits until that sweep's outcome is known and this node still
+    /// leads (a sweep proposed by a leader deposed before it committed may still commit under
+    /// the next): the answer then comes from the state after the sweep, so a machine is never
+    /// told it is fine just before it is deleted.
+    async fn heartbeat_seen(&self, actor: &Actor) -> Result<(), ForwardError> {
+        let mut sweeps = self.sweeps_done.subscribe();
+        let Ok(machine_id) = read_state(&self.state).store.authenticate_machine(actor).map(|m| m.machine_id.clone())
+        else {
+            return Ok(());
+        };
+        if !self.observe_alive(&machine_id) || crate::faults::sweep_unchecked() {
+            return Ok(());
+        }
+        let timeout = self.config.settings().request_timeout();
+        if tokio::time::timeout(timeout, sweeps.changed()).await.is_err() {
+            return Err(ForwardError::Unavailable(
+                "this machine is being swept and the sweep has not committed yet; ask again".into(),
+            ));
+        }
+        self.confirm_leading().await?;
+        self.observe_alive(&machine_id);
+        Ok(())
+    }
+
     fn observe_alive(&self, machine_id: &str) -> bool {
         self.liveness().observe(machine_id, self.mono_ms(), self.clock.wall().now_ms())
     }
@@ -1110,14 +1181,15 @@ impl Node {
         let system = |op| Command { request_id: crate::api::new_request_id(), actor: Actor::Anonymous, op };
         let timeout = self.config.settings().request_timeout();
         let local = |command| tokio::time::timeout(timeout, self.proposer.propose(command));
-        let deadline = std::time::Instant::now() + timeout;
+        let mut deadline = std::time::Instant::now() + timeout;
         if !expired.is_empty() {
             let ids: Vec<&str> = expired.iter().map(|m| m.machine_id.as_str()).collect();
             tracing::info!(count = expired.len(), term, machines = ?ids, "deregistering inactive ephemeral machines");
             crate::faults::delay_point("sweep:decided").await;
             if crate::faults::sweep_unchecked() {
                 // The fault: the decision is proposed a while after it was made.
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                deadline = std::time::Instant::now() + timeout;
             }
             // Until every member runs this build, the op its older peers can read.
             let op = match self.rules() {

@@ -31,19 +31,30 @@ pub fn create_new_readable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path`, which must not exist yet, whole or not at all: into a temporary
-/// file first (fsynced), then linked to `path` (which fails if `path` appeared meanwhile), the
-/// temporary name removed and the directory fsynced. A crash at any point leaves either no
-/// `path` or the whole file, never an empty or partial one.
+/// file of this call's own (fsynced), then linked to `path` (which fails if `path` appeared
+/// meanwhile), the directory fsynced and the temporary name removed. A crash at any point
+/// leaves either no `path` or the whole file, never an empty or partial one; two processes
+/// making the same file at once each write their own temporary file, and one of them wins.
+/// A crash may leave a temporary file behind (`.<name>.<pid>.<random>.tmp`): never read.
 fn create_new_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = temporary(path)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(format!(".{}.{}.tmp", std::process::id(), crate::secret::random_base62(8)));
+    let tmp = path.with_file_name(tmp_name);
     let mut file = open_new_mode(&tmp, mode)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     crate::faults::crash_point("create-new:written");
-    let linked = std::fs::hard_link(&tmp, path);
-    std::fs::remove_file(&tmp)?;
-    linked?;
-    sync_parent(path)
+    let linked = std::fs::hard_link(&tmp, path).and_then(|()| sync_parent(path));
+    // The file is whole at `path` (or was not linked): the temporary name goes either way, and
+    // failing to remove it costs a stray file, not the result.
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        tracing::warn!("could not remove the temporary file {}: {e}", tmp.display());
+    }
+    linked
 }
 
 /// The temporary name `path` is written under; one a crash left behind is removed (a regular

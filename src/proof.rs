@@ -81,7 +81,8 @@ impl SeenProofs {
     /// false if it was seen already.
     pub fn first_use(&self, proof: &str, now_ms: u64) -> bool {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(proof.as_bytes());
+        // The same proof in other letters' case is the same proof (hex decodes either way).
+        let digest = sha2::Sha256::digest(proof.to_ascii_lowercase().as_bytes());
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
         let minute = now_ms / 60_000;
@@ -114,6 +115,7 @@ mod tests {
         let seen = super::SeenProofs::default();
         assert!(seen.first_use("aa", 0));
         assert!(!seen.first_use("aa", 1_000), "the same proof again");
+        assert!(!seen.first_use("AA", 1_000), "in capitals, still the same proof");
         assert!(seen.first_use("bb", 1_000));
         assert!(!seen.first_use("aa", 5 * 60_000), "still within its window");
         assert!(seen.first_use("aa", 8 * 60_000), "forgotten once it could no longer be fresh");

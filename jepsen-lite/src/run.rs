@@ -305,12 +305,22 @@ fn node_back(views: &[crate::cluster::View], id: u64, leader: Option<u64>, targe
     views.iter().any(|v| v.node == id && v.leader == Some(leader) && v.last_applied_index.is_some_and(|a| a >= target))
 }
 
+/// The commit the run's binaries were built from, as far as git can tell: `HEAD`, marked
+/// `-dirty` when tracked files differ from it (a figure from such a run names no commit).
 fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => head,
+            _ => format!("{head}-dirty"),
+        },
+        None => "unknown".into(),
+    }
 }

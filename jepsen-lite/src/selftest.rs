@@ -198,10 +198,12 @@ pub const SCENARIOS: &[Scenario] = &[
         nemesis: "power",
         caught_by: &[("recovery", Kind::NodeNotBack)],
         no_lazyfs: true,
+        // Caught when a single node's power is cut a second time while it catches up (a
+        // quarter of power faults): a minute holds several.
         tries: 2,
         snapshot_every: 100,
         log_kept: 20,
-        time: Some(30),
+        time: Some(60),
         ..BASE
     },
     // A sweep that deletes what it decided whatever happened since, proposed a moment late:

@@ -1,6 +1,7 @@
 //! `POST /api/cluster/backup` (operator key): a consistent backup of the whole state, streamed
-//! from the leader. Another node answers 307 to the leader's address (the CLI follows it with
-//! the same key). The answer's headers carry the backup's log index, term, row count and the
+//! from the leader. Another node checks the key through the leader and answers the operator
+//! 307 to the leader's address (the CLI follows it with the same key); anyone else is refused
+//! there as at the leader. The answer's headers carry the backup's log index, term, row count and the
 //! SHA-256 of the body.
 
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub const HEADER_SHA256: &str = "x-ztna-backup-sha256";
                 ("x-ztna-backup-rows" = u64, description = "Rows in it"),
                 ("x-ztna-backup-sha256" = String, description = "SHA-256 of the body, hex"),
             )),
-        (status = 307, description = "Not the leader: `Location` is the leader's backup URL (send the same key there)",
+        (status = 307, description = "Not the leader, and the key is the operator's (checked through the leader): `Location` is the leader's backup URL (send the same key there)",
             headers(("location" = String, description = "The leader's backup URL"))),
         super::openapi::Errors,
     ),

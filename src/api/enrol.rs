@@ -84,18 +84,23 @@ pub async fn handle(
     let credential = parse_credential(CredentialKind::AuthKey, &request.auth_key)
         .map(|c| format!("{}{}", CredentialKind::AuthKey.prefix(), c.id));
     match enrol(&node, request).await {
-        Err(e) if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN => {
-            match credential.and_then(|id| throttle.credential_failed(id)) {
-                Some(wait) => {
-                    crate::metrics::global().throttled();
-                    Err(ApiError::too_many_failures(wait, "this credential"))
-                }
-                None => Err(e),
+        // Failures of the auth key itself count against its id; a proof made for another node,
+        // a stale or replayed proof, or a machine's decisions say nothing about the key, and
+        // are never turned into 429 (the agent must see `wrong_server_key` to prove again).
+        Err(e) if KEY_FAILURES.contains(&e.code) => match credential.and_then(|id| throttle.credential_failed(id)) {
+            Some(wait) => {
+                crate::metrics::global().throttled();
+                Err(ApiError::too_many_failures(wait, "this credential"))
             }
-        }
+            None => Err(e),
+        },
         other => other,
     }
 }
+
+/// The enrolment refusals that are the auth key's own (a wrong secret, a spent, revoked or
+/// expired key): the throttle counts them per key id.
+const KEY_FAILURES: &[&str] = &["invalid_auth_key", "key_used", "key_exhausted", "key_revoked", "key_expired"];
 
 async fn enrol(node: &Arc<Node>, request: EnrolRequest) -> Result<Json<Enrolled>, ApiError> {
     let EnrolRequest { auth_key, hostname, node_public_key, request_id, proof, proof_issued_at, server_key } = request;
@@ -137,8 +142,9 @@ async fn enrol(node: &Arc<Node>, request: EnrolRequest) -> Result<Json<Enrolled>
             ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
         })?;
         // A proof is good for one use: a copy of it (captured, or sent twice) is refused here,
-        // whatever became of the first.
-        if !node.proof_first_use(proof) {
+        // whatever became of the first. Only proofs for a key this node knows are remembered
+        // (anyone can make proofs for made-up keys, which the state machine refuses anyway).
+        if node.auth_key_known_here(&auth_key) && !node.proof_first_use(proof) {
             return Err(OpError::ProofReplayed.into());
         }
         // Freshness is judged by cluster time only, on the leader (before proposing) and by the

@@ -170,8 +170,12 @@ async fn cluster_info(State(node): State<Arc<Node>>) -> Response {
     reply(&node.cluster_info())
 }
 
-async fn whois(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn whois(State(node): State<Arc<Node>>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     match decode::<crate::membership::WhoisRequest>(&body) {
+        // A node asks about itself only (what the registry knows of the others is theirs).
+        Ok(request) if caller.and_then(|c| c.0 .0).is_some_and(|id| id != request.node_id) => {
+            impersonation(format!("a question about node {} from another node", request.node_id))
+        }
         Ok(request) => reply(&node.whois(request.node_id)),
         Err(bad) => bad.into_response(),
     }
@@ -232,6 +236,13 @@ fn forwardable(command: &Command, caller: Option<NodeId>, rules: u32) -> Result<
     use crate::sm::model::{Actor, Op};
     let refused = |what: &str| Err(OpError::Forbidden(format!("a member does not forward {what}")));
     match (&command.actor, &command.op) {
+        (Actor::ApiKey { .. } | Actor::NodeKey { .. }, op) if crate::sm::is_system_op(op) => {
+            refused("the cluster's own ops (sweeps, last-seen times, rules, registrations)")
+        }
+        (
+            Actor::ApiKey { .. } | Actor::NodeKey { .. },
+            Op::Enrol { .. } | Op::EnrolProven { .. } | Op::EnrolChecked { .. },
+        ) => refused("an enrolment in a key's name"),
         (Actor::ApiKey { .. } | Actor::NodeKey { .. }, _) => Ok(()),
         (Actor::Anonymous, Op::EnrolChecked { checked_by, .. }) => match caller {
             Some(caller) if caller != *checked_by => refused("an enrolment another node checked"),

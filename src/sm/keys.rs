@@ -68,6 +68,15 @@ impl RekeyWindow {
     }
 }
 
+/// An org's new machines enrolled on one UTC day of cluster time (rules 4): at most its machine
+/// limit a day, so a leaked reusable key (enrolling, logging out, enrolling again) cannot add
+/// history rows without bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolDay {
+    pub day: u64,
+    pub count: u64,
+}
+
 /// An enrolment as the rules see it (from `Enrol`, `EnrolProven` or `EnrolChecked`).
 pub(crate) struct EnrolRequest<'a> {
     pub auth_key_id: &'a str,
@@ -234,6 +243,19 @@ impl KeyStore {
         record.filter(|record| record.org_id == org_id).ok_or_else(not_found)
     }
 
+    /// The machine `op` would re-key if it is an enrolment of a machine already enrolled with
+    /// its key (the node uses it to count the re-key as a sign of life before proposing).
+    pub fn machine_an_enrolment_rekeys(&self, op: &Op) -> Option<String> {
+        let (auth_key_id, node_public_key) = match op {
+            Op::Enrol { auth_key_id, node_public_key, .. }
+            | Op::EnrolProven { auth_key_id, node_public_key, .. }
+            | Op::EnrolChecked { auth_key_id, node_public_key, .. } => (auth_key_id, node_public_key),
+            _ => return None,
+        };
+        let node = (auth_key_id.clone(), node_public_key.clone());
+        self.machine_by_key_and_node.get(&node)?.values().next_back().cloned()
+    }
+
     /// What enrolment `req` does at `now`, or why it is refused; changes nothing.
     pub(crate) fn decide_enrol(&self, now: Millis, req: &EnrolRequest<'_>) -> Result<EnrolDecision, OpError> {
         let key = self.auth_key_record(req.auth_key_id).ok_or(OpError::InvalidAuthKey)?;
@@ -299,6 +321,9 @@ impl KeyStore {
         }
         if self.meta.rules >= 2 {
             self.check_machine_quota(&key.org_id)?;
+        }
+        if self.meta.rules >= 4 {
+            self.check_enrolments_today(now, &key.org_id)?;
         }
         let state = if !proven {
             MachineState::Active
@@ -444,8 +469,30 @@ impl KeyStore {
         self.machine_by_key_and_node.entry(node).or_default().insert(seq, machine.machine_id.clone());
         self.machine_by_node_key.insert(machine.node_key_id.clone(), machine.machine_id.clone());
         *self.machines_per_org.entry(machine.org_id.clone()).or_default() += 1;
+        if self.meta.rules >= 4 {
+            let row = rows::enrol_day_row(&machine.org_id);
+            let mut today: EnrolDay = self.rows.get(&row).unwrap_or_default();
+            if today.day != now / 86_400_000 {
+                today = EnrolDay { day: now / 86_400_000, count: 0 };
+            }
+            today.count += 1;
+            self.rows.put(row, &today);
+        }
         self.machines.insert(machine.machine_id.clone(), machine);
         Ok(OpOk::Enrolled(answer))
+    }
+
+    /// Refuses a new machine of `org_id` past its limit of new machines a day (its machine
+    /// limit, per UTC day of cluster time; rules 4).
+    fn check_enrolments_today(&self, now: Millis, org_id: &str) -> Result<(), OpError> {
+        let limit = self.org_limits(org_id).machines;
+        let today: EnrolDay = self.rows.get(&rows::enrol_day_row(org_id)).unwrap_or_default();
+        if today.day == now / 86_400_000 && today.count >= limit {
+            return Err(OpError::QuotaExceeded(format!(
+                "org {org_id} has enrolled its limit of {limit} new machines today (UTC); the operator can raise it with `ztna org-admin set-limits`"
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses a new machine of `org_id` past its machine limit.

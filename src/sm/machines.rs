@@ -66,11 +66,6 @@ impl KeyStore {
         let machine = machine.ok_or_else(|| OpError::NotFound(format!("no machine {machine_id:?} in this org")))?;
         if self.meta.rules >= 4 {
             self.check_reaches(grants, &machine.granted_tags, &format!("machine {machine_id}"))?;
-            let leaves_a_decision =
-                !matches!(action, MachineAction::SetTags(_) | MachineAction::Approve | MachineAction::Unquarantine);
-            if leaves_a_decision {
-                self.check_decision_room(org_id, &machine.node_public_key)?;
-            }
         }
         Ok(())
     }
@@ -146,22 +141,6 @@ impl KeyStore {
         Ok(OpOk::Machine(machine))
     }
 
-    /// Refuses a decision about a node public key the org has none about yet, once the org keeps
-    /// as many decisions as its machine limit (rules 4).
-    fn check_decision_room(&self, org_id: &str, node_public_key: &str) -> Result<(), OpError> {
-        if self.decisions.contains_key(&decision_key(org_id, node_public_key)) {
-            return Ok(());
-        }
-        let limit = self.org_limits(org_id).machines;
-        if self.decisions_per_org.get(org_id).copied().unwrap_or(0) >= limit {
-            return Err(OpError::QuotaExceeded(format!(
-                "org {org_id} remembers {limit} decisions about machines (its machine limit): let deleted machines \
-                 enrol again (allow-reenrol), or the operator can raise the limit with `ztna org-admin set-limits`"
-            )));
-        }
-        Ok(())
-    }
-
     /// Whether `actor` may let the machine with `node_public_key` enrol again: from rules 4, a
     /// tag-scoped key only a machine that was deleted with tags within its scope.
     pub(super) fn admit_allow_reenrol(
@@ -191,23 +170,53 @@ impl KeyStore {
         Ok(OpOk::Count(0))
     }
 
-    /// Replaces the decision stored under `row` (an empty one is deleted).
+    /// Replaces the decision stored under `row` (an empty one is deleted). From rules 4 an org
+    /// keeps at most as many decisions as its machine limit: a new one past that forgets the
+    /// org's oldest deletion (that machine may enrol again). An admin's action on a machine is
+    /// never refused for want of room, so a compromised machine can always be contained.
     pub(crate) fn put_decision(&mut self, row: String, decision: Decision) {
         let org = row.split('\u{0}').next().unwrap_or_default().to_string();
         let existed = self.decisions.contains_key(&row);
         if decision == Decision::default() {
-            if self.decisions.remove(&row).is_some() {
-                if let Some(count) = self.decisions_per_org.get_mut(&org) {
-                    *count = count.saturating_sub(1);
+            self.forget_decision(&org, &row);
+            return;
+        }
+        if !existed && self.meta.rules >= 4 {
+            let limit = self.org_limits(&org).machines;
+            if self.decisions_per_org.get(&org).copied().unwrap_or(0) >= limit {
+                if let Some(oldest) = self.oldest_deletion(&org) {
+                    self.forget_decision(&org, &oldest);
                 }
             }
-        } else {
-            self.decisions.insert(row.clone(), decision);
-            if !existed {
-                *self.decisions_per_org.entry(org).or_default() += 1;
-            }
+        }
+        self.decisions.insert(row.clone(), decision);
+        if !existed {
+            *self.decisions_per_org.entry(org).or_default() += 1;
         }
         self.dirty.insert(Row::Decision(row));
+    }
+
+    fn forget_decision(&mut self, org: &str, row: &str) {
+        if self.decisions.remove(row).is_some() {
+            if let Some(count) = self.decisions_per_org.get_mut(org) {
+                *count = count.saturating_sub(1);
+            }
+            if self.meta.rules >= 4 {
+                self.rows.delete(rows::decision_tags_row(row));
+            }
+        }
+        self.dirty.insert(Row::Decision(row.to_string()));
+    }
+
+    /// The org's decision about a deleted machine made longest ago (ties by key).
+    fn oldest_deletion(&self, org: &str) -> Option<String> {
+        let prefix = format!("{org}\u{0}");
+        self.decisions
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(key, d)| d.deleted.as_ref().map(|deleted| (deleted.at, key)))
+            .min()
+            .map(|(_, key)| key.clone())
     }
 
     /// Whether a machine may take `action` on itself now; changes nothing.

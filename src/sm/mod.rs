@@ -189,6 +189,7 @@ impl KeyStore {
         // The caller first: a refused credential is answered as such, whatever request id it
         // names, so nobody can learn which ids another caller used.
         self.authenticates(cmd)?;
+        system_ops_are_anonymous(self.meta.rules, cmd)?;
         if self.meta.rules < 4 {
             self.api_key_used(now, &cmd.actor);
         }
@@ -248,17 +249,36 @@ impl KeyStore {
         outcome
     }
 
-    /// The refusal `cmd` would get if applied at `now`, deciding nothing and writing nothing:
-    /// its credential, what it may do (scopes, grants, tags, org), what it names (a key, a
-    /// machine, an org), and for an enrolment the key's state (spent, revoked, expired), its
-    /// proof's age and the machine's decisions. The request memory is not consulted (a retry
-    /// is answered from it; see [`KeyStore::is_remembered`]). The leader refuses with this
-    /// before Raft; every op's rules run it first when applied, so the two cannot differ.
+    /// The refusal `cmd` would get if applied at `now`, deciding nothing and writing nothing,
+    /// in the order [`KeyStore::apply_entry`] decides: its credential; then, for a request id
+    /// the caller used before, what the request memory answers (a copy of the same command goes
+    /// on, to be answered from memory; another command under that id is refused); else what it
+    /// may do (scopes, grants, tags, org), what it names (a key, a machine, an org), and for an
+    /// enrolment the key's state (spent, revoked, expired), its proof's age, the machine's
+    /// decisions and its re-keys. The leader refuses with this before Raft; every op's rules
+    /// run the same functions first when applied, so the two cannot differ.
     pub fn admit(&self, cmd: &Command, now: Millis) -> Result<(), OpError> {
         self.authenticates(cmd)?;
         if self.meta.rules < 2 {
             return Ok(());
         }
+        system_ops_are_anonymous(self.meta.rules, cmd)?;
+        if let Some(seen) = self.remembered(cmd) {
+            return if seen.digest == command_digest(cmd) || is_retried_create(cmd, &seen) {
+                Ok(())
+            } else if matches!(cmd.op, Op::Enrol { .. }) {
+                self.admit_op(cmd, now)
+            } else if matches!(cmd.op, Op::EnrolProven { .. } | Op::EnrolChecked { .. }) {
+                Err(OpError::ProofReplayed)
+            } else {
+                Err(OpError::RequestIdReused(cmd.request_id.clone()))
+            };
+        }
+        self.admit_op(cmd, now)
+    }
+
+    /// [`KeyStore::admit`]'s decision of the op itself.
+    fn admit_op(&self, cmd: &Command, now: Millis) -> Result<(), OpError> {
         let actor = &cmd.actor;
         match &cmd.op {
             Op::RetireNode { .. } if *actor == Actor::Anonymous && self.meta.rules >= 4 => Ok(()),
@@ -391,6 +411,31 @@ impl KeyStore {
             }
         }
     }
+}
+
+/// Whether `op` is the cluster's own (proposed by its leader, never by a client): a sweep,
+/// last-seen times, rules adoption, a node's registration, the initialisation.
+pub fn is_system_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::InitCluster { .. }
+            | Op::DeregisterInactive { .. }
+            | Op::SweepInactive { .. }
+            | Op::SweepSilent { .. }
+            | Op::RecordLastSeen { .. }
+            | Op::AdoptRules { .. }
+            | Op::RegisterNode { .. }
+    )
+}
+
+/// From rules 4 the cluster's own ops carry no credential: one that names a client's (an API
+/// key's or a node key's, whose hashes every member holds) is refused, so no member forwards
+/// one in a client's name.
+fn system_ops_are_anonymous(rules: u32, cmd: &Command) -> Result<(), OpError> {
+    if rules >= 4 && is_system_op(&cmd.op) && cmd.actor != Actor::Anonymous {
+        return Err(OpError::Forbidden("the cluster's own ops carry no client's credential".into()));
+    }
+    Ok(())
 }
 
 /// An enrolment op as the rules read it.

@@ -192,8 +192,10 @@ impl KeyStore {
                 self.api_keys.get(api_key_id).cloned().map(Answer::ApiKey).ok_or(OpError::Unauthorized)
             }
             Query::GetAuthKey { org_id, key_id } => {
+                // The unpaged form (an older build's): its first page only, so no read holds
+                // the state over a whole history.
                 let record = self.visible_key(org_id, key_id, &grants)?;
-                let enrolments = self.enrolments_of(key_id);
+                let (enrolments, _) = self.enrolment_page(key_id, MAX_HISTORY_PAGE, None);
                 Ok(Answer::AuthKey { record, enrolments, as_of: self.clock() })
             }
             Query::GetAuthKeyPage { org_id, key_id, limit, after_seq } => {

@@ -22,12 +22,6 @@ impl KeyStore {
         })
     }
 
-    /// Whether `cmd`'s request id is remembered: the state machine will answer it from memory
-    /// (a retry), so nothing may be decided about it before Raft.
-    pub fn is_remembered(&self, cmd: &Command) -> bool {
-        self.remembered(cmd).is_some()
-    }
-
     /// Remembers `outcome` under the request row `row` until [`REQUEST_MEMORY_MS`] has passed.
     pub(super) fn remember(&mut self, now: Millis, row: Vec<u8>, digest: [u8; 32], outcome: Outcome) {
         self.rows.put(rows::request_expiry_row(now, &row), &());

@@ -49,6 +49,7 @@ stored_as_is!(
     super::nodes::NodeRecord,
     super::keys::RekeyLog,
     super::keys::RekeyWindow,
+    super::keys::EnrolDay,
     Vec<String>
 );
 
@@ -98,6 +99,8 @@ const TAG_REKEY_LOG: u8 = b'x';
 const TAG_REKEY_WINDOW: u8 = b'y';
 /// The granted tags of a machine an admin deleted, beside its decision (rules 4).
 const TAG_DECISION_TAGS: u8 = b'g';
+/// An org's new machines enrolled on the current UTC day (rules 4).
+const TAG_ENROL_DAY: u8 = b'z';
 
 /// The row layout this build writes. 1: every table in memory, no index rows. 2: auth keys,
 /// enrolments and requests only in rows, with index rows for listings and request expiry.
@@ -155,6 +158,10 @@ pub(crate) fn rekey_log_row(machine_id: &str) -> Vec<u8> {
 
 pub(crate) fn rekey_window_row(auth_key_id: &str) -> Vec<u8> {
     tagged(TAG_REKEY_WINDOW, auth_key_id)
+}
+
+pub(crate) fn enrol_day_row(org_id: &str) -> Vec<u8> {
+    tagged(TAG_ENROL_DAY, org_id)
 }
 
 /// Beside decision `decision_key` (`org 0x00 node public key`).

@@ -1147,6 +1147,45 @@ fn re_keys_are_rate_limited_and_their_history_bounded_per_machine() {
 }
 
 #[test]
+fn an_org_enrols_at_most_its_machine_limit_of_new_machines_a_day() {
+    let mut f = Fixture::new();
+    let limits =
+        Op::SetOrgLimits { org_id: "org_a".into(), limits: Some(OrgLimits { auth_keys_per_day: 100, machines: 3 }) };
+    f.run(T0, f.operator.clone(), limits).unwrap();
+    f.create(T0, "ak_r", true, None);
+    // A leaked reusable key: enrol, log out, enrol again — each a new machine and a history row.
+    for n in 0..3 {
+        let node = format!("n{n}");
+        f.enrol(T0 + 1 + n, "ak_r", &node).unwrap();
+        f.run(T0 + 1 + n, node_actor(&node), Op::MachineSelf { action: SelfAction::Logout }).unwrap();
+    }
+    let refused = f.enrol(T0 + 10, "ak_r", "n9");
+    assert!(matches!(&refused, Err(OpError::QuotaExceeded(m)) if m.contains("today")), "{refused:?}");
+    let admitted = f.store.admit(
+        &Command {
+            request_id: "z".into(),
+            actor: Actor::Anonymous,
+            op: Op::EnrolProven {
+                auth_key_id: "ak_r".into(),
+                auth_key_hash: hash("ak_r"),
+                hostname: "h".into(),
+                node_public_key: "n9".into(),
+                machine_id: "m_n9z".into(),
+                node_key: cred("n9z"),
+                proved_at: T0 + 10,
+            },
+        },
+        T0 + 10,
+    );
+    assert_eq!(admitted, refused.map(|_| ()), "refused before Raft alike");
+    assert_eq!(f.store.enrolments_of("ak_r").len(), 3, "no row for the refusal");
+    // The machines already enrolled re-key as before; the next day, new ones enrol again.
+    let next_day = T0 + 86_400_000;
+    f.create(next_day, "ak_s", true, None);
+    assert!(f.enrol(next_day + 1, "ak_s", "n9").is_ok());
+}
+
+#[test]
 fn an_orgs_decisions_are_bounded_by_its_machine_limit() {
     let mut f = Fixture::new();
     let limits =
@@ -1157,13 +1196,16 @@ fn an_orgs_decisions_are_bounded_by_its_machine_limit() {
         f.enrol(T0 + 1, "ak_r", node).unwrap();
         admin_op(&mut f, &format!("m_{node}"), MachineAction::Delete).unwrap();
     }
-    f.enrol(T0 + 2, "ak_r", "n3").unwrap();
-    let refused = admin_op(&mut f, "m_n3", MachineAction::Quarantine);
-    assert!(matches!(refused, Err(OpError::QuotaExceeded(_))), "a third decision: {refused:?}");
-    // Letting one back frees room.
-    let allow = Op::AllowReenrol { org_id: "org_a".into(), node_public_key: "n1".into() };
-    f.run(T0 + 3, f.admin.clone(), allow).unwrap();
+    // A day later (two new machines a day at most, like two at once).
+    let next_day = T0 + 86_400_000;
+    f.create(next_day, "ak_s", true, None);
+    f.enrol(next_day + 1, "ak_s", "n3").unwrap();
+    // A third decision is never refused (a compromised machine can always be contained): the
+    // org forgets its oldest deletion instead.
     assert!(admin_op(&mut f, "m_n3", MachineAction::Quarantine).is_ok());
+    assert_eq!(f.store.decisions.len(), 2, "decisions stay within the machine limit");
+    assert!(!f.store.decisions.keys().any(|k| k.ends_with("\u{0}n1")), "the oldest deletion is forgotten");
+    assert!(f.store.decisions.keys().any(|k| k.ends_with("\u{0}n2")), "the later one is kept");
 }
 
 #[test]

@@ -25,6 +25,9 @@ use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// A purge waiting for a snapshot install (see [`Purging`]): written, synced, before the
+/// install's first entries can be appended; removed by the purge that reaches it.
+const KEY_PENDING_PURGE: &[u8] = b"pending_purge";
 
 /// The log store. Clones share the database and the syncer.
 #[derive(Clone)]
@@ -42,11 +45,20 @@ pub struct LogStore {
 /// Moves of the log's purge point, one at a time: openraft's purges here, and a snapshot
 /// install's, which purges the log up to the snapshot in the same synced batch that makes its
 /// rows the state (`state_machine`). Shared by the log store and the state machine.
+///
+/// While a snapshot install is under way, openraft 0.9 already counts the snapshot's entries as
+/// committed and appends what follows them, below which the log still ends where it ended
+/// before (a hole). Such appends are written but not acknowledged until the install has
+/// purged the log up to the snapshot (`pending`): a crash in between leaves a hole followed
+/// only by entries nobody counted on, which [`repair_unfinished_install`] removes at the next
+/// open, so the node starts from its old log and state.
 #[derive(Clone, Default)]
 pub(crate) struct Purging {
     lock: Arc<std::sync::Mutex<()>>,
     /// A snapshot install finished since the log syncer last looked (for a crash point).
     installed: Arc<std::sync::atomic::AtomicBool>,
+    /// The purge an install awaits: the syncer acknowledges nothing until it is done.
+    pending: Arc<(std::sync::Mutex<Option<u64>>, std::sync::Condvar)>,
 }
 
 impl Purging {
@@ -58,6 +70,62 @@ impl Purging {
     pub(crate) fn installed(&self) {
         self.installed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// The log is durably purged up to `index`: a pending purge it reaches is done.
+    pub(crate) fn purged_through(&self, index: u64) {
+        let (pending, done) = &*self.pending;
+        let mut pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.is_some_and(|target| target <= index) {
+            *pending = None;
+            done.notify_all();
+        }
+    }
+
+    fn await_pending(&self, index: u64) {
+        let (pending, _) = &*self.pending;
+        let mut pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *pending = Some(pending.map_or(index, |target| target.max(index)));
+    }
+
+    /// Blocks while a purge an install awaits is not done.
+    fn wait_no_pending(&self) {
+        let (pending, done) = &*self.pending;
+        let mut pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while pending.is_some() {
+            pending = done.wait(pending).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// At open: if a snapshot install was under way when the node stopped (a pending purge the log
+/// has not reached), the entries above the snapshot were appended during the install and never
+/// acknowledged: they are removed (with the commit hint, which may name them), so the log has
+/// no hole and the node starts from its old log and state; the leader sends them again.
+fn repair_unfinished_install(db: &DB) -> Result<(), StorageError> {
+    let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
+    let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE).map_err(|e| read_err(&e))? else {
+        return Ok(());
+    };
+    let pending: u64 = codec::decode(&bytes).map_err(|e| read_err(&e))?;
+    let purged = match db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
+        Some(bytes) => codec::decode::<LogId>(&bytes).map_err(|e| read_err(&e))?.index,
+        None => 0,
+    };
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE);
+    if purged < pending {
+        tracing::warn!(
+            pending,
+            purged,
+            "a snapshot install did not finish before the node stopped: dropping the log entries appended \
+             during it (never acknowledged)"
+        );
+        batch.delete_range_cf(cf(db, CF_LOG), index_key(pending + 1), index_key(u64::MAX));
+        batch.delete_cf(cf(db, CF_RAFT), KEY_COMMITTED);
+    }
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
 }
 
 /// Adds to `batch` the deletion of the log up to `log_id` and the new purge point, unless the
@@ -74,18 +142,28 @@ pub(crate) fn add_purge(db: &DB, batch: &mut WriteBatch, log_id: LogId) -> Resul
     let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
     batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
     batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+    if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE).map_err(|e| read_err(&e))? {
+        if codec::decode::<u64>(&bytes).map_err(|e| read_err(&e))? <= log_id.index {
+            batch.delete_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE);
+        }
+    }
     Ok(())
 }
 
 impl LogStore {
     /// `applied`: how far the state machine has durably applied; purges never go past it.
-    pub(crate) fn new(db: Arc<DB>, applied: Option<super::AppliedGate>, purging: Purging) -> Self {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        applied: Option<super::AppliedGate>,
+        purging: Purging,
+    ) -> Result<Self, StorageError> {
+        repair_unfinished_install(&db)?;
         let (syncer, waiting) = mpsc::channel();
         let sync_db = db.clone();
-        let installed = purging.installed.clone();
+        let sync_purging = purging.clone();
         std::thread::Builder::new()
             .name("ztna-log-sync".into())
-            .spawn(move || run_syncer(&sync_db, &waiting, &installed))
+            .spawn(move || run_syncer(&sync_db, &waiting, &sync_purging))
             .map(drop)
             .unwrap_or_else(|e| tracing::error!("cannot start the log syncer thread: {e}"));
         let deferred = applied.as_ref().map(|gate| {
@@ -93,7 +171,17 @@ impl LogStore {
             tokio::spawn(purge_when_applied(db.clone(), purging.clone(), gate.clone(), deferred.clone()));
             deferred
         });
-        LogStore { db, syncer, deferred, applied, purging }
+        Ok(LogStore { db, syncer, deferred, applied, purging })
+    }
+
+    /// A purge a snapshot install awaits, up to `index`: recorded (synced) and held to.
+    fn pending_purge(&self, index: u64) -> Result<(), StorageError> {
+        self.purging.await_pending(index);
+        let pending = self.get_meta::<u64>(KEY_PENDING_PURGE)?.map_or(index, |p| p.max(index));
+        let mut batch = WriteBatch::default();
+        let bytes = codec::encode(&pending).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_PENDING_PURGE, bytes);
+        self.write(batch, true).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -121,7 +209,9 @@ fn purge_now(db: &DB, purging: &Purging, log_id: LogId) -> Result<(), StorageErr
     }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+    purging.purged_through(log_id.index);
+    Ok(())
 }
 
 /// Does the purges that had to wait for the state machine (a snapshot being installed), once it
@@ -169,7 +259,7 @@ impl Deferred {
 }
 
 /// Waits for append callbacks, fsyncs the WAL once per group, then acknowledges the group.
-fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>, installed: &std::sync::atomic::AtomicBool) {
+fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>, purging: &Purging) {
     if crate::faults::ack_before_fsync() {
         return run_lazy_syncer(db, waiting);
     }
@@ -182,7 +272,10 @@ fn run_syncer(db: &DB, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>, install
         if let Err(e) = &result {
             tracing::error!("fsync of the Raft log failed: {e}");
         }
-        if installed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        // Entries appended during a snapshot install are acknowledged once it purged the log up
+        // to the snapshot (see `Purging`).
+        purging.wait_no_pending();
+        if purging.installed.swap(false, std::sync::atomic::Ordering::Relaxed) {
             // The first entries after a snapshot install are durable now.
             crate::faults::crash_point("append:after-install");
         }
@@ -322,10 +415,97 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft) until the install has reached it.
         match (&self.applied, &self.deferred) {
             (Some(applied), Some(deferred)) if !applied.reached(log_id.index) => {
+                // Recorded, synced, before openraft appends past the snapshot (it does so only
+                // once this returns): no append is acknowledged until the purge is done. (The
+                // fault `install_defers_purge` is the build before this: neither.)
+                if !crate::faults::install_defers_purge() {
+                    self.pending_purge(log_id.index)?;
+                }
                 deferred.ask(log_id);
                 Ok(())
             }
             _ => purge_now(&self.db, &self.purging, log_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    /// What `append` writes, without its acknowledgement (openraft's callback cannot be made here).
+    fn write_entries(log: &LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let mut batch = WriteBatch::default();
+        for index in indexes {
+            batch.put_cf(cf(&log.db, CF_LOG), index_key(index), codec::encode(&entry(index)).unwrap());
+        }
+        log.write(batch, true).unwrap();
+    }
+
+    /// The log store over `dir`'s database, as a node opens it (the repair included), once the
+    /// previous one let go of it (its syncer thread ends a moment after it was dropped).
+    fn open(dir: &std::path::Path) -> LogStore {
+        for _ in 0..100 {
+            if let Ok(db) = crate::store::open_db(dir) {
+                return LogStore::new(db, None, Purging::default()).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the database did not open again");
+    }
+
+    async fn indexes(log: &mut LogStore) -> Vec<u64> {
+        log.try_get_log_entries(0..).await.unwrap().iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn entries_appended_during_an_unfinished_install_are_dropped_at_open_and_leave_no_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(dir.path());
+            write_entries(&log, 1..=5);
+            // openraft hands over a snapshot up to 10 and purges up to it: the state machine has
+            // not installed it, so the purge waits (and is recorded); then openraft appends what
+            // follows the snapshot.
+            log.pending_purge(10).unwrap();
+            write_entries(&log, 11..=13);
+            assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5, 11, 12, 13], "a hole before the install ends");
+        }
+        // The node stops before the install finished: it opens on its old log, without a hole.
+        let mut log = open(dir.path());
+        assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        // Entries appended after that open are kept at the next one.
+        write_entries(&log, 6..=7);
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn entries_appended_after_a_finished_install_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = open(dir.path());
+            write_entries(&log, 1..=5);
+            log.pending_purge(10).unwrap();
+            // The install's last batch purges up to the snapshot, synced (see `state_machine`).
+            let one_at_a_time = log.purging.lock();
+            let mut batch = WriteBatch::default();
+            add_purge(&log.db, &mut batch, entry(10).log_id).unwrap();
+            log.write(batch, true).unwrap();
+            drop(one_at_a_time);
+            log.purging.purged_through(10);
+            write_entries(&log, 11..=13);
+        }
+        let mut log = open(dir.path());
+        assert_eq!(indexes(&mut log).await, vec![11, 12, 13]);
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id.map(|l| l.index), Some(10));
     }
 }

@@ -52,7 +52,8 @@ pub enum OpenError {
 pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = open_db(data_dir)?;
     let sm = StateMachineStore::open(db.clone(), data_dir).await?;
-    let log = LogStore::new(db, Some(sm.applied_gate()), sm.purging());
+    let log = LogStore::new(db, Some(sm.applied_gate()), sm.purging())
+        .map_err(|e| OpenError::Corrupt { path: data_dir.display().to_string(), message: e.to_string() })?;
     Ok((log, sm))
 }
 

@@ -346,6 +346,9 @@ fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta, purging: &supe
         super::log::add_purge(db, &mut batch, last).map_err(|e| e.to_string())?;
     }
     db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
+    if let (Some(last), false) = (meta.last_log_id, crate::faults::install_defers_purge()) {
+        purging.purged_through(last.index);
+    }
     purging.installed();
     Ok(())
 }

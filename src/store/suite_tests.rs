@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         // The suite purges entries it never applied: no applied gate here.
         let db = super::open_db(dir.path()).map_err(failed)?;
         let sm = StateMachineStore::open(db.clone(), dir.path()).await.map_err(failed)?;
-        Ok((dir, LogStore::new(db, None, super::log::Purging::default()), sm))
+        Ok((dir, LogStore::new(db, None, super::log::Purging::default())?, sm))
     }
 }
 

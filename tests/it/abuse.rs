@@ -382,3 +382,41 @@ async fn an_api_certificate_cannot_answer_as_a_node() {
         (impostor.handshakes.load(Ordering::Relaxed), impostor.requests.load(Ordering::Relaxed));
     assert_eq!((handshakes, requests), (0, 0), "the leader took an API certificate for node {gone}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_carries_many_clients_and_each_is_throttled_alone() {
+    let cluster = Cluster::start_with("trusted_proxies = [\"127.0.0.5\"]").await;
+    let leader = cluster.wait_ready().await;
+    let to: SocketAddr = cluster.node(leader).api_addr.parse().expect("api address");
+    // The proxy holds more connections than one address may (256): they are its clients'.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let answered = Arc::new(AtomicU64::new(0));
+    let proxy = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    let held: Vec<_> =
+        (0..300).map(|_| tokio::spawn(healthz_forever(proxy, to, stopped.clone(), answered.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let served = answered.load(Ordering::Relaxed);
+    let _ = stop.send(true);
+    for task in held {
+        task.abort();
+    }
+    assert!(served >= 300, "a trusted proxy's 300 connections got {served} answers");
+
+    // Through the proxy, one client guesses keys: that client is held, the next one is not.
+    let via_proxy = client_from(5);
+    let url = format!("{}/api/key-management", cluster.url(leader));
+    let body = json!({"action": "list_auth_keys", "org_id": cluster.org_id});
+    let guess = |n: u64| format!("tskey-api-{:0>12}-{:0>32}", n, n);
+    let mut statuses = Vec::new();
+    for n in 0..40 {
+        let r = via_proxy.post(&url).header("x-forwarded-for", "203.0.113.7").bearer_auth(guess(n)).json(&body).send();
+        statuses.push(r.await.map(|r| r.status().as_u16()).unwrap_or(0));
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 401) && statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
+    let r = via_proxy.post(&url).header("x-forwarded-for", "203.0.113.8").bearer_auth(guess(99)).json(&body).send();
+    assert_eq!(r.await.map(|r| r.status().as_u16()).unwrap_or(0), 401, "another client behind the proxy is not held");
+    // A stranger cannot pick its own address with the header.
+    let stranger = client_from(6);
+    let r = stranger.post(&url).header("x-forwarded-for", "203.0.113.9").bearer_auth(guess(98)).json(&body).send();
+    assert_eq!(r.await.map(|r| r.status().as_u16()).unwrap_or(0), 401);
+}

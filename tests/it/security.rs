@@ -50,6 +50,11 @@ async fn a_cluster_is_initialised_only_with_its_bootstrap_token() {
         cluster.spawn(id);
     }
     let leader = cluster.wait_ready().await;
+    // Its internals are the bootstrap token's to read; health is anyone's.
+    let view = cluster.http.get(format!("{}/api/cluster", cluster.url(leader))).send().await.unwrap();
+    assert_eq!(view.status(), 401, "the cluster's view without a credential");
+    let health = cluster.http.get(format!("{}/healthz", cluster.url(leader))).send().await.unwrap();
+    assert_eq!(health.status(), 200);
     let before = last_log_index(&cluster, leader).await;
     let body = json!({"org_name": "mine now"});
     let (status, answer) = cluster.post(leader, "/api/cluster/init", &body, None).await;
@@ -138,14 +143,18 @@ async fn a_thousand_writes_with_unknown_credentials_cost_no_log_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_send_their_headers_are_closed_and_health_answers_meanwhile() {
     let cluster = Cluster::start_with("header_read_timeout_ms = 2000").await;
-    let addr = cluster.node(1).api_addr.clone();
-    let mut idle: Vec<std::net::TcpStream> = (0..300)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("half a request");
-            s
-        })
-        .collect();
+    let addr: std::net::SocketAddr = cluster.node(1).api_addr.parse().expect("address");
+    // From an address of their own (the test client's keeps its share).
+    let mut idle: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.2:0".parse().expect("address")).expect("bind");
+        let s = socket.connect(addr).await.expect("connect").into_std().expect("std");
+        s.set_nonblocking(false).expect("blocking");
+        let mut s = s;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("half a request");
+        idle.push(s);
+    }
     let (status, _) = cluster.post(1, "/healthz", &json!({}), None).await;
     assert_ne!(status, 0, "the node answers while 300 slow clients wait");
     let health = cluster.http.get(format!("{}/healthz", cluster.url(1))).send().await.expect("healthz");
