@@ -211,8 +211,10 @@ async fn accept(
     let address = client_key(peer.ip());
     // The public listener counts per address, from the first byte; the internal one per member,
     // once the certificate says which.
+    // A trusted proxy carries many clients: it is counted in the totals only.
+    let proxy = matches!(&clients, Clients::Public { trusted_proxies } if trusted_proxies.iter().any(|c| c.contains(peer.ip())));
     let _per_address = match &clients {
-        Clients::Public { trusted_proxies } if !trusted_proxies.iter().any(|c| c.contains(peer.ip())) => {
+        Clients::Public { .. } if !proxy => {
             Some(shared.per_address.take(address).ok_or("too many connections from this address")?)
         }
         Clients::Public { .. } | Clients::Members(_) => None,
@@ -227,8 +229,12 @@ async fn accept(
     let stream = {
         let _handshake =
             shared.handshakes.clone().try_acquire_owned().map_err(|_| "too many TLS handshakes at once")?;
-        let _from_here =
-            shared.handshakes_per_address.take(address).ok_or("too many TLS handshakes from this address")?;
+        let _from_here = match proxy {
+            true => None,
+            false => {
+                Some(shared.handshakes_per_address.take(address).ok_or("too many TLS handshakes from this address")?)
+            }
+        };
         match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(format!("TLS handshake refused: {e}")),

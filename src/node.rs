@@ -837,7 +837,10 @@ impl Node {
         }
         // A re-key is a sign of life from the moment it is proposed: a sweep decided while it
         // commits must not judge the machine by its old timer (and see the new node key).
-        if let Some(machine_id) = read_state(&self.state).store.machine_an_enrolment_rekeys(&command.op) {
+        // (The state lock is let go before the liveness lock is taken: the sweep takes them in
+        // the other order.)
+        let rekeyed = read_state(&self.state).store.machine_an_enrolment_rekeys(&command.op);
+        if let Some(machine_id) = rekeyed {
             self.liveness().alive(&machine_id, self.mono_ms());
         }
         let outcome = self.proposer.propose(command).await?;

@@ -423,7 +423,7 @@ impl KeyStore {
             // Enrolled again with another auth key: the operator gave it a fresh one.
             let mut cleared = self.decisions.get(&row).cloned().unwrap_or_default();
             cleared.node_key_revoked_for = None;
-            self.put_decision(row, cleared);
+            self.put_decision(row, cleared, None);
         }
         let seq = self.next_seq();
         let (approved_by, approved_at) =

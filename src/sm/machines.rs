@@ -79,6 +79,9 @@ impl KeyStore {
         action: &MachineAction,
     ) -> Outcome {
         self.admit_machine_admin(actor, org_id, machine_id, action)?;
+        // What its decisions may push out when the org is at its limit (see `put_decision`).
+        let scope = self.authorize_org_for(actor, org_id, Permission::Machines)?.tags.clone();
+        let scope = scope.as_deref();
         let admin = match actor {
             Actor::ApiKey { api_key_id, .. } => api_key_id.clone(),
             _ => "?".to_string(),
@@ -127,7 +130,7 @@ impl KeyStore {
                 }
                 if rules >= 3 {
                     decision.deleted = Some(Actioned { by: admin, at: now });
-                    self.put_decision(row, decision);
+                    self.put_decision(row, decision, scope);
                 }
                 self.remove_machine(machine_id, now, DeregisterReason::Deleted);
                 return Ok(OpOk::MachineRemoved { machine_id: machine_id.to_string() });
@@ -136,7 +139,7 @@ impl KeyStore {
         let machine = machine.clone();
         self.dirty.insert(Row::Machine(machine_id.to_string()));
         if rules >= 3 {
-            self.put_decision(row, decision);
+            self.put_decision(row, decision, scope);
         }
         Ok(OpOk::Machine(machine))
     }
@@ -166,15 +169,18 @@ impl KeyStore {
         if self.meta.rules >= 4 {
             self.rows.delete(rows::decision_tags_row(&row));
         }
-        self.put_decision(row, decision);
+        self.put_decision(row, decision, None);
         Ok(OpOk::Count(0))
     }
 
     /// Replaces the decision stored under `row` (an empty one is deleted). From rules 4 an org
-    /// keeps at most as many decisions as its machine limit: a new one past that forgets the
-    /// org's oldest deletion (that machine may enrol again). An admin's action on a machine is
-    /// never refused for want of room, so a compromised machine can always be contained.
-    pub(crate) fn put_decision(&mut self, row: String, decision: Decision) {
+    /// keeps about as many decisions as its machine limit: a new one past that forgets the
+    /// org's oldest deletion that its maker could have allowed back (`scope`: the tag scope of
+    /// the API key deciding, `None` for one without), so a tag-scoped key never frees a machine
+    /// an admin deleted outside its tags; when there is none, the new one is kept over the
+    /// limit (one more: the next one may push it out). An admin's action on a machine is never
+    /// refused for want of room, so a compromised machine can always be contained.
+    pub(crate) fn put_decision(&mut self, row: String, decision: Decision, scope: Option<&[String]>) {
         let org = row.split('\u{0}').next().unwrap_or_default().to_string();
         let existed = self.decisions.contains_key(&row);
         if decision == Decision::default() {
@@ -184,7 +190,7 @@ impl KeyStore {
         if !existed && self.meta.rules >= 4 {
             let limit = self.org_limits(&org).machines;
             if self.decisions_per_org.get(&org).copied().unwrap_or(0) >= limit {
-                if let Some(oldest) = self.oldest_deletion(&org) {
+                if let Some(oldest) = self.oldest_deletion(&org, scope) {
                     self.forget_decision(&org, &oldest);
                 }
             }
@@ -208,12 +214,20 @@ impl KeyStore {
         self.dirty.insert(Row::Decision(row.to_string()));
     }
 
-    /// The org's decision about a deleted machine made longest ago (ties by key).
-    fn oldest_deletion(&self, org: &str) -> Option<String> {
+    /// The org's decision about a deleted machine made longest ago (ties by key) that a key of
+    /// tag scope `scope` could allow back: with a scope, only one about a machine deleted with
+    /// tags, all within it.
+    fn oldest_deletion(&self, org: &str, scope: Option<&[String]>) -> Option<String> {
         let prefix = format!("{org}\u{0}");
+        let allowed_back = |key: &String| {
+            let Some(scope) = scope else { return true };
+            let tags: Vec<String> = self.rows.get(&rows::decision_tags_row(key)).unwrap_or_default();
+            !tags.is_empty() && tags.iter().all(|t| scope.contains(t))
+        };
         self.decisions
             .range(prefix.clone()..)
             .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter(|(key, _)| allowed_back(key))
             .filter_map(|(key, d)| d.deleted.as_ref().map(|deleted| (deleted.at, key)))
             .min()
             .map(|(_, key)| key.clone())

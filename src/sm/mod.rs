@@ -263,7 +263,10 @@ impl KeyStore {
             return Ok(());
         }
         system_ops_are_anonymous(self.meta.rules, cmd)?;
-        if let Some(seen) = self.remembered(cmd) {
+        // A memory past its time is one apply may forget first (it forgets a bounded number
+        // per entry): not refused for it here.
+        let fresh = |seen: &RememberedRequest| now.saturating_sub(seen.at) < REQUEST_MEMORY_MS;
+        if let Some(seen) = self.remembered(cmd).filter(fresh) {
             return if seen.digest == command_digest(cmd) || is_retried_create(cmd, &seen) {
                 Ok(())
             } else if matches!(cmd.op, Op::Enrol { .. }) {

@@ -283,11 +283,14 @@ fn a_retried_request_id_applies_once_and_a_reused_one_is_refused() {
     assert_eq!(f.run_cmd(T0 + 6, resent), first);
     assert!(f.store.auth_key("ak_2").is_none());
     // Another request under the same id is refused.
-    let mut different = cmd;
+    let mut different = cmd.clone();
     let other = AuthKeySpec::new(true, false, 3600, vec![], String::new(), None, MIN_EXPIRY_SECS).unwrap();
     different.op = Op::CreateAuthKey { org_id: "org_a".into(), key: cred("ak_3"), spec: other };
-    assert_eq!(f.run_cmd(T0 + 7, different), Err(OpError::RequestIdReused("same".into())));
+    assert_eq!(f.run_cmd(T0 + 7, different.clone()), Err(OpError::RequestIdReused("same".into())));
     assert!(f.store.auth_key("ak_3").is_none());
+    // Past the window, before any entry made apply forget it, the leader's pre-check does not
+    // refuse it either: apply forgets first.
+    assert_eq!(f.store.admit(&different, T0 + REQUEST_MEMORY_MS + 1), Ok(()));
     // After the memory window the id is forgotten.
     f.run(T0 + REQUEST_MEMORY_MS + 1, Actor::Anonymous, Op::CreateOrg { org_id: "x".into(), name: "x".into() })
         .unwrap_err();
@@ -1048,6 +1051,16 @@ impl Scoped {
         self.f.enrol(T0 + 1, key, node).unwrap();
         format!("m_{node}")
     }
+
+    /// A machine enrolled at `time` with a key tagged `tag` the admin makes then.
+    fn machine_at(&mut self, time: Millis, tag: &str, node: &str) -> String {
+        let key = format!("ak_{node}");
+        let spec = AuthKeySpec::new(true, false, 3600, vec![tag.into()], String::new(), None, MIN_EXPIRY_SECS).unwrap();
+        let op = Op::CreateAuthKeyWith { org_id: "org_a".into(), key: cred(&key), spec, preauthorized: false };
+        self.f.run(time, self.f.admin.clone(), op).unwrap();
+        self.f.enrol(time + 1, &key, node).unwrap();
+        format!("m_{node}")
+    }
 }
 
 #[test]
@@ -1206,6 +1219,40 @@ fn an_orgs_decisions_are_bounded_by_its_machine_limit() {
     assert_eq!(f.store.decisions.len(), 2, "decisions stay within the machine limit");
     assert!(!f.store.decisions.keys().any(|k| k.ends_with("\u{0}n1")), "the oldest deletion is forgotten");
     assert!(f.store.decisions.keys().any(|k| k.ends_with("\u{0}n2")), "the later one is kept");
+}
+
+#[test]
+fn a_tag_scoped_keys_decisions_never_push_out_an_admins_deletion_outside_its_tags() {
+    let mut s = Scoped::new();
+    let limits =
+        Op::SetOrgLimits { org_id: "org_a".into(), limits: Some(OrgLimits { auth_keys_per_day: 100, machines: 2 }) };
+    s.f.run(T0, s.f.operator.clone(), limits).unwrap();
+    // An admin deletes a compromised tag:prod machine; the tag:ci key then deletes its own.
+    let prod = s.machine("ak_prod", "p1");
+    let delete = |machine: &str| Op::MachineAdmin {
+        org_id: "org_a".into(),
+        machine_id: machine.to_string(),
+        action: MachineAction::Delete,
+    };
+    s.f.run(T0 + 2, s.f.admin.clone(), delete(&prod)).unwrap();
+    let mut day = T0;
+    for n in 0..4 {
+        day += 86_400_000;
+        let machine = s.machine_at(day, "tag:ci", &format!("c{n}"));
+        s.f.run(day + 1, s.ci.clone(), delete(&machine)).unwrap();
+    }
+    assert!(
+        s.f.store.decisions.keys().any(|k| k.ends_with("\u{0}p1")),
+        "the admin's deletion of the tag:prod machine is kept"
+    );
+    assert!(s.f.store.decisions.len() <= 3, "and the org's decisions stay bounded: {}", s.f.store.decisions.len());
+    // The org's unscoped key does push it out (it could have allowed it back).
+    for n in 0..2 {
+        day += 86_400_000;
+        let machine = s.machine_at(day, "tag:ci", &format!("a{n}"));
+        s.f.run(day + 1, s.f.admin.clone(), delete(&machine)).unwrap();
+    }
+    assert!(!s.f.store.decisions.keys().any(|k| k.ends_with("\u{0}p1")), "the admin's own decisions make room");
 }
 
 #[test]

@@ -107,16 +107,13 @@ fn repair_unfinished_install(db: &DB) -> Result<(), StorageError> {
         return Ok(());
     };
     let pending: u64 = codec::decode(&bytes).map_err(|e| read_err(&e))?;
-    let purged = match db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
-        Some(bytes) => codec::decode::<LogId>(&bytes).map_err(|e| read_err(&e))?.index,
-        None => 0,
-    };
+    let purged = last_purged(db)?;
     let mut batch = WriteBatch::default();
     batch.delete_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE);
-    if purged < pending {
+    if purged.is_none_or(|p| p < pending) {
         tracing::warn!(
             pending,
-            purged,
+            purged = purged.unwrap_or(0),
             "a snapshot install did not finish before the node stopped: dropping the log entries appended \
              during it (never acknowledged)"
         );
@@ -131,23 +128,32 @@ fn repair_unfinished_install(db: &DB) -> Result<(), StorageError> {
 /// Adds to `batch` the deletion of the log up to `log_id` and the new purge point, unless the
 /// log is purged that far already (the purge point never moves back). Call it holding
 /// [`Purging::lock`], and write the batch synced before letting go.
-pub(crate) fn add_purge(db: &DB, batch: &mut WriteBatch, log_id: LogId) -> Result<(), StorageError> {
+/// A pending purge the log then reaches is cleared in the same batch. Answers how far the log is
+/// purged once the batch is written.
+pub(crate) fn add_purge(db: &DB, batch: &mut WriteBatch, log_id: LogId) -> Result<u64, StorageError> {
     let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
-    if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
-        let purged: LogId = codec::decode(&bytes).map_err(|e| read_err(&e))?;
-        if purged.index >= log_id.index {
-            return Ok(());
-        }
+    let purged = last_purged(db)?;
+    let through = purged.map_or(log_id.index, |p| p.max(log_id.index));
+    if purged.is_none_or(|p| p < log_id.index) {
+        let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
+        batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
     }
-    let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-    batch.put_cf(cf(db, CF_RAFT), KEY_LAST_PURGED, bytes);
-    batch.delete_range_cf(cf(db, CF_LOG), index_key(0), index_key(log_id.index + 1));
     if let Some(bytes) = db.get_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE).map_err(|e| read_err(&e))? {
-        if codec::decode::<u64>(&bytes).map_err(|e| read_err(&e))? <= log_id.index {
+        if codec::decode::<u64>(&bytes).map_err(|e| read_err(&e))? <= through {
             batch.delete_cf(cf(db, CF_RAFT), KEY_PENDING_PURGE);
         }
     }
-    Ok(())
+    Ok(through)
+}
+
+/// The index the log is durably purged through, if any.
+fn last_purged(db: &DB) -> Result<Option<u64>, StorageError> {
+    let read_err = |e: &dyn std::fmt::Display| StorageIOError::read_logs(AnyError::error(e));
+    match db.get_cf(cf(db, CF_RAFT), KEY_LAST_PURGED).map_err(|e| read_err(&e))? {
+        Some(bytes) => Ok(Some(codec::decode::<LogId>(&bytes).map_err(|e| read_err(&e))?.index)),
+        None => Ok(None),
+    }
 }
 
 impl LogStore {
@@ -176,6 +182,12 @@ impl LogStore {
 
     /// A purge a snapshot install awaits, up to `index`: recorded (synced) and held to.
     fn pending_purge(&self, index: u64) -> Result<(), StorageError> {
+        // Under the purge lock, which the install's last batch holds: either that batch has
+        // purged this far already (nothing is pending), or it will clear what is set here.
+        let _one_at_a_time = self.purging.lock();
+        if last_purged(&self.db)?.is_some_and(|p| p >= index) {
+            return Ok(());
+        }
         self.purging.await_pending(index);
         let pending = self.get_meta::<u64>(KEY_PENDING_PURGE)?.map_or(index, |p| p.max(index));
         let mut batch = WriteBatch::default();
@@ -203,14 +215,14 @@ fn purge_now(db: &DB, purging: &Purging, log_id: LogId) -> Result<(), StorageErr
     crate::faults::crash_point("purge");
     // A deferred purge can come after a later one: the purge point never moves back.
     let mut batch = WriteBatch::default();
-    add_purge(db, &mut batch, log_id)?;
-    if batch.is_empty() {
-        return Ok(());
+    let through = add_purge(db, &mut batch, log_id)?;
+    if !batch.is_empty() {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
     }
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-    purging.purged_through(log_id.index);
+    // Also when the log was purged this far already (by an install): what waits on it goes on.
+    purging.purged_through(through);
     Ok(())
 }
 
@@ -507,5 +519,39 @@ mod tests {
         let mut log = open(dir.path());
         assert_eq!(indexes(&mut log).await, vec![11, 12, 13]);
         assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id.map(|l| l.index), Some(10));
+    }
+
+    #[tokio::test]
+    async fn a_purge_asked_after_the_install_purged_that_far_leaves_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        write_entries(&log, 1..=5);
+        // The install's last batch purges up to the snapshot first...
+        {
+            let _one_at_a_time = log.purging.lock();
+            let mut batch = WriteBatch::default();
+            let through = add_purge(&log.db, &mut batch, entry(10).log_id).unwrap();
+            log.write(batch, true).unwrap();
+            log.purging.purged_through(through);
+        }
+        // ...then openraft's purge up to it arrives before the applied gate has moved, and the
+        // deferred purge finds nothing left to do.
+        log.pending_purge(10).unwrap();
+        purge_now(&log.db, &log.purging, entry(10).log_id).unwrap();
+        assert_eq!(*log.purging.pending.0.lock().unwrap(), None, "the syncer would hold every acknowledgement");
+        assert_eq!(log.get_meta::<u64>(KEY_PENDING_PURGE).unwrap(), None);
+        // And when the purge was recorded pending before the install, the install clears both.
+        log.pending_purge(20).unwrap();
+        assert_eq!(log.get_meta::<u64>(KEY_PENDING_PURGE).unwrap(), Some(20));
+        let through = {
+            let _one_at_a_time = log.purging.lock();
+            let mut batch = WriteBatch::default();
+            let through = add_purge(&log.db, &mut batch, entry(20).log_id).unwrap();
+            log.write(batch, true).unwrap();
+            through
+        };
+        log.purging.purged_through(through);
+        assert_eq!(*log.purging.pending.0.lock().unwrap(), None);
+        assert_eq!(log.get_meta::<u64>(KEY_PENDING_PURGE).unwrap(), None);
     }
 }

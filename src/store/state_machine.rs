@@ -342,12 +342,13 @@ fn write_snapshot_rows(db: &DB, path: &Path, meta: &SnapshotMeta, purging: &supe
     batch.put_cf(meta_cf, KEY_APPLIED, applied);
     batch.delete_cf(meta_cf, KEY_INSTALLING);
     let _one_purge_at_a_time = purging.lock();
-    if let (Some(last), false) = (meta.last_log_id, crate::faults::install_defers_purge()) {
-        super::log::add_purge(db, &mut batch, last).map_err(|e| e.to_string())?;
-    }
+    let purged = match (meta.last_log_id, crate::faults::install_defers_purge()) {
+        (Some(last), false) => Some(super::log::add_purge(db, &mut batch, last).map_err(|e| e.to_string())?),
+        _ => None,
+    };
     db.write_opt(batch, &synced).map_err(|e| e.to_string())?;
-    if let (Some(last), false) = (meta.last_log_id, crate::faults::install_defers_purge()) {
-        purging.purged_through(last.index);
+    if let Some(through) = purged {
+        purging.purged_through(through);
     }
     purging.installed();
     Ok(())

@@ -94,27 +94,6 @@ async fn a_credential_made_just_before_the_leader_dies_is_never_refused_by_the_n
     cluster.wait_ready().await;
 }
 
-/// Sets `[settings]` line `line` (replacing any line of the same setting) in the cluster file,
-/// and makes node `id` re-read it with SIGHUP (only the clock offset is re-read).
-async fn set_offset(cluster: &Cluster, id: u64, offset_ms: i64) {
-    let path = cluster.cluster_file();
-    let text = std::fs::read_to_string(path).expect("cluster file");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("test_only_clock_offset_ms"))
-        .map(|l| {
-            if l == "[settings]" {
-                format!("{l}\ntest_only_clock_offset_ms = {offset_ms}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(path, text).expect("write cluster file");
-    cluster.signal(id, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
 /// A follower whose own clock is ten minutes behind still enrols machines whose clocks are
 /// right: a proof's freshness is judged by cluster time only (the majority's), never by the
 /// receiving node's clock.
@@ -125,7 +104,7 @@ async fn a_follower_whose_clock_is_ten_minutes_behind_still_enrols() {
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let key = cluster.create_key(leader, json!({"reusable": true})).await;
     let secret = key["key"].as_str().unwrap();
-    set_offset(&cluster, follower, -10 * 60_000).await;
+    cluster.set_clock_offset(follower, -10 * 60_000).await;
     for device in 1..=3 {
         let (status, body) = cluster.enrol(follower, secret, device).await;
         assert_eq!(status, 200, "enrolment through n{follower}, its clock 10 minutes behind: {body}");
@@ -153,7 +132,7 @@ async fn a_follower_whose_clock_is_ten_minutes_behind_still_enrols() {
     );
     let (status, answer) = cluster.post(follower, "/api/enrol", &body, None).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("proof_invalid")), "{answer}");
-    set_offset(&cluster, follower, 0).await;
+    cluster.set_clock_offset(follower, 0).await;
 }
 
 /// A sweep that decided a machine was silent does not delete it once it enrolled again in the

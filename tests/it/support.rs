@@ -329,6 +329,27 @@ impl Cluster {
     }
 
     /// The cluster file's path.
+    /// Sets the TEST ONLY clock offset of node `id` (the cluster file's setting, which a
+    /// SIGHUP makes the node re-read) and gives it half a second to take it.
+    pub async fn set_clock_offset(&self, id: u64, offset_ms: i64) {
+        let path = self.cluster_file();
+        let text = std::fs::read_to_string(path).expect("cluster file");
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("test_only_clock_offset_ms"))
+            .map(|l| {
+                if l == "[settings]" {
+                    format!("{l}\ntest_only_clock_offset_ms = {offset_ms}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(path, text).expect("write cluster file");
+        self.signal(id, "-HUP");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     pub fn cluster_file(&self) -> &std::path::Path {
         &self.cluster_file
     }

@@ -7,26 +7,6 @@ use serde_json::json;
 
 use crate::support::Cluster;
 
-/// Sets the TEST ONLY clock offset of node `id` (the cluster file's setting, re-read on SIGHUP).
-async fn jump_clock(cluster: &Cluster, id: u64, offset_ms: i64) {
-    let path = cluster.cluster_file();
-    let text = std::fs::read_to_string(path).expect("cluster file");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("test_only_clock_offset_ms"))
-        .map(|l| {
-            if l == "[settings]" {
-                format!("{l}\ntest_only_clock_offset_ms = {offset_ms}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(path, text).expect("write cluster file");
-    cluster.signal(id, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
 async fn enrol_status(cluster: &Cluster, node: u64, secret: &str, device: u64) -> (u16, String) {
     let (status, body) = cluster.enrol(node, secret, device).await;
     (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
@@ -43,7 +23,7 @@ async fn a_leader_clock_jumping_hours_ahead_or_minutes_back_moves_no_expiry_and_
     let short_secret = short["key"].as_str().unwrap().to_string();
     let remembered = json!({"action": "create_auth_key", "reusable": true, "request_id": "made-before-the-jump"});
     assert_eq!(cluster.keys(leader, remembered.clone()).await.0, 200);
-    jump_clock(&cluster, leader, 3 * 3_600_000).await;
+    cluster.set_clock_offset(leader, 3 * 3_600_000).await;
     assert_eq!(enrol_status(&cluster, follower, &short_secret, 1).await, (200, String::new()), "expired early");
     let key_id = short["key_id"].as_str().unwrap();
     assert_eq!(cluster.get_key(follower, key_id).await["state"], "valid");
@@ -56,7 +36,7 @@ async fn a_leader_clock_jumping_hours_ahead_or_minutes_back_moves_no_expiry_and_
     assert_eq!(cluster.get_key(follower, key_id).await["state"], "expired");
 
     // Minutes back: a key does not live ten minutes longer.
-    jump_clock(&cluster, leader, -10 * 60_000).await;
+    cluster.set_clock_offset(leader, -10 * 60_000).await;
     let key = cluster.create_key(leader, json!({"reusable": true, "expires_in": 5})).await;
     let secret = key["key"].as_str().unwrap().to_string();
     assert_eq!(enrol_status(&cluster, leader, &secret, 3).await.0, 200);
@@ -66,7 +46,7 @@ async fn a_leader_clock_jumping_hours_ahead_or_minutes_back_moves_no_expiry_and_
     let state =
         listed["keys"].as_array().unwrap().iter().find(|k| k["key_id"] == key["key_id"]).unwrap()["state"].clone();
     assert_eq!(state, "expired", "listings answer at cluster time");
-    jump_clock(&cluster, leader, 0).await;
+    cluster.set_clock_offset(leader, 0).await;
 }
 
 /// A SIGHUP (the clock nemesis's reload, or `systemctl reload`) that reaches a node while it is
