@@ -89,6 +89,9 @@ pub struct SelfTestOptions {
     pub seed: Option<u64>,
     #[arg(long, default_value = "jepsen-lite/store")]
     pub store: PathBuf,
+    /// Runs only the scenarios whose name contains this text (all when absent).
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// Expands a comma-separated list against the known names (`all`, `none`).
