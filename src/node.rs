@@ -1140,8 +1140,6 @@ impl Node {
         self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A heartbeat from `machine_id` on the leader. Answers whether the sweep in flight is
-    /// deleting it (see [`Liveness::observe`]).
     /// Records a heartbeat of the machine `actor` names, before its answer is read. If the sweep
     /// in flight is deleting it, waits until that sweep's outcome is known and this node still
     /// leads (a sweep proposed by a leader deposed before it committed may still commit under

@@ -238,7 +238,29 @@ async fn record_digests(ctx: &Arc<Ctx>) {
         if tokio::time::Instant::now() >= deadline {
             let errors: Vec<String> =
                 answers.iter().filter_map(|(id, a)| a.error.as_ref().map(|e| format!("n{id}: {e}"))).collect();
-            let detail = format!("after 30 s: applied indexes {indexes:?}; {}", errors.join(", "));
+            // What each node's Raft says of itself (role, term, leader, last log, applied,
+            // snapshot and purge points), for whoever has to find out why one lags.
+            let views = futures::future::join_all(cluster.ids.iter().map(|&id| {
+                let operator = operator.clone();
+                async move {
+                    let view = cluster.api.get_as(id, "/api/cluster", &operator).await;
+                    let keep = [
+                        "role",
+                        "term",
+                        "leader",
+                        "last_log_index",
+                        "last_applied_index",
+                        "snapshot_index",
+                        "purged_index",
+                    ];
+                    let fields: Vec<String> =
+                        keep.iter().map(|k| format!("{k}={}", view.body.get(*k).unwrap_or(&Value::Null))).collect();
+                    format!("n{id}: {}", fields.join(" "))
+                }
+            }))
+            .await;
+            let detail =
+                format!("after 30 s: applied indexes {indexes:?}; {}; raft: {}", errors.join(", "), views.join("; "));
             break (nodes, Some(detail));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

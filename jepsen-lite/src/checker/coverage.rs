@@ -6,7 +6,9 @@
 //!   enrolments (for `agents`: its two keys and the agents that enrolled);
 //! - every fault window (its `start`, recorded once the fault took effect, to its `end`) saw a
 //!   client operation invoked while it held, and an acknowledged operation before
-//!   [`RECOVERY_NS`] after it ended;
+//!   [`RECOVERY_NS`] after it ended; a fault begun less than [`END_GRACE_NS`] before the
+//!   workloads' last invocation (the nemesis's last deal, as the run stops) is not judged, and
+//!   counted as such;
 //! - per fault kind, the share of client operations whose span overlapped one of its windows is
 //!   reported (`coverage` in `results.json`).
 
@@ -24,6 +26,10 @@ pub const MIN_OK_PER_WORKLOAD: usize = 5;
 
 /// How long after a fault ends an acknowledged operation must come.
 pub const RECOVERY_NS: u64 = 10_000_000_000;
+
+/// A fault begun this close to the workloads' last invocation (or after it) is not judged: the
+/// run stopped under it, so no traffic could meet it.
+pub const END_GRACE_NS: u64 = 2_000_000_000;
 
 /// One fault, from the moment it took effect to the moment it was lifted.
 #[derive(Debug, Clone)]
@@ -109,8 +115,16 @@ pub fn check(ops: &[Op], workloads: &[String], results: &mut Results) -> Value {
     let invoked: Vec<u64> = client_pairs.iter().map(|p| p.invoke.time).collect();
     let acked: Vec<u64> =
         client_pairs.iter().filter(|p| p.kind() == OpType::Ok).filter_map(|p| p.complete.map(|c| c.time)).collect();
+    // The workloads' last invocation (the final reads after the heal are not the workloads').
+    let last_invoked =
+        client_pairs.iter().filter(|p| p.invoke.value["final"] != true).map(|p| p.invoke.time).max().unwrap_or(0);
+    let mut at_the_end = 0;
     for w in &windows {
         results.examined(NAME, 1);
+        if w.start.saturating_add(END_GRACE_NS) > last_invoked {
+            at_the_end += 1;
+            continue;
+        }
         let during = invoked.iter().filter(|&&t| t >= w.start && t <= w.end).count();
         let after = acked.iter().filter(|&&t| t >= w.start && t <= w.end + RECOVERY_NS).count();
         if during == 0 || after == 0 {
@@ -148,6 +162,7 @@ pub fn check(ops: &[Op], workloads: &[String], results: &mut Results) -> Value {
     }
     json!({
         "operations": client_pairs.len(),
+        "faults_not_judged_at_the_end": at_the_end,
         "acknowledged_per_workload": acknowledged,
         "faults": by_kind.iter().map(|(kind, (overlapping, n, held))| (kind.to_string(), json!({
             "applied": n,

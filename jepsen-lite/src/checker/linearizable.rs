@@ -73,6 +73,9 @@ pub const SAYS_NOTHING_OF_THE_KEY: &[&str] = &[
     "too_many_failures",
     "machine_deleted",
     "node_key_revoked",
+    // A re-key of a machine the key enrolled, refused for coming too often (the state
+    // machine's bound per machine and per key): no use is spent or given back either way.
+    "too_many_rekeys",
 ];
 
 /// One operation for the search.

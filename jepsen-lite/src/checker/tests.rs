@@ -435,14 +435,25 @@ fn a_run_where_little_happened_or_a_fault_failed_is_unknown_not_valid() {
     assert_eq!(results.verdict(), Verdict::Unknown);
     assert!(results.unknown.iter().any(|(_, why)| why.contains("workload expiry")), "{:?}", results.unknown);
 
-    // A fault no operation overlapped, and nothing acknowledged after it.
+    // A fault no operation overlapped, though the workloads went on after it.
     let mut h = H::default();
     busy(&mut h);
     h.nemesis("partition", "start", 50_000);
     h.nemesis("partition", "end", 55_000);
+    h.enrol(20, "ak_0", "d-late", 80_000, 80_010, OpType::Ok, None);
     let results = h.coverage(&["test"]);
     assert_eq!(results.verdict(), Verdict::Unknown);
     assert!(results.unknown.iter().any(|(_, why)| why.contains("fault partition")), "{:?}", results.unknown);
+
+    // A fault the nemesis began as the run stopped (within 2 s of the workloads' last
+    // invocation): no traffic could meet it; not judged, and counted.
+    let mut h = H::default();
+    busy(&mut h);
+    h.nemesis("power", "start", 1_500);
+    h.nemesis("power", "end", 3_000);
+    let results = h.coverage(&["test"]);
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.unknown);
+    assert_eq!(results.coverage["faults_not_judged_at_the_end"], 1);
 
     // A nemesis that failed.
     let mut h = H::default();
@@ -640,4 +651,14 @@ fn an_enrolment_refusal_the_model_cannot_judge_makes_the_verdict_unknown() {
     let results = h.check();
     assert_eq!(results.verdict(), Verdict::Unknown, "{:?}", results.anomalies);
     assert!(results.unknown.iter().any(|(_, why)| why.contains("something_new")), "{:?}", results.unknown);
+    // A re-key refused for coming too often changes nothing the model holds: judged as such.
+    assert!(!results.unknown.iter().any(|(_, why)| why.contains("proof_invalid")));
+    let mut h = H::default();
+    h.create("ak_a", true, None, LATER);
+    h.enrol(1, "ak_a", "d1", 10, 20, OpType::Ok, None);
+    h.enrol(2, "ak_a", "d1", 30, 40, OpType::Fail, Some("too_many_rekeys"));
+    h.read(5, "ak_a", (100, 101), 1, false, &["d1"], true);
+    h.final_list(&["ak_a"], 110);
+    let results = h.check();
+    assert_eq!(results.verdict(), Verdict::Valid, "{:?} {:?}", results.unknown, results.anomalies);
 }
