@@ -31,7 +31,8 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 .as_array()
                 .map(|w| w.iter().filter_map(|w| w.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
-            results.coverage = jepsen_lite::checker::coverage::check(&ops, &workloads, &mut results);
+            let stop_ns = header["time_s"].as_u64().map_or(u64::MAX, |s| s.saturating_mul(1_000_000_000));
+            results.coverage = jepsen_lite::checker::coverage::check(&ops, &workloads, stop_ns, &mut results);
             let dir = history.parent().unwrap_or(std::path::Path::new("."));
             let hosts = header["hosts"].as_str().unwrap_or("unknown").to_string();
             jepsen_lite::report::write(dir, &header, &ops, &results, &hosts)?;

@@ -85,7 +85,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<RunResult> {
     crate::history::write_jsonl(&dir.join("history.jsonl"), &header, &ops)?;
     let config = checker::Config { skew_ms, search_limit: Duration::from_secs(options.search_limit) };
     let mut results = check_in_thread(ops.clone(), config).await?;
-    results.coverage = checker::coverage::check(&ops, &workloads, &mut results);
+    let stop_ns = options.time.saturating_mul(1_000_000_000);
+    results.coverage = checker::coverage::check(&ops, &workloads, stop_ns, &mut results);
     report::write(&dir, &header, &ops, &results, mode)?;
     Ok(RunResult { verdict: results.verdict(), dir, results })
 }

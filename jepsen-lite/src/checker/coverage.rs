@@ -6,9 +6,9 @@
 //!   enrolments (for `agents`: its two keys and the agents that enrolled);
 //! - every fault window (its `start`, recorded once the fault took effect, to its `end`) saw a
 //!   client operation invoked while it held, and an acknowledged operation before
-//!   [`RECOVERY_NS`] after it ended; a fault begun less than [`END_GRACE_NS`] before the
-//!   workloads' last invocation (the nemesis's last deal, as the run stops) is not judged, and
-//!   counted as such;
+//!   [`RECOVERY_NS`] after it ended; a fault begun less than [`END_GRACE_NS`] before the run's
+//!   time was up (the nemesis's last deal, as the workloads stop starting rounds) is not judged,
+//!   and counted as such;
 //! - per fault kind, the share of client operations whose span overlapped one of its windows is
 //!   reported (`coverage` in `results.json`).
 
@@ -27,8 +27,8 @@ pub const MIN_OK_PER_WORKLOAD: usize = 5;
 /// How long after a fault ends an acknowledged operation must come.
 pub const RECOVERY_NS: u64 = 10_000_000_000;
 
-/// A fault begun this close to the workloads' last invocation (or after it) is not judged: the
-/// run stopped under it, so no traffic could meet it.
+/// A fault begun this close to the end of the run's time (or after it) is not judged: the
+/// workloads stopped starting rounds under it, so no traffic need meet it.
 pub const END_GRACE_NS: u64 = 2_000_000_000;
 
 /// One fault, from the moment it took effect to the moment it was lifted.
@@ -70,7 +70,8 @@ pub fn windows(ops: &[Op]) -> Vec<Window> {
 }
 
 /// Checks the run's coverage; answers the figures for the report.
-pub fn check(ops: &[Op], workloads: &[String], results: &mut Results) -> Value {
+/// `stop_ns`: when the run's time was up (its `time_s`, in the history's clock).
+pub fn check(ops: &[Op], workloads: &[String], stop_ns: u64, results: &mut Results) -> Value {
     // Faults that failed.
     for op in ops.iter().filter(|o| o.process == Process::NEMESIS && o.value["phase"] == "error") {
         let detail = op.value["detail"].as_str().unwrap_or_default();
@@ -115,13 +116,10 @@ pub fn check(ops: &[Op], workloads: &[String], results: &mut Results) -> Value {
     let invoked: Vec<u64> = client_pairs.iter().map(|p| p.invoke.time).collect();
     let acked: Vec<u64> =
         client_pairs.iter().filter(|p| p.kind() == OpType::Ok).filter_map(|p| p.complete.map(|c| c.time)).collect();
-    // The workloads' last invocation (the final reads after the heal are not the workloads').
-    let last_invoked =
-        client_pairs.iter().filter(|p| p.invoke.value["final"] != true).map(|p| p.invoke.time).max().unwrap_or(0);
     let mut at_the_end = 0;
     for w in &windows {
         results.examined(NAME, 1);
-        if w.start.saturating_add(END_GRACE_NS) > last_invoked {
+        if w.start.saturating_add(END_GRACE_NS) > stop_ns {
             at_the_end += 1;
             continue;
         }

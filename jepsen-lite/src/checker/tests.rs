@@ -396,14 +396,19 @@ impl H {
         });
     }
 
-    fn coverage(mut self, workloads: &[&str]) -> Results {
+    fn coverage(self, workloads: &[&str]) -> Results {
+        self.coverage_until(workloads, 100_000)
+    }
+
+    /// [`coverage::check`] of a run whose time was up at `stop_ms`.
+    fn coverage_until(mut self, workloads: &[&str], stop_ms: u64) -> Results {
         self.ops.sort_by_key(|o| o.time);
         for (i, op) in self.ops.iter_mut().enumerate() {
             op.index = i;
         }
         let mut results = Results::default();
         let workloads: Vec<String> = workloads.iter().map(|w| w.to_string()).collect();
-        results.coverage = super::coverage::check(&self.ops, &workloads, &mut results);
+        results.coverage = super::coverage::check(&self.ops, &workloads, stop_ms * 1_000_000, &mut results);
         results
     }
 }
@@ -445,13 +450,14 @@ fn a_run_where_little_happened_or_a_fault_failed_is_unknown_not_valid() {
     assert_eq!(results.verdict(), Verdict::Unknown);
     assert!(results.unknown.iter().any(|(_, why)| why.contains("fault partition")), "{:?}", results.unknown);
 
-    // A fault the nemesis began as the run stopped (within 2 s of the workloads' last
-    // invocation): no traffic could meet it; not judged, and counted.
+    // A fault the nemesis began as the run's time ran out (within 2 s of it), while rounds
+    // already started went on: not judged, and counted.
     let mut h = H::default();
     busy(&mut h);
-    h.nemesis("power", "start", 1_500);
-    h.nemesis("power", "end", 3_000);
-    let results = h.coverage(&["test"]);
+    h.nemesis("power", "start", 9_500);
+    h.nemesis("power", "end", 9_900);
+    h.enrol(20, "ak_0", "d-late", 11_000, 11_010, OpType::Ok, None);
+    let results = h.coverage_until(&["test"], 10_000);
     assert_eq!(results.verdict(), Verdict::Valid, "{:?}", results.unknown);
     assert_eq!(results.coverage["faults_not_judged_at_the_end"], 1);
 
