@@ -166,35 +166,15 @@ async fn enrol(node: &Arc<Node>, request: EnrolRequest) -> Result<Json<Enrolled>
         let machine_id = format!("{MACHINE_ID_PREFIX}{}", random_base62(ID_LEN));
         let node_key = new_credential(CredentialKind::NodeKey, random_base62(ID_LEN));
         let new_key = NewCredential { id: node_key.id.clone(), hash: node_key.hash };
-        let op = match proved_at {
-            Some(proved_at) if checked => Op::EnrolChecked {
-                auth_key_id: auth_key_id.clone(),
-                auth_key_hash: presented.hash,
-                hostname: hostname.clone(),
-                node_public_key: node_public_key.clone(),
-                machine_id,
-                node_key: new_key,
-                proved_at,
-                checked_by: node.id(),
-            },
-            Some(proved_at) => Op::EnrolProven {
-                auth_key_id: auth_key_id.clone(),
-                auth_key_hash: presented.hash,
-                hostname: hostname.clone(),
-                node_public_key: node_public_key.clone(),
-                machine_id,
-                node_key: new_key,
-                proved_at,
-            },
-            None => Op::Enrol {
-                auth_key_id: auth_key_id.clone(),
-                auth_key_hash: presented.hash,
-                hostname: hostname.clone(),
-                node_public_key: node_public_key.clone(),
-                machine_id,
-                node_key: new_key,
-            },
+        let enrolment = NewEnrolment {
+            auth_key_id: auth_key_id.clone(),
+            auth_key_hash: presented.hash,
+            hostname: hostname.clone(),
+            node_public_key: node_public_key.clone(),
+            machine_id,
+            node_key: new_key,
         };
+        let op = enrolment.into_op(proved_at, checked.then(|| node.id()));
         (op, node_key)
     })
     .await?;

@@ -847,6 +847,48 @@ pub struct Enrolled {
     pub repeated: bool,
 }
 
+/// What every enrolment op carries: one value makes whichever of [`Op::Enrol`],
+/// [`Op::EnrolProven`] and [`Op::EnrolChecked`] the rules call for.
+#[derive(Debug, Clone)]
+pub struct NewEnrolment {
+    pub auth_key_id: String,
+    pub auth_key_hash: SecretHash,
+    pub hostname: String,
+    pub node_public_key: String,
+    pub machine_id: String,
+    pub node_key: NewCredential,
+}
+
+impl NewEnrolment {
+    /// `Enrol` without a proof; `EnrolProven` with the proof's time; `EnrolChecked` with it and
+    /// the node that checked the proof.
+    pub fn into_op(self, proved_at: Option<Millis>, checked_by: Option<u64>) -> Op {
+        let NewEnrolment { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key } = self;
+        match (proved_at, checked_by) {
+            (Some(proved_at), Some(checked_by)) => Op::EnrolChecked {
+                auth_key_id,
+                auth_key_hash,
+                hostname,
+                node_public_key,
+                machine_id,
+                node_key,
+                proved_at,
+                checked_by,
+            },
+            (Some(proved_at), None) => Op::EnrolProven {
+                auth_key_id,
+                auth_key_hash,
+                hostname,
+                node_public_key,
+                machine_id,
+                node_key,
+                proved_at,
+            },
+            (None, _) => Op::Enrol { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key },
+        }
+    }
+}
+
 /// A successful command's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpOk {

@@ -238,7 +238,7 @@ async fn a_tag_scoped_key_is_refused_on_everything_outside_its_tags_untagged_inc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_certificate_speaks_only_for_its_node_and_never_enrols_unproven() {
     use ztna_keystore::raft_types::TypeConfig;
-    use ztna_keystore::sm::model::{Actor, Command, NewCredential, Op, MACHINE_ID_PREFIX};
+    use ztna_keystore::sm::model::{Actor, Command, NewCredential, NewEnrolment, MACHINE_ID_PREFIX};
     let cluster = Cluster::start().await;
     let leader = cluster.wait_ready().await;
     let member = (1..=3).find(|id| *id != leader).unwrap();
@@ -276,27 +276,8 @@ async fn a_member_certificate_speaks_only_for_its_node_and_never_enrols_unproven
         let node_key = NewCredential { id: format!("forged{n:0>6}"), hash: ztna_keystore::secret::hash("forged") };
         let (auth_key_id, auth_key_hash) = (presented.id.clone(), presented.hash);
         let (hostname, node_public_key, machine_id) = ("forged".to_string(), victim.clone(), machine_id.clone());
-        let op = match checked_by {
-            None => Op::EnrolProven {
-                auth_key_id,
-                auth_key_hash,
-                hostname,
-                node_public_key,
-                machine_id,
-                node_key,
-                proved_at,
-            },
-            Some(checked_by) => Op::EnrolChecked {
-                auth_key_id,
-                auth_key_hash,
-                hostname,
-                node_public_key,
-                machine_id,
-                node_key,
-                proved_at,
-                checked_by,
-            },
-        };
+        let enrolment = NewEnrolment { auth_key_id, auth_key_hash, hostname, node_public_key, machine_id, node_key };
+        let op = enrolment.into_op(Some(proved_at), checked_by);
         Command { request_id: format!("forged-{n}"), actor: Actor::Anonymous, op }
     };
     let url = format!("https://{}/internal/propose", cluster.raft_addr(leader));
