@@ -69,7 +69,7 @@ pub enum Clients {
     /// The public listener: counted per client address, except the reverse proxies listed here
     /// (`trusted_proxies`), whose connections carry many clients (the throttle counts those by
     /// their forwarded address); they are bounded by `max_connections` only.
-    Public { trusted_proxies: Arc<[crate::config::Cidr]> },
+    Public { trusted_proxies: Arc<[Cidr]> },
     /// The internal listener: every client certificate checked right after its handshake,
     /// connections counted per member.
     Members(Admit),
@@ -395,6 +395,54 @@ pub fn min_rate(
         Ok(chunk)
     });
     axum::body::Body::from_stream(stream)
+}
+
+/// An IP network, `address/prefix` (an address alone is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let bits = |prefix: u8, width: u32| if prefix == 0 { 0 } else { u128::MAX << (width - u32::from(prefix)) };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = bits(self.prefix, 32) as u32;
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = bits(self.prefix, 128);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_some_and(|v4| self.contains(v4.into())),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a CIDR block (e.g. \"10.0.0.0/8\" or \"fd00::/8\")");
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() { width } else { prefix.parse::<u8>().map_err(|_| bad())? };
+        if prefix > width {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]
